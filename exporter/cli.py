@@ -1,0 +1,205 @@
+"""Command line: serve | demo | inspect | install-view.
+
+Operator errors (bad config, bad DSN, unreachable database, missing view) print one line on
+stderr and exit 2; `inspect` of an unknown batch exits 1. Nothing printed ever holds a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from exporter import config, db
+from exporter.config import ConfigError, Settings
+
+log = logging.getLogger("exporter")
+PROG = "cj-health-exporter"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="poll the CJ database and serve /metrics")
+    _settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser("demo", help="run on a throwaway embedded Postgres with demo batches")
+    demo.add_argument("--web.listen-address", dest="listen_address",
+                      default=f"127.0.0.1:{config.DEFAULT_PORT}")
+    demo.add_argument("--poll-interval", dest="poll_interval_seconds", type=float, default=5.0)
+    demo.add_argument("--log-level", dest="log_level", default="info")
+    demo.set_defaults(func=cmd_demo)
+    inspect = sub.add_parser("inspect", help="show one batch by cj_batch_id or bos_batch_id")
+    inspect.add_argument("batch")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    _dsn_flags(inspect)
+    inspect.set_defaults(func=cmd_inspect)
+    install = sub.add_parser("install-view", help="create or replace the views (idempotent)")
+    _dsn_flags(install)
+    install.add_argument("--no-indexes", action="store_true",
+                         help="skip the recommended indexes (CREATE INDEX CONCURRENTLY)")
+    install.set_defaults(func=cmd_install_view)
+    return parser
+
+
+def _dsn_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML settings file")
+    p.add_argument("--dsn", help=f"postgresql:// URL (or {config.ENV_PREFIX}DSN)")
+    p.add_argument("--dsn-file", dest="dsn_file", help="file holding the DSN")
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    _dsn_flags(p)
+    p.add_argument("--web.listen-address", dest="listen_address",
+                   help=f"HOST:PORT to serve on (default :{config.DEFAULT_PORT})")
+    p.add_argument("--poll-interval", dest="poll_interval_seconds", help="seconds between polls")
+    p.add_argument("--statement-timeout", dest="statement_timeout_seconds")
+    p.add_argument("--stale-after", dest="stale_after", help="poll intervals")
+    p.add_argument("--recent-window", dest="recent_window_seconds")
+    p.add_argument("--lookback", dest="lookback_seconds")
+    p.add_argument("--max-batches", dest="max_batches")
+    p.add_argument("--log-level", dest="log_level")
+
+
+_FLAG_KEYS = ("dsn", "dsn_file", "listen_address", "poll_interval_seconds",
+              "statement_timeout_seconds", "stale_after", "recent_window_seconds",
+              "lookback_seconds", "max_batches", "log_level")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    flags = {k: getattr(args, k, None) for k in _FLAG_KEYS}
+    return config.load(args.config, os.environ, flags)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def connect(settings: Settings, check_view: bool = True) -> Engine:
+    """Engine for the read DSN; exits 2 (ConfigError) when it cannot be used at all."""
+    url = config.resolve_dsn(settings.dsn, settings.dsn_file)
+    engine = db.make_engine(url, settings.connect_timeout_seconds)
+    try:
+        db.check_connection(engine)
+    except DBAPIError as exc:
+        raise ConfigError(f"cannot connect to {config.redact(url)}: "
+                          f"{db.describe_error(exc)}") from None
+    if check_view:
+        _check_view(engine, url)
+    return engine
+
+
+def _check_view(engine: Engine, url: Any) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1 FROM cj_batch_health LIMIT 0"))
+            conn.execute(text("SELECT 1 FROM cj_outbox_health LIMIT 0"))
+    except DBAPIError as exc:
+        raise ConfigError(f"the views are missing or broken in {config.redact(url)} "
+                          f"({db.describe_error(exc)}): run `{PROG} install-view`") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    setup_logging(settings.log_level)
+    host, port = config.parse_listen_address(settings.listen_address)
+    engine = connect(settings)
+    return run_service(settings, engine, host, port)
+
+
+def run_service(settings: Settings, engine: Engine, host: str, port: int,
+                banner: str | None = None) -> int:
+    """Poll + HTTP until SIGTERM or SIGINT; returns once everything is stopped."""
+    from exporter.scheduler import Poller, PollScheduler
+    from exporter.web import MetricsServer
+
+    poller = Poller(settings, engine)
+    try:
+        server = MetricsServer(host, port, poller.store)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.listen_address}: {exc.strerror}") from None
+    scheduler = PollScheduler(poller)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    scheduler.start()
+    server.start()
+    url = f"http://{_display_host(host)}:{server.port}/metrics"
+    log.info("serving %s (poll every %ss)", url, settings.poll_interval_seconds)
+    if banner:
+        print(banner.format(url=url), flush=True)
+    stop.wait()
+    log.info("shutting down")
+    server.stop()
+    scheduler.stop()
+    engine.dispose()
+    return 0
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter import demo
+
+    return demo.run(args.listen_address, float(args.poll_interval_seconds), args.log_level)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from exporter import report
+
+    settings = load_settings(args)
+    engine = connect(settings)
+    try:
+        found = report.find(engine, args.batch)
+    finally:
+        engine.dispose()
+    if not found:
+        print(f"{PROG}: no CJ batch with cj_batch_id or bos_batch_id {args.batch!r}",
+              file=sys.stderr)
+        return 1
+    print(report.as_json(found) if args.json else report.as_text(found))
+    return 0
+
+
+def cmd_install_view(args: argparse.Namespace) -> int:
+    from exporter import sqlfiles
+
+    settings = load_settings(args)
+    setup_logging(settings.log_level)
+    engine = connect(settings, check_view=False)
+    try:
+        with engine.begin() as conn:
+            sqlfiles.install_views(conn)
+        print("views cj_batch_health and cj_outbox_health installed")
+        if not args.no_indexes:
+            for name in sqlfiles.install_indexes(engine):
+                print(f"index {name} present")
+    except DBAPIError as exc:
+        raise ConfigError(f"install-view failed: {db.describe_error(exc)}") from None
+    finally:
+        engine.dispose()
+    return 0

@@ -1,0 +1,71 @@
+"""Database access: one small pool per DSN, read-only snapshots with server-side timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+APPLICATION_NAME = "cj-health-exporter"
+
+
+def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICATION_NAME,
+                pool_size: int = 1) -> Engine:
+    """A pool of one: polls run one at a time. pre_ping replaces connections a DB restart
+    killed, so the first poll after an outage succeeds instead of failing once more."""
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_timeout=connect_timeout,
+        connect_args={"connect_timeout": connect_timeout, "application_name": application_name},
+    )
+
+
+@contextmanager
+def read_only_snapshot(engine: Engine, statement_timeout: float,
+                       lock_timeout: float) -> Iterator[Connection]:
+    """A REPEATABLE READ, READ ONLY transaction: every statement sees the same snapshot.
+
+    The timeouts are set server-side with SET LOCAL semantics (set_config(..., true)): a
+    client-side timeout would leave the query running in Postgres after we gave up on it.
+    """
+    options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        conn.execute(
+            text("SELECT set_config('statement_timeout', :st, true),"
+                 " set_config('lock_timeout', :lt, true)"),
+            {"st": f"{int(statement_timeout * 1000)}ms", "lt": f"{int(lock_timeout * 1000)}ms"},
+        )
+        yield conn
+
+
+def error_reason(exc: BaseException) -> str:
+    """Classify a failed poll for cj_health_poll_errors_total{reason}."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+        return "timeout"
+    if isinstance(orig, psycopg.OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "connection"
+    if isinstance(orig, psycopg.Error):
+        return "query"
+    return "data"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for logs: the driver's first line, never the DSN (it may hold a password)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return f"{type(orig).__name__}: {first}"
+
+
+def check_connection(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

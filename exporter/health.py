@@ -1,0 +1,213 @@
+"""One poll of the views -> an immutable Snapshot. No Prometheus code here.
+
+The poll reads the *watched set* only: batches whose state machine or upload status is not
+finished, plus batches active within `lookback_seconds`. Each part of that set is an index scan
+(sql/views/indexes.sql), and the view's per-batch LATERAL facts are computed for those ids only,
+so the poll costs the same whether the database holds a thousand finished batches or millions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from exporter.db import read_only_snapshot
+
+log = logging.getLogger(__name__)
+
+# problem label -> boolean column of cj_batch_health
+PROBLEMS: Mapping[str, str] = {
+    "wedged": "is_wedged",
+    "stuck_scoring": "is_stuck_scoring",
+    "missing_projections": "missing_projections",
+    "anchor_mismatch": "has_anchor_mismatch",
+    "duplicate_completion": "has_duplicate_completion",
+    "duplicate_charge": "has_duplicate_charge",
+    "inconsistent_state": "inconsistent_state",
+    "metadata_incomplete": "metadata_incomplete",
+}
+NO_STATE = "NONE"  # label for a batch that has no cj_batch_states row yet
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    cj_batch_id: int
+    bos_batch_id: str
+    cj_state: str
+    upload_status: str
+    last_activity: float  # Unix seconds
+    completed_at: float | None
+    total_budget: int | None
+    total_comparisons: int | None
+    submitted_comparisons: int | None
+    completed_comparisons: int | None
+    failed_comparisons: int | None
+    pending_callbacks: int | None
+    progress_ratio: float | None
+    grade_projections: int
+    anchors_flagged: int
+    anchors_in_metadata: int
+    anchors_by_id: int
+    anchor_mismatches: int
+    completion_events: int
+    result_events: int
+    resource_events: int
+    completion_event_burst: int
+    is_terminal: bool
+    problems: frozenset[str]
+
+
+@dataclass(frozen=True)
+class OutboxFacts:
+    unpublished_events: int
+    failed_events: int
+    oldest_unpublished_age_seconds: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float
+    duration_seconds: float
+    batches: tuple[BatchRow, ...]  # the exported set, capped at max_batches
+    watched: int
+    dropped: int
+    malformed_rows: int
+    by_state: Mapping[tuple[str, str], int]
+    problem_counts: Mapping[str, int]
+    duplicate_events: Mapping[str, int]
+    outbox: OutboxFacts
+
+
+_VIEW_COLUMNS = [f.name for f in fields(BatchRow) if f.name not in
+                 ("last_activity", "completed_at", "problems")]
+_VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEMS.values()]
+
+POLL_SQL = text(
+    "WITH watched AS ("
+    " SELECT batch_id AS id FROM cj_batch_states"
+    "  WHERE state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+    " UNION SELECT batch_id FROM cj_batch_states"
+    "  WHERE last_activity_at > now() - make_interval(secs => :lookback)"
+    " UNION SELECT id FROM cj_batch_uploads"
+    "  WHERE status NOT IN ('COMPLETE_STABLE', 'COMPLETE_MAX_COMPARISONS',"
+    "   'COMPLETE_INSUFFICIENT_ESSAYS', 'COMPLETE_FORCED_RECOVERY', 'ERROR_PROCESSING',"
+    "   'ERROR_ESSAY_PROCESSING'))"
+    f" SELECT {', '.join('h.' + c for c in _VIEW_COLUMNS)}"
+    " FROM cj_batch_health AS h WHERE h.cj_batch_id IN (SELECT id FROM watched)"
+)
+OUTBOX_SQL = text(
+    "SELECT unpublished_events, failed_events, oldest_unpublished_age_seconds"
+    " FROM cj_outbox_health"
+)
+
+
+def poll(engine: Engine, *, statement_timeout: float, lock_timeout: float,
+         lookback: float, recent_window: float, max_batches: int) -> Snapshot:
+    """Read the watched batches and the outbox in one read-only snapshot."""
+    started = time.monotonic()
+    with read_only_snapshot(engine, statement_timeout, lock_timeout) as conn:
+        rows = conn.execute(POLL_SQL, {"lookback": lookback}).mappings().all()
+        outbox = conn.execute(OUTBOX_SQL).mappings().one()
+    now = time.time()
+    return build_snapshot(rows, outbox, now=now, duration=time.monotonic() - started,
+                          recent_window=recent_window, max_batches=max_batches)
+
+
+def build_snapshot(rows: Sequence[Mapping[str, Any]], outbox: Mapping[str, Any], *,
+                   now: float, duration: float, recent_window: float,
+                   max_batches: int) -> Snapshot:
+    parsed = [b for b in (_parse_row(r) for r in rows) if b is not None]
+    exported = [b for b in parsed if _exported(b, now, recent_window)]
+    # Problems first, then in-flight, then the most recently active: the cap drops the least
+    # useful series, and the same batches win from one poll to the next (no flapping).
+    exported.sort(key=lambda b: (not b.problems, b.is_terminal, -b.last_activity, b.cj_batch_id))
+    return Snapshot(
+        taken_at=now,
+        duration_seconds=duration,
+        batches=tuple(exported[:max_batches]),
+        watched=len(parsed),
+        dropped=max(len(exported) - max_batches, 0),
+        malformed_rows=len(rows) - len(parsed),
+        by_state=Counter((b.cj_state, b.upload_status) for b in parsed),
+        problem_counts={p: sum(p in b.problems for b in parsed) for p in PROBLEMS},
+        duplicate_events=_duplicates(parsed),
+        outbox=OutboxFacts(
+            unpublished_events=int(outbox["unpublished_events"]),
+            failed_events=int(outbox["failed_events"]),
+            oldest_unpublished_age_seconds=float(outbox["oldest_unpublished_age_seconds"]),
+        ),
+    )
+
+
+def _exported(b: BatchRow, now: float, recent_window: float) -> bool:
+    return not b.is_terminal or bool(b.problems) or now - b.last_activity <= recent_window
+
+
+def _duplicates(batches: Sequence[BatchRow]) -> dict[str, int]:
+    """Events beyond the first per watched batch; resource events beyond one per BOS batch
+    run are counted once per BOS batch (its runs share the same events)."""
+    resource: dict[str, int] = {}
+    for b in batches:
+        if "duplicate_charge" in b.problems:
+            resource[b.bos_batch_id] = max(b.resource_events - 1, 0)
+    return {
+        "completed": sum(max(b.completion_events - 1, 0) for b in batches),
+        "result": sum(max(b.result_events - 1, 0) for b in batches),
+        "resource": sum(resource.values()),
+    }
+
+
+def _parse_row(row: Mapping[str, Any]) -> BatchRow | None:
+    """A row that does not fit the contract is logged and skipped, never fatal."""
+    try:
+        return BatchRow(
+            cj_batch_id=int(row["cj_batch_id"]),
+            bos_batch_id=str(row["bos_batch_id"]),
+            cj_state=row["cj_state"] or NO_STATE,
+            upload_status=str(row["upload_status"]),
+            last_activity=_timestamp(row["last_activity_at"]),
+            completed_at=_optional_timestamp(row["completed_at"]),
+            total_budget=_optional_int(row["total_budget"]),
+            total_comparisons=_optional_int(row["total_comparisons"]),
+            submitted_comparisons=_optional_int(row["submitted_comparisons"]),
+            completed_comparisons=_optional_int(row["completed_comparisons"]),
+            failed_comparisons=_optional_int(row["failed_comparisons"]),
+            pending_callbacks=_optional_int(row["pending_callbacks"]),
+            progress_ratio=None if row["progress_ratio"] is None else float(row["progress_ratio"]),
+            grade_projections=int(row["grade_projections"]),
+            anchors_flagged=int(row["anchors_flagged"]),
+            anchors_in_metadata=int(row["anchors_in_metadata"]),
+            anchors_by_id=int(row["anchors_by_id"]),
+            anchor_mismatches=int(row["anchor_mismatches"]),
+            completion_events=int(row["completion_events"]),
+            result_events=int(row["result_events"]),
+            resource_events=int(row["resource_events"]),
+            completion_event_burst=int(row["completion_event_burst"]),
+            is_terminal=bool(row["is_terminal"]),
+            problems=frozenset(p for p, column in PROBLEMS.items() if row[column]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("skipping malformed cj_batch_health row %r: %s",
+                    row.get("cj_batch_id"), exc)
+        return None
+
+
+def _timestamp(value: datetime) -> float:
+    if value.tzinfo is None:
+        raise ValueError("naive timestamp from the view")
+    return value.timestamp()
+
+
+def _optional_timestamp(value: datetime | None) -> float | None:
+    return None if value is None else _timestamp(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

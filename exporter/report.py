@@ -1,0 +1,111 @@
+"""`inspect BATCH`: everything the view knows about a batch, plus its outbox events.
+
+BATCH is a cj_batch_id or a bos_batch_id (which may have several CJ runs: all are shown).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from exporter import outbox_events as ev
+from exporter.health import PROBLEMS
+
+EXPLAIN = {
+    "wedged": "upload says complete (or every callback is in) but the state machine never "
+              "finished: nobody will finalize it",
+    "stuck_scoring": "finalization failed in SCORING; upstream never retries it",
+    "missing_projections": "complete and projectable, yet no grade projections were written",
+    "anchor_mismatch": "is_anchor column disagrees with processing_metadata.is_anchor",
+    "duplicate_completion": "more than one completion/result event for this CJ run",
+    "duplicate_charge": "more resource-consumption events than finalized runs of the BOS batch",
+    "inconsistent_state": "state is final but the upload status is not",
+    "metadata_incomplete": "in flight without total_budget or request metadata",
+}
+
+_BATCHES = text(
+    "SELECT * FROM cj_batch_health WHERE bos_batch_id = :key"
+    " OR (:key ~ '^[0-9]{1,9}$' AND cj_batch_id = CAST(:num AS integer))"
+    " ORDER BY cj_batch_id"
+)
+_EVENTS = text(
+    "SELECT event_type, aggregate_id, created_at, published_at, retry_count, last_error"
+    " FROM event_outbox WHERE (event_type = :completed"
+    "  AND event_data -> 'data' ->> 'cj_assessment_job_id' = :id)"
+    " OR (event_type = :result AND aggregate_id = :id)"
+    " OR (event_type = :resource AND aggregate_id = :bos)"
+    " ORDER BY created_at LIMIT 200"
+)
+
+
+def find(engine: Engine, key: str) -> list[dict[str, Any]]:
+    num = key if key.isdigit() and len(key) <= 9 else "0"
+    with engine.connect() as conn:
+        batches = [dict(r) for r in conn.execute(_BATCHES, {"key": key, "num": num}).mappings()]
+        for batch in batches:
+            params = {"id": str(batch["cj_batch_id"]), "bos": batch["bos_batch_id"],
+                      "completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
+                      "resource": ev.RESOURCE_EVENT}
+            batch["outbox_events"] = [dict(r) for r in conn.execute(_EVENTS, params).mappings()]
+            batch["problems"] = [p for p, column in PROBLEMS.items() if batch[column]]
+    return batches
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def as_json(batches: list[dict[str, Any]]) -> str:
+    return json.dumps(batches, default=_plain, indent=2)
+
+
+def as_text(batches: list[dict[str, Any]]) -> str:
+    return "\n\n".join(_block(b) for b in batches)
+
+
+def _block(b: dict[str, Any]) -> str:
+    def row(label: str, value: Any) -> str:
+        return f"  {label:<22} {'-' if value is None else _plain(value)}"
+
+    lines = [
+        f"CJ batch {b['cj_batch_id']}  (BOS batch {b['bos_batch_id']})",
+        row("state / status", f"{b['cj_state']} / {b['upload_status']}"),
+        row("created / completed", f"{_plain(b['created_at'])} / {_plain(b['completed_at'])}"),
+        row("last activity", f"{_plain(b['last_activity_at'])} "
+                             f"({_age(b['state_age_seconds'])} ago)"),
+        row("budget", b["total_budget"]),
+        row("submitted", b["submitted_comparisons"]),
+        row("completed / failed", f"{b['completed_comparisons']} / {b['failed_comparisons']}"),
+        row("pending callbacks", b["pending_callbacks"]),
+        row("pairs with a winner", b["pairs_with_winner"]),
+        row("students", b["student_essays"]),
+        row("anchors column/meta/id",
+            f"{b['anchors_flagged']} / {b['anchors_in_metadata']} / {b['anchors_by_id']}"),
+        row("anchor grades", b["anchor_grades"]),
+        row("grade projections", f"{b['grade_projections']}"
+                                 f"{' (projectable)' if b['projectable'] else ''}"),
+        row("completion events", f"completed {b['completion_events']}, result "
+                                 f"{b['result_events']}, resource {b['resource_events']} "
+                                 f"(burst {b['completion_event_burst']}/60s)"),
+    ]
+    lines.append("  problems:" if b["problems"] else "  problems:              none")
+    lines += [f"    - {p}: {EXPLAIN[p]}" for p in b["problems"]]
+    if b["outbox_events"]:
+        lines.append("  outbox events:")
+        for e in b["outbox_events"][:20]:
+            state = "published" if e["published_at"] else f"UNPUBLISHED (retries {e['retry_count']})"
+            lines.append(f"    {_plain(e['created_at'])}  {e['event_type']}  {state}")
+        if len(b["outbox_events"]) > 20:
+            lines.append(f"    ... and {len(b['outbox_events']) - 20} more")
+    return "\n".join(lines)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"

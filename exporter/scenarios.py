@@ -1,0 +1,303 @@
+"""Realistic CJ batches written with plain SQL, for the demo, the tests and the benchmarks.
+
+`insert_batch` writes one batch as the CJ service would leave it (upload, state row, students,
+anchors with known grades, comparison pairs, projections, outbox events), with knobs that
+reproduce each production failure. `seed_demo` plants one batch per scenario and returns which
+problems each batch must show, so tests can check the exporter flags exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from exporter import outbox_events as ev
+
+SWEDISH_8 = ("F", "E", "D", "D+", "C", "C+", "B", "A")
+DEMO_ASSIGNMENT = "demo-assignment-essay-2026"
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How one CJ run looks in the database. Defaults: a healthy, finished batch."""
+
+    status: str = "COMPLETE_STABLE"
+    state: str | None = "COMPLETED"
+    students: int = 6
+    anchor_grades: tuple[str, ...] = ()
+    anchors_flagged: bool = True  # False: anchors only in metadata (Batch 20)
+    budget: int | None = 30
+    submitted: int = 30
+    completed: int = 30
+    failed: int = 0
+    request_metadata: bool = True  # original_request + comparison_budget in the state row
+    idle: timedelta = timedelta(minutes=2)  # now - last_activity_at
+    finished: bool = True  # completed_at set
+    projections: bool = False
+    completion_runs: int = 0  # times the three completion events were written
+    burst_spacing: timedelta = timedelta(seconds=1)
+    bos_batch_id: str | None = None
+    user_id: str | None = "teacher-0001"
+    essay_metadata: Any = None  # overrides every student's processing_metadata when set
+
+
+@dataclass
+class Seeder:
+    """Writes batches through one connection; `now` anchors every relative time."""
+
+    conn: Connection
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    rng: random.Random = field(default_factory=lambda: random.Random(20))
+    _anchor_refs: dict[str, int] = field(default_factory=dict)
+
+    def naive(self, at: datetime) -> datetime:
+        """Upload and essay timestamps are naive UTC upstream."""
+        return at.astimezone(UTC).replace(tzinfo=None)
+
+    def anchor_ref(self, grade: str) -> int:
+        if grade not in self._anchor_refs:
+            self._ensure_assignment()
+            ref_id = self.conn.execute(
+                text(
+                    "INSERT INTO anchor_essay_references (grade, text_storage_id, assignment_id,"
+                    " anchor_label) VALUES (:g, :t, :a, :l) RETURNING id"
+                ),
+                {"g": grade, "t": f"anchor-text-{grade}", "a": DEMO_ASSIGNMENT,
+                 "l": f"grade_{grade}_{uuid.uuid4().hex[:6]}"},
+            ).scalar_one()
+            self._anchor_refs[grade] = ref_id
+        return self._anchor_refs[grade]
+
+    def _ensure_assignment(self) -> None:
+        self.conn.execute(
+            text(
+                "INSERT INTO assessment_instructions (assignment_id, instructions_text)"
+                " SELECT CAST(:a AS varchar), 'Write an argumentative essay.' WHERE NOT EXISTS"
+                " (SELECT 1 FROM assessment_instructions WHERE assignment_id = :a)"
+            ),
+            {"a": DEMO_ASSIGNMENT},
+        )
+
+    def insert_batch(self, spec: BatchSpec) -> int:
+        last_activity = self.now - spec.idle
+        bos = spec.bos_batch_id or str(uuid.UUID(int=self.rng.getrandbits(128)))
+        correlation = str(uuid.UUID(int=self.rng.getrandbits(128)))
+        batch_id = self._insert_upload(spec, bos, correlation, last_activity)
+        if spec.state is not None:
+            self._insert_state(batch_id, spec, last_activity)
+        students = self._insert_students(batch_id, spec)
+        anchors = self._insert_anchors(batch_id, spec)
+        self._insert_pairs(batch_id, students + anchors, spec)
+        if spec.projections:
+            self._insert_projections(batch_id, students)
+        for run in range(spec.completion_runs):
+            at = last_activity - spec.burst_spacing * (spec.completion_runs - 1 - run)
+            self.write_completion_events(batch_id, bos, correlation, spec.user_id, at)
+        return batch_id
+
+    def _insert_upload(
+        self, spec: BatchSpec, bos: str, correlation: str, last_activity: datetime
+    ) -> int:
+        created = last_activity - timedelta(minutes=30)
+        request = {"assignment_id": DEMO_ASSIGNMENT if spec.anchor_grades else None,
+                   "language": "sv", "course_code": "SV1", "cj_source": "els"}
+        return int(self.conn.execute(
+            text(
+                "INSERT INTO cj_batch_uploads (bos_batch_id, event_correlation_id, language,"
+                " course_code, expected_essay_count, status, created_at, updated_at, completed_at,"
+                " processing_metadata, assignment_id, user_id, org_id) VALUES (:bos, :corr, 'sv',"
+                " 'SV1', :count, CAST(:status AS cj_batch_status_enum), :created, :updated,"
+                " :completed, CAST(:meta AS json), :assignment, :user, 'org-demo') RETURNING id"
+            ),
+            {"bos": bos, "corr": correlation, "count": spec.students + len(spec.anchor_grades),
+             "status": spec.status, "created": self.naive(created),
+             "updated": self.naive(last_activity),
+             "completed": self.naive(last_activity) if spec.finished else None,
+             "meta": json.dumps({"original_request": request}),
+             "assignment": DEMO_ASSIGNMENT if spec.anchor_grades else None,
+             "user": spec.user_id},
+        ).scalar_one())
+
+    def _insert_state(self, batch_id: int, spec: BatchSpec, last_activity: datetime) -> None:
+        meta: dict[str, Any] = {"llm_batching_mode": "per_request"}
+        if spec.request_metadata:
+            meta["original_request"] = {"language": "sv", "course_code": "SV1"}
+            meta["comparison_budget"] = {"max_pairs_requested": spec.budget or 120,
+                                         "source": "service_default"}
+        # Every NOT NULL column is supplied: the create_all variant has no defaults (§1.10).
+        self.conn.execute(
+            text(
+                "INSERT INTO cj_batch_states (batch_id, state, total_comparisons,"
+                " submitted_comparisons, completed_comparisons, failed_comparisons,"
+                " last_activity_at, partial_scoring_triggered, completion_threshold_pct,"
+                " current_iteration, processing_metadata, total_budget) VALUES (:id,"
+                " CAST(:state AS cj_batch_state_enum), :sub, :sub, :done, :failed, :at, false,"
+                " 95, :iteration, CAST(:meta AS json), :budget)"
+            ),
+            {"id": batch_id, "state": spec.state, "sub": spec.submitted, "done": spec.completed,
+             "failed": spec.failed, "at": last_activity, "iteration": 1 if spec.submitted else 0,
+             "meta": json.dumps(meta), "budget": spec.budget},
+        )
+
+    def _insert_essay(
+        self, batch_id: int, essay_id: str, is_anchor: bool, meta: Any, storage: str
+    ) -> None:
+        self.conn.execute(
+            text(
+                "INSERT INTO cj_processed_essays (els_essay_id, cj_batch_id, text_storage_id,"
+                " assessment_input_text, comparison_count, created_at, updated_at,"
+                " processing_metadata, is_anchor) VALUES (:id, :batch, :storage, :body, 0,"
+                " :at, :at, CAST(:meta AS json), :anchor)"
+            ),
+            {"id": essay_id, "batch": batch_id, "storage": storage,
+             "body": "Essay text. " * 20, "at": self.naive(self.now - timedelta(hours=1)),
+             "meta": json.dumps(meta), "anchor": is_anchor},
+        )
+
+    def _insert_students(self, batch_id: int, spec: BatchSpec) -> list[str]:
+        ids = [str(uuid.UUID(int=self.rng.getrandbits(128))) for _ in range(spec.students)]
+        meta = {"is_anchor": False} if spec.essay_metadata is None else spec.essay_metadata
+        for essay_id in ids:
+            self._insert_essay(batch_id, essay_id, False, meta, f"storage-{essay_id[:8]}")
+        return ids
+
+    def _insert_anchors(self, batch_id: int, spec: BatchSpec) -> list[str]:
+        ids = []
+        for grade in spec.anchor_grades:
+            ref = self.anchor_ref(grade)
+            essay_id = f"ANCHOR_{ref}_{self.rng.getrandbits(32):08x}"
+            meta = {"is_anchor": True, "known_grade": grade, "anchor_ref_id": str(ref),
+                    "text_storage_id": f"anchor-text-{grade}", "anchor_label": f"grade_{grade}"}
+            self._insert_essay(batch_id, essay_id, spec.anchors_flagged, meta,
+                               f"anchor-text-{grade}")
+            ids.append(essay_id)
+        return ids
+
+    def _insert_pairs(self, batch_id: int, essays: list[str], spec: BatchSpec) -> None:
+        if len(essays) < 2:
+            return
+        outcomes = (["win"] * spec.completed + ["error"] * spec.failed
+                    + [None] * (spec.submitted - spec.completed - spec.failed))
+        for outcome in outcomes:
+            a, b = self.rng.sample(essays, 2)
+            winner = self.rng.choice(("essay_a", "essay_b")) if outcome == "win" else outcome
+            self.conn.execute(
+                text(
+                    "INSERT INTO cj_comparison_pairs (cj_batch_id, essay_a_els_id, essay_b_els_id,"
+                    " prompt_text, winner, confidence, error_code, created_at,"
+                    " request_correlation_id, submitted_at, completed_at, pair_generation_mode)"
+                    " VALUES (:batch, :a, :b, 'Which essay is better?', :winner, :conf, :err,"
+                    " :created, :corr, :submitted, :completed, 'coverage')"
+                ),
+                {"batch": batch_id, "a": a, "b": b, "winner": winner,
+                 "conf": 3.0 if outcome == "win" else None,
+                 "err": "TIMEOUT" if outcome == "error" else None,
+                 "created": self.naive(self.now - timedelta(minutes=20)),
+                 "corr": str(uuid.uuid4()), "submitted": self.now - timedelta(minutes=20),
+                 "completed": self.now - timedelta(minutes=10) if outcome else None},
+            )
+
+    def _insert_projections(self, batch_id: int, students: list[str]) -> None:
+        for essay_id in students:
+            grade = self.rng.choice(SWEDISH_8)
+            self.conn.execute(
+                text(
+                    "INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
+                    " confidence_score, confidence_label, calculation_metadata, population_prior)"
+                    " VALUES (:id, :batch, :grade, 0.894, 'HIGH', CAST(:meta AS json), 0.15)"
+                ),
+                {"id": essay_id, "batch": batch_id, "grade": grade,
+                 "meta": json.dumps({"calibration_method": "gaussian_mixture",
+                                     "primary_anchor_grade": grade,
+                                     "grade_scale": "swedish_8_anchor"})},
+            )
+
+    def write_completion_events(
+        self, batch_id: int, bos: str, correlation: str, user_id: str | None, at: datetime,
+        published: bool = True,
+    ) -> None:
+        """What one upstream finalize_scoring call writes: completed, result, resource."""
+        rows = [ev.completion_row(batch_id, bos, correlation, {"total_essays": 6}, at),
+                ev.result_row(batch_id, bos, correlation, {"essay_results": []}, at)]
+        if user_id is not None:
+            rows.append(ev.resource_row(bos, correlation, user_id, "org-demo", 30, at))
+        for row in rows:
+            ev.insert_row(self.conn, row, at, published_at=at if published else None)
+
+    def outbox_backlog(self, pending: int, failed: int, oldest: timedelta) -> None:
+        """Unpublished rows; `failed` of them past the relay's 5 retries (never delivered)."""
+        for i in range(pending + failed):
+            at = self.now - oldest + timedelta(seconds=i)
+            row = ev.OutboxRow(f"backlog-{i}", "cj_batch", "huleedu.cj_assessment.failed.v1",
+                               "huleedu.cj_assessment.failed.v1",
+                               ev.envelope("huleedu.cj_assessment.failed.v1",
+                                           "huleedu.cj_assessment.failed.v1", str(uuid.uuid4()),
+                                           {"cj_assessment_job_id": "INITIALIZATION_FAILED"}, at))
+            gave_up = i < failed
+            ev.insert_row(self.conn, row, at, retry_count=5 if gave_up else 1,
+                          last_error="Exceeded max retries (5)" if gave_up else "broker timeout")
+
+
+GRADES = ("E", "D", "C", "B", "A")
+
+# name -> (spec, problems the exporter must flag on exactly that batch)
+DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
+    "healthy_with_anchors": (
+        BatchSpec(anchor_grades=GRADES, projections=True, completion_runs=1), frozenset()),
+    "healthy_without_anchors": (BatchSpec(completion_runs=1), frozenset()),
+    "healthy_forced_recovery": (
+        BatchSpec(status="COMPLETE_FORCED_RECOVERY", completed=26, failed=0, submitted=26,
+                  completion_runs=1), frozenset()),
+    "single_essay": (
+        BatchSpec(status="COMPLETE_INSUFFICIENT_ESSAYS", students=1, budget=None, submitted=0,
+                  completed=0, request_metadata=False, completion_runs=1), frozenset()),
+    "in_flight": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12, failed=1,
+                  finished=False, anchor_grades=GRADES, idle=timedelta(seconds=40)),
+        frozenset()),
+    "initializing": (
+        BatchSpec(status="PENDING", state="INITIALIZING", budget=None, submitted=0, completed=0,
+                  request_metadata=False, finished=False, idle=timedelta(seconds=5)),
+        frozenset()),
+    "batch20_wedge": (
+        BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
+                  anchors_flagged=False, idle=timedelta(hours=2)),
+        frozenset({"wedged", "anchor_mismatch", "missing_projections"})),
+    "stuck_scoring": (
+        BatchSpec(status="FETCHING_CONTENT", state="SCORING", finished=False,
+                  idle=timedelta(minutes=50)),
+        frozenset({"stuck_scoring"})),
+    "runaway_completion": (
+        BatchSpec(completion_runs=83, burst_spacing=timedelta(milliseconds=70)),
+        frozenset({"duplicate_completion", "duplicate_charge"})),
+    "monitor_failed": (
+        BatchSpec(status="FETCHING_CONTENT", state="FAILED", completed=10, finished=False,
+                  idle=timedelta(minutes=15)),
+        frozenset({"inconsistent_state"})),
+    "no_budget_in_flight": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", budget=None,
+                  completed=5, request_metadata=False, finished=False),
+        frozenset({"metadata_incomplete"})),
+}
+
+
+def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozenset[str]]:
+    """Plant every scenario; return cj_batch_id -> the problems it must be flagged with."""
+    seeder = Seeder(conn, now=now or datetime.now(UTC))
+    planted = {seeder.insert_batch(spec): problems
+               for spec, problems in DEMO_SCENARIOS.values()}
+    # A BOS batch run twice, each run finalized once: legitimate, not a duplicate.
+    rerun_bos = "7b0c1d2e-0000-4000-8000-0000000e0e0e"
+    for _ in range(2):
+        planted[seeder.insert_batch(BatchSpec(bos_batch_id=rerun_bos, completion_runs=1))] = (
+            frozenset())
+    # Years of history are not watched: a batch finished long ago is never exported.
+    seeder.insert_batch(BatchSpec(completion_runs=1, idle=timedelta(days=400)))
+    seeder.outbox_backlog(pending=4, failed=3, oldest=timedelta(minutes=25))
+    return planted

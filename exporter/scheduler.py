@@ -1,0 +1,147 @@
+"""The poll loop: an APScheduler interval job that polls, renders and publishes.
+
+The job blocks until its query is done, and `max_instances=1, coalesce=True` means a slow poll
+makes the scheduler skip ticks (counted in cj_health_polls_skipped_total) instead of piling up
+queries. A failed poll keeps the previous snapshot and sets cj_health_up to 0; once no poll has
+succeeded for `stale_after` intervals the per-batch series are withdrawn, so nothing stale is
+served as fresh. The next good poll recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client.core import Metric
+from sqlalchemy import Engine
+
+from exporter import health
+from exporter.collector import ERROR_REASONS, SelfStats, SnapshotCollector, render
+from exporter.config import Settings
+from exporter.db import describe_error, error_reason
+from exporter.health import Snapshot
+from exporter.web import Page, Store
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    def __init__(self, settings: Settings, engine: Engine,
+                 extra_metrics: Callable[[], Iterable[Metric]] = tuple,
+                 remediation_enabled: bool = False) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.extra_metrics = extra_metrics
+        self.remediation_enabled = remediation_enabled
+        self.snapshot: Snapshot | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._up = False
+        self._last_duration: float | None = None
+        self._polls = 0
+        self._errors = dict.fromkeys(ERROR_REASONS, 0)
+        self._skipped = 0
+        self.store = Store(self._page())
+
+    def poll_once(self) -> None:
+        started = time.monotonic()
+        s = self.settings
+        try:
+            snap = health.poll(self.engine, statement_timeout=s.statement_timeout_seconds,
+                               lock_timeout=s.lock_timeout_seconds, lookback=s.lookback_seconds,
+                               recent_window=s.recent_window_seconds, max_batches=s.max_batches)
+        except Exception as exc:  # a poll must never kill the loop; every failure is counted
+            reason = error_reason(exc)
+            with self._lock:
+                self._polls += 1
+                self._errors[reason] += 1
+                self._up = False
+                self._last_duration = time.monotonic() - started
+                self.last_error = f"{reason}: {describe_error(exc)}"
+            log.warning("poll failed (%s)", self.last_error)
+        else:
+            with self._lock:
+                self._polls += 1
+                self._up = True
+                self._last_duration = snap.duration_seconds
+                self.snapshot = snap
+                self.last_error = None
+            log.debug("poll ok: %d watched, %d exported in %.3fs", snap.watched,
+                      len(snap.batches), snap.duration_seconds)
+        self.publish()
+
+    def count_skip(self, event: JobExecutionEvent | None = None) -> None:
+        with self._lock:
+            self._skipped += 1
+        log.warning("poll skipped: the previous poll is still running")
+        self.publish()
+
+    def is_stale(self) -> bool:
+        snap = self.snapshot
+        return snap is not None and time.time() - snap.taken_at > self.settings.stale_after_seconds
+
+    def stats(self) -> SelfStats:
+        with self._lock:
+            snap = self.snapshot
+            return SelfStats(
+                up=self._up, stale=self.is_stale(),
+                last_success=snap.taken_at if snap else None,
+                last_duration=self._last_duration, polls=self._polls,
+                errors=dict(self._errors), skipped=self._skipped,
+                remediation_enabled=self.remediation_enabled,
+            )
+
+    def publish(self) -> None:
+        self.store.publish(self._page())
+
+    def _page(self) -> Page:
+        stats = self.stats()
+        rendered = render(SnapshotCollector(self.snapshot, stats, self.extra_metrics))
+        status = {
+            "up": stats.up,
+            "stale": stats.stale,
+            "last_success": _iso(stats.last_success),
+            "last_error": self.last_error,
+            "exported_batches": len(self.snapshot.batches) if self.snapshot else 0,
+            "poll_interval_seconds": self.settings.poll_interval_seconds,
+        }
+        return Page(rendered, status)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat()
+
+
+class PollScheduler:
+    """Owns the APScheduler instance running the poll job (and, if given, other jobs)."""
+
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler.add_listener(poller.count_skip, EVENT_JOB_MAX_INSTANCES)
+        self.scheduler.add_job(
+            poller.poll_once, "interval", id="poll", name="poll",
+            seconds=poller.settings.poll_interval_seconds,
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+            next_run_time=datetime.now().astimezone(),
+        )
+
+    def add_interval_job(self, func: Callable[[], None], seconds: float, job_id: str) -> None:
+        self.scheduler.add_job(
+            func, "interval", id=job_id, name=job_id, seconds=seconds, max_instances=1,
+            coalesce=True, misfire_grace_time=None,
+            next_run_time=datetime.now().astimezone() + timedelta(seconds=1),
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        # Do not wait for a running poll: its server-side statement_timeout bounds it, and a
+        # shutdown must finish within seconds.
+        self.scheduler.shutdown(wait=False)

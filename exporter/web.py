@@ -1,0 +1,147 @@
+"""HTTP endpoint: /metrics serves pre-rendered bytes, / links to it, /healthz says we are alive.
+
+A scrape only copies the bytes the last poll rendered (content negotiation picks OpenMetrics or
+text 0.0.4, gzip or not), so it never touches the database and never renders. Every endpoint is
+read-only: anything but GET and HEAD gets 405.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from exporter.collector import Rendered
+
+log = logging.getLogger(__name__)
+
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Page:
+    """What the last poll published: the metrics bytes and a status for / and /healthz."""
+
+    metrics: Rendered
+    status: dict[str, Any]
+
+
+class Store:
+    """Holds the current Page; publishing swaps one reference, so readers never see a mix."""
+
+    def __init__(self, first: Page) -> None:
+        self._page = first
+
+    def publish(self, page: Page) -> None:
+        self._page = page
+
+    @property
+    def page(self) -> Page:
+        return self._page
+
+
+def choose(rendered: Rendered, accept: str, accept_encoding: str) -> tuple[bytes, str, bool]:
+    """Pick body, content type and whether it is gzip-encoded for the request headers."""
+    gzip_ok = any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
+    if "application/openmetrics-text" in accept:
+        body = rendered.openmetrics_gzip if gzip_ok else rendered.openmetrics
+        return body, OPENMETRICS_TYPE, gzip_ok
+    return (rendered.text_gzip if gzip_ok else rendered.text), TEXT_TYPE, gzip_ok
+
+
+def landing_page(status: dict[str, Any]) -> bytes:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in status.items())
+    return (
+        "<!doctype html><html><head><title>cj-health-exporter</title></head><body>"
+        "<h1>cj-health-exporter</h1><p>Health of Comparative Judgement batches.</p>"
+        '<ul><li><a href="/metrics">Metrics</a></li><li><a href="/healthz">Health</a></li></ul>'
+        f"<table>{rows}</table></body></html>"
+    ).encode()
+
+
+Authorizer = Callable[[BaseHTTPRequestHandler], bool]
+
+
+def make_handler(store: Store, authorize: Authorizer | None = None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "cj-health-exporter"
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self._respond(head=False)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._respond(head=True)
+
+        def _not_allowed(self) -> None:
+            self._send(405, "text/plain; charset=utf-8", b"method not allowed\n",
+                       extra={"Allow": "GET, HEAD"})
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+
+        def _respond(self, head: bool) -> None:
+            if authorize is not None and not authorize(self):
+                return
+            page = store.page
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body, ctype, gz = choose(page.metrics, self.headers.get("Accept", ""),
+                                         self.headers.get("Accept-Encoding", ""))
+                extra = {"Content-Encoding": "gzip", "Vary": "Accept, Accept-Encoding"} if gz \
+                    else {"Vary": "Accept, Accept-Encoding"}
+                self._send(200, ctype, body, extra, head)
+            elif path == "/":
+                self._send(200, "text/html; charset=utf-8", landing_page(page.status), {}, head)
+            elif path == "/healthz":
+                # Liveness only: a database outage is reported by cj_health_up, not by failing
+                # this probe (restarting the exporter would not bring the database back).
+                body = json.dumps({"status": "ok", **page.status}).encode()
+                self._send(200, "application/json", body, {}, head)
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found\n", {}, head)
+
+        def _send(self, code: int, ctype: str, body: bytes,
+                  extra: dict[str, str] | None = None, head: bool = False) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+class MetricsServer:
+    """ThreadingHTTPServer in a daemon thread; `stop()` closes the socket."""
+
+    def __init__(self, host: str, port: int, store: Store,
+                 authorize: Authorizer | None = None) -> None:
+        self.httpd = ThreadingHTTPServer((host, port), make_handler(store, authorize))
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
