@@ -7,7 +7,6 @@ where it came from. Unknown keys are errors too: a typo must not silently fall b
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field

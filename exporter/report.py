@@ -96,7 +96,8 @@ def _block(b: dict[str, Any]) -> str:
     if b["outbox_events"]:
         lines.append("  outbox events:")
         for e in b["outbox_events"][:20]:
-            state = "published" if e["published_at"] else f"UNPUBLISHED (retries {e['retry_count']})"
+            state = ("published" if e["published_at"]
+                     else f"UNPUBLISHED (retries {e['retry_count']})")
             lines.append(f"    {_plain(e['created_at'])}  {e['event_type']}  {state}")
         if len(b["outbox_events"]) > 20:
             lines.append(f"    ... and {len(b['outbox_events']) - 20} more")

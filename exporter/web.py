@@ -74,17 +74,17 @@ def make_handler(store: Store, authorize: Authorizer | None = None) -> type[Base
         server_version = "cj-health-exporter"
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             self._respond(head=False)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._respond(head=True)
 
         def _not_allowed(self) -> None:
             self._send(405, "text/plain; charset=utf-8", b"method not allowed\n",
                        extra={"Allow": "GET, HEAD"})
 
-        do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+        do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
 
         def _respond(self, head: bool) -> None:
             if authorize is not None and not authorize(self):
@@ -118,7 +118,7 @@ def make_handler(store: Store, authorize: Authorizer | None = None) -> type[Base
             if not head:
                 self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
 
     return Handler
