@@ -64,7 +64,7 @@ panels = [
         queries((AGE, "since last activity")),
         pos(12, 0, 4, 5),
         "s",
-        thresholds=steps((GREEN, None), (ORANGE, 900), (RED, 3600)),
+        thresholds=steps((GREEN, None), (ORANGE, 3600), (RED, 7200)),
     ),
     stat(
         "Progress",
@@ -100,7 +100,7 @@ panels = [
         "Firing and pending CJ alerts whose labels carry this cj_batch_id: the page that led "
         "here, and any other alert about the same batch.",
         pos(8, 5, 8, 8),
-        label_filter="{" + BATCH + "}",
+        extra_filter=BATCH,
     ),
     stat(
         "Anchors",

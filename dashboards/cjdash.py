@@ -353,7 +353,7 @@ class AlertList(g.Panel):
 
 
 def alertlist(
-    title: str, description: str, grid: g.GridPos, *, label_filter: str = ""
+    title: str, description: str, grid: g.GridPos, *, extra_filter: str = ""
 ) -> AlertList:
     return AlertList(
         title=title,
@@ -361,7 +361,7 @@ def alertlist(
         dataSource=DATASOURCE,
         gridPos=grid,
         alertName="CJ",  # every rule of alerts/cj-batch-health.rules.yml starts with CJ
-        labelFilter=label_filter,
+        labelFilter="{" + ", ".join(m for m in (JOB_ALERT_FILTER, extra_filter) if m) + "}",
         thresholds=OK_ONLY,
         maxDataPoints=None,
     )
@@ -440,8 +440,14 @@ def batch_variable() -> QueryVariable:
 
 
 def alert_annotation(*extra_matchers: str) -> dict[str, Any]:
-    """Mark when CJ alerts fire, on every time series panel (from Prometheus' ALERTS series)."""
-    matchers = ", ".join(('alertstate="firing"', 'alertname=~"CJ.+"', *extra_matchers))
+    """Mark when CJ alerts fire, on every time series panel (Prometheus' ALERTS series).
+
+    The rule pack aggregates the replica labels (instance, pod) away so that an HA pair pages
+    once, so ALERTS carry `job` but no `instance`: only the job variable applies here.
+    """
+    matchers = ", ".join(
+        ('alertstate="firing"', 'alertname=~"CJ.+"', 'job=~"$job"', *extra_matchers)
+    )
     return {
         "datasource": DATASOURCE,
         "enable": True,
@@ -455,6 +461,11 @@ def alert_annotation(*extra_matchers: str) -> dict[str, Any]:
         "titleFormat": "{{alertname}}",
         "useValueForTime": False,
     }
+
+
+# Alert list label filter: Grafana interpolates it itself, so the multi-value job variable needs
+# the regex format. Alerts carry no instance label (see alert_annotation).
+JOB_ALERT_FILTER = 'job=~"${job:regex}"'
 
 
 BUILTIN_ANNOTATION: dict[str, Any] = {

@@ -61,7 +61,7 @@ panels = [
         no_value="no exporter",
     ),
     stat(
-        "Wedged batches",
+        "Wedged",
         "Batches whose upload status is COMPLETE_* while the state is still WAITING_CALLBACKS "
         "or SCORING, or that wait for callbacks with none pending (the sweep should have "
         "finalized them). They never finish on their own; alert CJBatchWedged.",
@@ -98,7 +98,7 @@ panels = [
         queries(f"max by (job) ({metric('cj_outbox_oldest_unpublished_age_seconds')})"),
         pos(16, 0, 4, 4),
         "s",
-        thresholds=steps((GREEN, None), (ORANGE, 300), (RED, 900)),
+        thresholds=steps((GREEN, None), (ORANGE, 600), (RED, 1800)),
     ),
     stat(
         "Failed outbox events",
@@ -224,6 +224,7 @@ panels = [
         pos(16, 22, 8, 8),
         "short",
         draw="points",
+        thresholds=steps((GREEN, None), (ORANGE, 2), (RED, 4)),
     ),
     timeseries(
         "Outbox backlog",
@@ -250,7 +251,7 @@ panels = [
         ),
         pos(12, 30, 12, 8),
         "s",
-        thresholds=steps((GREEN, None), (ORANGE, 300), (RED, 900)),
+        thresholds=steps((GREEN, None), (ORANGE, 600), (RED, 1800)),
     ),
     # --- the exporter itself ----------------------------------------------------------------
     stat(
@@ -267,7 +268,7 @@ panels = [
         ),
         pos(0, 38, 6, 4),
         "s",
-        thresholds=steps((GREEN, None), (ORANGE, 45), (RED, 120)),
+        thresholds=steps((GREEN, None), (ORANGE, 45), (RED, 300)),
         no_value="never",
     ),
     stat(

@@ -166,8 +166,13 @@ def test_alert_rule_dashboard_links_resolve_to_these_dashboards() -> None:
         uid, query = match.group(1), match.group(2) or ""
         assert uid in dashboards, url
         names = {v["name"] for v in dashboards[uid]["templating"]["list"]}
+        panel_ids = {p["id"] for p in dashboards[uid]["panels"]}
         for param in filter(None, query.split("&")):
-            assert param.startswith("var-") and param[4:].split("=")[0] in names, url
+            key, _, value = param.partition("=")
+            if key == "viewPanel":
+                assert int(value) in panel_ids, url
+            else:
+                assert key.startswith("var-") and key[4:] in names, url
 
 
 # --- the lint can fail: one mutation per rule ------------------------------------------------
@@ -241,6 +246,8 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         d, f"max by (job, cj_state) (cj_batches_problem{{{J}}})"), "grouping by labels"),
     ("annotation without job", lambda d: d["annotations"]["list"][1].update(
         expr='ALERTS{alertstate="firing"}'), "annotation 'Firing CJ alerts': target-job-rule"),
+    ("duplicate title", lambda d: panel(d, "stat").update(title=panel(d)["title"]),
+     "panel titles must be unique"),
     ("duplicate refId", lambda d: panel(d)["targets"].append(panel(d)["targets"][0]),
      "duplicate refIds"),
     ("no targets", lambda d: panel(d, "stat").update(targets=[]), "panel-no-targets-rule"),
