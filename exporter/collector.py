@@ -206,5 +206,5 @@ def render(collector: Collector) -> Rendered:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     text = generate_latest(registry)
-    om = openmetrics.generate_latest(registry)
+    om = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
     return Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6))

@@ -11,7 +11,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from sqlalchemy.engine import URL, make_url
@@ -21,6 +21,7 @@ ENV_PREFIX = "CJ_HEALTH_"
 DEFAULT_PORT = 10124
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACTIONS = ("backfill_anchors", "refinalize")
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -128,12 +129,12 @@ def _merge(raw: dict[str, Any], sources: dict[str, str], new: Mapping[str, Any],
             sources[f"{prefix}{key}"] = source
 
 
-def _build(cls: type[Any], raw: Mapping[str, Any], sources: Mapping[str, str],
-           prefix: str) -> Any:
+def _build(cls: type[T], raw: Mapping[str, Any], sources: Mapping[str, str],
+           prefix: str) -> T:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix.rstrip('.')} must be a mapping")
     hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = set(hints)  # every field of these dataclasses is annotated
     for key in raw:
         if key not in known:
             where = sources.get(f"{prefix}{key}", "config")

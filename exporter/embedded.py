@@ -25,7 +25,8 @@ class EmbeddedPostgres:
 
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="cjh-pg-")) / "data"
-        self._server: Any = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
+            self.data_dir, cleanup_mode="stop")
         info = self._server.get_postmaster_info()
         self.socket_dir = Path(info.socket_dir) if info.socket_dir else self.data_dir
 
@@ -35,14 +36,14 @@ class EmbeddedPostgres:
 
     def stop_server(self) -> None:
         """Stop PostgreSQL but keep the data (tests: the database goes down)."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
                user=self._server.system_user)
 
     def start_server(self) -> None:
         """Start it again on the same socket (tests: the database comes back)."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l",
                 str(self.data_dir / "log"), "start"],

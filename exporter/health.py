@@ -120,7 +120,7 @@ def poll(engine: Engine, *, statement_timeout: float, lock_timeout: float,
                           recent_window=recent_window, max_batches=max_batches)
 
 
-def build_snapshot(rows: Sequence[Mapping[str, Any]], outbox: Mapping[str, Any], *,
+def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any], *,
                    now: float, duration: float, recent_window: float,
                    max_batches: int) -> Snapshot:
     parsed = [b for b in (_parse_row(r) for r in rows) if b is not None]
@@ -164,7 +164,7 @@ def _duplicates(batches: Sequence[BatchRow]) -> dict[str, int]:
     }
 
 
-def _parse_row(row: Mapping[str, Any]) -> BatchRow | None:
+def _parse_row(row: Mapping[Any, Any]) -> BatchRow | None:
     """A row that does not fit the contract is logged and skipped, never fatal."""
     try:
         return BatchRow(

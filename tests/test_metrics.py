@@ -271,7 +271,7 @@ def test_landing_health_and_read_only_endpoints(server: MetricsServer) -> None:
     base = f"http://127.0.0.1:{server.port}"
     status, _, body = http_get(f"{base}/")
     assert status == 200 and b'href="/metrics"' in body
-    status, headers, body = http_get(f"{base}/healthz")
+    status, _, body = http_get(f"{base}/healthz")
     assert status == 200 and b'"status": "ok"' in body
     assert http_get(f"{base}/nope")[0] == 404
     import urllib.request

@@ -1,0 +1,1 @@
+"""cj-health-exporter: Prometheus exporter for the health of CJ assessment batches."""
