@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,7 @@ def seconds_literal(seconds: float) -> str:
 @dataclass(frozen=True)
 class Params:
     raw: dict[str, Any]
+    base_dir: Path = HERE  # relative paths in the parameters are relative to this folder
 
     @property
     def job(self) -> str:
@@ -95,14 +98,47 @@ class Params:
     def runbook_url(self, alertname: str) -> str:
         return f"{self.raw['links']['runbook_url_base']}{alertname}.md"
 
-    def overview_url(self) -> str:
+    def dashboard_url(self, alertname: str, *, per_batch: bool) -> str:
+        """Grafana link to the alert's panel: the batch dashboard on the alert's batch for
+        per-batch alerts, the overview for the others."""
         links = self.raw["links"]
-        return f"{str(links['grafana_url']).rstrip('/')}/d/{links['overview_dashboard_uid']}"
+        uid = links["batch_dashboard_uid"] if per_batch else links["overview_dashboard_uid"]
+        url = f"{str(links['grafana_url']).rstrip('/')}/d/{uid}?var-job={{{{ $labels.job }}}}"
+        if per_batch:
+            url += "&var-cj_batch_id={{ $labels.cj_batch_id }}"
+        return f"{url}&viewPanel={self.panel_id(uid, links['panels'][alertname])}"
 
-    def batch_url(self) -> str:
-        links = self.raw["links"]
-        return (f"{str(links['grafana_url']).rstrip('/')}/d/{links['batch_dashboard_uid']}"
-                "?var-cj_batch_id={{ $labels.cj_batch_id }}")
+    def panel_id(self, uid: str, title: str) -> int:
+        panels = self.dashboards.get(uid)
+        if panels is None:
+            raise ParamsError(f"links.dashboards_dir: no dashboard with uid {uid!r} in "
+                              f"{self.dashboards_dir}")
+        ids = [pid for pid, ptitle in panels if ptitle == title]
+        if len(ids) != 1:
+            raise ParamsError(f"links.panels: dashboard {uid!r} has {len(ids)} panels titled "
+                              f"{title!r} (need exactly 1)")
+        return ids[0]
+
+    @property
+    def dashboards_dir(self) -> Path:
+        return (self.base_dir / str(self.raw["links"]["dashboards_dir"])).resolve()
+
+    @cached_property
+    def dashboards(self) -> dict[str, list[tuple[int, str]]]:
+        """uid -> [(panel id, title)] of every dashboard JSON in dashboards_dir."""
+        out: dict[str, list[tuple[int, str]]] = {}
+        for path in sorted(self.dashboards_dir.glob("*.json")):
+            board = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(board, dict) and "uid" in board:
+                out[str(board["uid"])] = list(_panels(board.get("panels", [])))
+        return out
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[tuple[int, str]]:
+    for panel in panels:
+        if "id" in panel:
+            yield int(panel["id"]), str(panel.get("title", ""))
+        yield from _panels(panel.get("panels", []))
 
 
 ALERT_PARAM_KEYS: dict[str, set[str]] = {
@@ -124,13 +160,20 @@ ALERT_PARAM_KEYS: dict[str, set[str]] = {
     "CJHealthBatchesDropped": {"severity", "for"},
     "CJHealthRemediationFailing": {"severity", "window"},
 }
+PER_BATCH_ALERTS = {
+    "CJBatchWedged", "CJBatchStuckScoring", "CJBatchStuckWaitingCallbacks",
+    "CJBatchCompletedWithoutProjections", "CJAnchorFlagMismatch", "CJDuplicateCompletionEvents",
+    "CJCompletionEventRunaway", "CJDuplicateResourceConsumption", "CJBatchInconsistentState",
+    "CJBatchMetadataIncomplete",
+}
 TIER_KEYS = {
     "CJBatchStuckWaitingCallbacks": {"idle", "for"},
     "CJOutboxBacklog": {"oldest_age", "for"},
 }
 TOP_KEYS = {"job", "extra_selector", "replica_labels", "links", "keep_firing_for",
             "upstream_batch_timeout", "alerts"}
-LINK_KEYS = {"runbook_url_base", "grafana_url", "overview_dashboard_uid", "batch_dashboard_uid"}
+LINK_KEYS = {"runbook_url_base", "grafana_url", "overview_dashboard_uid", "batch_dashboard_uid",
+             "dashboards_dir", "panels"}
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -145,8 +188,8 @@ def _keys(mapping: object, expected: set[str], where: str, *, all_required: bool
         raise ParamsError(f"{where}: missing key(s) {sorted(missing)}")
 
 
-def validate(raw: object) -> Params:
-    """Check every key, severity and duration; return the parameters."""
+def validate(raw: object, base_dir: Path = HERE) -> Params:
+    """Check every key, severity, duration and panel; return the parameters."""
     _keys(raw, TOP_KEYS, "params")
     assert isinstance(raw, dict)
     if not raw["job"] or not isinstance(raw["job"], str):
@@ -156,6 +199,7 @@ def validate(raw: object) -> Params:
             isinstance(x, str) and _LABEL_RE.match(x) for x in labels):
         raise ParamsError("replica_labels: must be a non-empty list of label names")
     _keys(raw["links"], LINK_KEYS, "links")
+    _keys(raw["links"]["panels"], set(ALERT_PARAM_KEYS), "links.panels")
     duration_seconds(raw["keep_firing_for"], "keep_firing_for")
     duration_seconds(raw["upstream_batch_timeout"], "upstream_batch_timeout")
     _keys(raw["alerts"], set(ALERT_PARAM_KEYS), "alerts")
@@ -181,7 +225,10 @@ def validate(raw: object) -> Params:
                     raise ParamsError(f"{where}.burst: must be a positive integer")
             else:
                 duration_seconds(value, f"{where}.{key}")
-    return Params(raw)
+    params = Params(raw, base_dir)
+    for name in ALERT_PARAM_KEYS:
+        params.dashboard_url(name, per_batch=name in PER_BATCH_ALERTS)
+    return params
 
 
 def load_params(path: Path) -> dict[str, Any]:
@@ -334,13 +381,13 @@ PROBLEM_ALERTS = (
 def batch_alerts(p: Params) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     kff = p.keep_firing_for
-    batch_url = p.batch_url()
 
     def add_problem(spec: ProblemAlert) -> None:
         cfg = p.alert(spec.alert)
         rules.append(_rule(spec.alert, _problem_expr(spec.figure, spec.problem),
                            cfg["severity"], str(cfg["for"]), spec.summary, spec.description(p),
-                           p.runbook_url(spec.alert), batch_url, kff))
+                           p.runbook_url(spec.alert),
+                           p.dashboard_url(spec.alert, per_batch=True), kff))
 
     by_name = {spec.alert: spec for spec in PROBLEM_ALERTS}
     add_problem(by_name["CJBatchWedged"])
@@ -361,7 +408,7 @@ def batch_alerts(p: Params) -> list[dict[str, Any]]:
             f"{BATCH} is in WAITING_CALLBACKS with comparisons pending and has had no callback "
             f"for {{{{ $value | humanizeDuration }}}} (threshold {tier['idle']}). The upstream "
             f"monitor forces or fails it after {p.upstream_batch_timeout} without activity.",
-            p.runbook_url(name), batch_url, kff))
+            p.runbook_url(name), p.dashboard_url(name, per_batch=True), kff))
 
     for alertname in ("CJBatchCompletedWithoutProjections", "CJAnchorFlagMismatch",
                       "CJDuplicateCompletionEvents"):
@@ -379,7 +426,7 @@ def batch_alerts(p: Params) -> list[dict[str, Any]]:
         f"{BATCH} wrote {{{{ $value | humanize }}}} completion events within 60 seconds "
         f"(threshold {int(cfg['burst'])}): a finalization loop. Every loop may publish results "
         "and charge the customer again.",
-        p.runbook_url(name), batch_url, kff))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=True), kff))
 
     for alertname in ("CJDuplicateResourceConsumption", "CJBatchInconsistentState",
                       "CJBatchMetadataIncomplete"):
@@ -402,7 +449,6 @@ def outbox_rules(p: Params) -> list[dict[str, Any]]:
         {"record": "job:cj_outbox_oldest_unpublished_age_seconds:min",
          "expr": f"min without ({r}) (cj_outbox_oldest_unpublished_age_seconds{p.selector()})"},
     ]
-    overview = p.overview_url()
     name = "CJOutboxBacklog"
     for severity, tier in _tiers(p, name):
         age = seconds_literal(duration_seconds(tier["oldest_age"], f"{name}.oldest_age"))
@@ -413,10 +459,10 @@ def outbox_rules(p: Params) -> list[dict[str, Any]]:
             name, expr, severity, str(tier["for"]),
             "CJ outbox events are not being published.",
             "The oldest unpublished event in the CJ outbox is {{ $value | humanizeDuration }} "
-            f"old (threshold {tier['oldest_age']}) and the relay has not drained the events it "
-            "still retries (job {{ $labels.job }}). Results and completion notices of CJ batches "
-            "are not reaching Kafka.",
-            p.runbook_url(name), overview))
+            f"old (threshold {tier['oldest_age']}) and events the relay still retries keep "
+            "waiting (job {{ $labels.job }}). Results and completion notices of CJ batches are "
+            "not reaching Kafka.",
+            p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
     name = "CJOutboxEventsFailed"
     cfg = p.alert(name)
     rules.append(_rule(
@@ -425,7 +471,7 @@ def outbox_rules(p: Params) -> list[dict[str, Any]]:
         "{{ $value | humanize }} CJ outbox events were given up after 5 publish attempts (job "
         "{{ $labels.job }}). Their batches' results never reach downstream services until "
         "someone replays them, and the relay re-reads them on every poll.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
     return rules
 
 
@@ -445,7 +491,6 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
          "expr": f"sum without ({r}) "
                  f"(increase(cj_health_remediations_total{p.selector()}[{window}]))"},
     ]
-    overview = p.overview_url()
     name = "CJHealthExporterDown"
     cfg = p.alert(name)
     up = f"up{p.selector()}"
@@ -455,14 +500,14 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
         "{{ if eq $value 1.0 }}Prometheus has no target of job {{ $labels.job }}{{ else }}No "
         "target of job {{ $labels.job }} can be scraped{{ end }}: cj-health-exporter is down or "
         "not scraped, so no CJ batch alert can fire.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
     rules.append(_rule(
         name, f"({up} == 0)\nand ignoring ({r})\n(max without ({r}) ({up}) == 1)",
         cfg["replica_severity"], str(cfg["replica_for"]),
         "A replica of cj-health-exporter is down; the others still export.",
         "Target {{ $labels.instance }} of job {{ $labels.job }} cannot be scraped. Another "
         "replica still exports, so alerts work, but the exporter is no longer redundant.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
 
     name = "CJHealthPollFailing"
     cfg = p.alert(name)
@@ -472,7 +517,7 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
         f"No replica of job {{{{ $labels.job }}}} has had a successful poll for {cfg['for']} "
         "(cj_health_up is 0): the CJ database is unreachable, too slow or the view fails. "
         "Per-batch series are withdrawn, so the CJ batch alerts are blind.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
 
     name = "CJHealthPollStale"
     cfg = p.alert(name)
@@ -484,7 +529,7 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
         "The last successful poll of job {{ $labels.job }} was "
         f"{{{{ $value | humanizeDuration }}}} ago (threshold {cfg['age']}). Polls fail or hang; "
         "per-batch series are withdrawn, so the CJ batch alerts are blind.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
 
     name = "CJHealthBatchesDropped"
     cfg = p.alert(name)
@@ -493,17 +538,17 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
         "cj-health-exporter drops batches over its max_batches cap.",
         "{{ $value | humanize }} CJ batches are over max_batches and not exported by job "
         "{{ $labels.job }}: the per-batch alerts cannot see them.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
 
     name = "CJHealthRemediationFailing"
     cfg = p.alert(name)
     rules.append(_rule(
         name, f'{remediation_record}{{outcome="failed"}} > 0', cfg["severity"], "0s",
         "The finalizer's remediation actions are failing.",
-        f"{{{{ $value | humanize }}}} {{{{ $labels.action }}}} actions failed in the last "
-        f"{window} (job {{{{ $labels.job }}}}). The batches they were meant to heal stay "
+        f"{{{{ $value | humanize }}}} {{{{ $labels.action }}}} remediation(s) failed in the "
+        f"last {window} (job {{{{ $labels.job }}}}). The batches they were meant to heal stay "
         "broken; the audit table cj_health_remediations says why.",
-        p.runbook_url(name), overview))
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
     return rules
 
 
@@ -531,10 +576,10 @@ def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_representer)
 
 
-def render(raw: dict[str, Any]) -> str:
-    """The rule file for these parameters, as text."""
-    params = validate(raw)
-    body = yaml.dump(build(params), Dumper=_Dumper, sort_keys=False, width=100,
+def render(raw: dict[str, Any], base_dir: Path = HERE) -> str:
+    """The rule file for these parameters, as text; relative paths resolve against base_dir."""
+    params = validate(raw, base_dir)
+    body = yaml.dump(build(params), Dumper=_Dumper, sort_keys=False, width=1 << 16,
                      allow_unicode=True, default_flow_style=False)
     return HEADER + body
 
@@ -554,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = load_params(args.params)
         if args.for_ is not None:
             raw = override_for(raw, args.for_)
-        text = render(raw)
-    except (ParamsError, OSError, yaml.YAMLError) as exc:
+        text = render(raw, args.params.resolve().parent)
+    except (ParamsError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"generate.py: {exc}", file=sys.stderr)
         return 2
     if args.check:
