@@ -211,7 +211,7 @@ def _validate(s: Settings) -> None:
 def parse_listen_address(address: str) -> tuple[str, int]:
     """node_exporter's HOST:PORT spelling: ':10124', '127.0.0.1:10124', '[::1]:10124'."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"web.listen-address must be HOST:PORT, got {address!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -47,6 +47,7 @@ class ExporterProcess:
         self._log = os.fdopen(fd, "wb")
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._final_output: str | None = None
 
     def __enter__(self) -> ExporterProcess:
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
@@ -58,6 +59,7 @@ class ExporterProcess:
                  tb: TracebackType | None) -> None:
         self.stop()
         self._log.close()
+        self._final_output = self.output()
         self.log_path.unlink(missing_ok=True)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5) -> int | None:
@@ -72,6 +74,9 @@ class ExporterProcess:
             return None
 
     def output(self) -> str:
+        """Everything the process wrote to stdout/stderr (kept after the process stopped)."""
+        if self._final_output is not None:
+            return self._final_output
         return self.log_path.read_text(errors="replace")
 
     def metrics(self) -> str:

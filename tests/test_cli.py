@@ -1,0 +1,136 @@
+"""The real `cj-health-exporter` process: serve through a database outage, SIGTERM, inspect and
+install-view."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from exporter import scenarios, sqlfiles
+from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+
+from .conftest import SeededDb, Server, drop_database, new_database, url_string
+from .helpers import ExporterProcess, http_get
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def metric_value(body: bytes, line_prefix: str) -> float:
+    for line in body.decode().splitlines():
+        if line.startswith(line_prefix):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_prefix} not in metrics")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A server of this test's own, so it can be stopped and started."""
+    runtime_dir_env()
+    pg = EmbeddedPostgres()
+    engine = create_engine(pg.url())
+    with engine.begin() as conn:
+        sqlfiles.load_reference_schema(conn)
+        sqlfiles.install_views(conn)
+        scenarios.seed_demo(conn)
+    engine.dispose()
+    yield pg
+    pg.close()
+
+
+def test_serve_survives_a_database_outage(own_postgres: EmbeddedPostgres) -> None:
+    dsn = url_string(own_postgres.url())
+    with ExporterProcess(dsn, poll_interval=0.5, extra_args=["--stale-after", "100"]) as exp:
+        assert metric_value(exp.wait_for(lambda b: True, 5), "cj_health_up ") == 1
+        own_postgres.stop_server()
+        body = exp.wait_for(lambda b: b"cj_health_up 0.0" in b, 20)
+        assert metric_value(body, 'cj_health_poll_errors_total{reason="connection"}') >= 1
+        assert b"cj_batch_problem{" in body  # the last good snapshot is still served
+        own_postgres.start_server()
+        body = exp.wait_for(lambda b: b"cj_health_up 1.0" in b, 20)
+        assert b'problem="wedged"' in body
+        assert exp.proc is not None and exp.proc.poll() is None
+        started = time.monotonic()
+        assert exp.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 5
+    assert "poll failed (connection" in exp.output()
+    assert "Traceback" not in exp.output()
+
+
+def test_serve_endpoints(seeded_db: SeededDb) -> None:
+    with ExporterProcess(seeded_db.url) as exp:
+        status, _, body = http_get(f"{exp.url}/")
+        assert status == 200 and b"/metrics" in body
+        status, _, body = http_get(f"{exp.url}/healthz")
+        assert status == 200 and json.loads(body)["up"] is True
+        assert b"cj_health_build_info{" in http_get(f"{exp.url}/metrics")[2]
+
+
+def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
+    admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS no_views"))
+        conn.execute(text("CREATE DATABASE no_views"))
+    admin.dispose()
+    result = cli("serve", "--dsn", url_string(pg_server.url("no_views")),
+                 "--web.listen-address", "127.0.0.1:0")
+    drop_database(pg_server, "no_views")
+    assert result.returncode == 2
+    assert "run `cj-health-exporter install-view`" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_by_id_by_bos_and_unknown(seeded_db: SeededDb) -> None:
+    wedged = next(b for b, p in seeded_db.planted.items() if "wedged" in p)
+    result = cli("inspect", str(wedged), "--dsn", seeded_db.url)
+    assert result.returncode == 0, result.stderr
+    assert f"CJ batch {wedged}" in result.stdout
+    assert "WAITING_CALLBACKS / COMPLETE_STABLE" in result.stdout
+    assert "- wedged:" in result.stdout and "- anchor_mismatch:" in result.stdout
+
+    result = cli("inspect", "7b0c1d2e-0000-4000-8000-0000000e0e0e", "--dsn", seeded_db.url,
+                 "--json")
+    runs = json.loads(result.stdout)
+    assert len(runs) == 2 and all(r["problems"] == [] for r in runs)
+    assert all(len(r["outbox_events"]) == 4 for r in runs)  # own completed+result, 2 resource
+
+    result = cli("inspect", "424242", "--dsn", seeded_db.url)
+    assert result.returncode == 1 and "no CJ batch" in result.stderr
+
+
+def test_inspect_runaway_json(seeded_db: SeededDb) -> None:
+    runaway = next(b for b, p in seeded_db.planted.items() if "duplicate_completion" in p)
+    report = json.loads(cli("inspect", str(runaway), "--dsn", seeded_db.url, "--json").stdout)[0]
+    assert report["completion_events"] == 83 and report["completion_event_burst"] == 83
+    assert set(report["problems"]) == {"duplicate_completion", "duplicate_charge"}
+
+
+def test_install_view_is_idempotent(pg_server: Server) -> None:
+    name = new_database(pg_server, template="template0")
+    url = url_string(pg_server.url(name))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        sqlfiles.load_reference_schema(conn)
+    engine.dispose()
+    for _ in range(2):
+        result = cli("install-view", "--dsn", url)
+        assert result.returncode == 0, result.stderr
+        assert "views cj_batch_health and cj_outbox_health installed" in result.stdout
+        assert "index cj_health_outbox_completion_job_idx present" in result.stdout
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        indexes = conn.execute(text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE"
+                                    " 'cj\\_health\\_%'")).scalar_one()
+        assert conn.execute(text("SELECT count(*) FROM cj_batch_health")).scalar_one() == 0
+    engine.dispose()
+    drop_database(pg_server, name)
+    assert indexes == 5
