@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotent, fast when already there) and runs every check:
+# ruff, mypy, and the whole pytest suite against real PostgreSQL, promtool, Prometheus and
+# Alertmanager. This is README's test command; .ci/run calls it on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "need root (or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  # Without policy-rc.d the packages start their daemons, listening on all interfaces.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff";   .venv/bin/ruff check .
+echo "== mypy";   .venv/bin/mypy exporter
+echo "== pytest"; .venv/bin/pytest -q "$@"
