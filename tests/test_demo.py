@@ -1,0 +1,62 @@
+"""README's first command: `cj-health-exporter demo` brings up a seeded embedded Postgres, its
+/metrics flags each planted problem on exactly the planted batches, and Ctrl-C removes it all."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .helpers import free_port, http_get
+
+
+def planted_from(summary: str) -> dict[int, set[str]]:
+    planted = {}
+    for batch_id, problems in re.findall(r"^\s+(\d+): (.+)$", summary, re.MULTILINE):
+        planted[int(batch_id)] = set() if problems == "healthy" else set(problems.split(", "))
+    return planted
+
+
+def test_demo_flags_exactly_the_planted_problems_and_cleans_up() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--web.listen-address", f"127.0.0.1:{port}",
+         "--poll-interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        out = "".join(lines)
+        assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+        planted = planted_from(out)
+        assert len(planted) >= 10
+        body = b""
+        deadline = time.monotonic() + 20
+        while b"cj_batch_problem{" not in body and time.monotonic() < deadline:
+            body = http_get(f"http://127.0.0.1:{port}/metrics")[2]
+            time.sleep(0.2)
+        flagged: dict[int, set[str]] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.name == "cj_batch_problem":
+                    flagged.setdefault(int(s.labels["cj_batch_id"]), set()).add(
+                        s.labels["problem"])
+        assert flagged == {b: p for b, p in planted.items() if p}
+        match = re.search(r"host=([^'&]+)", out)
+        assert match, out
+        data_dir = Path(urllib.parse.unquote(match.group(1)))
+        assert data_dir.exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert not data_dir.exists() and not data_dir.parent.exists()
