@@ -23,7 +23,17 @@ def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICAT
         max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=connect_timeout,
-        connect_args={"connect_timeout": connect_timeout, "application_name": application_name},
+        connect_args={
+            "connect_timeout": connect_timeout,
+            "application_name": application_name,
+            # statement_timeout only helps while the server can answer: if the network
+            # black-holes the connection, keepalives and tcp_user_timeout end the wait.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        },
     )
 
 

@@ -41,6 +41,8 @@ class Poller:
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
         self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()  # a skip and a poll must not publish out of order
+        self._failures_in_a_row = 0
         self._up = False
         self._last_duration: float | None = None
         self._polls = 0
@@ -63,7 +65,12 @@ class Poller:
                 self._up = False
                 self._last_duration = time.monotonic() - started
                 self.last_error = f"{reason}: {describe_error(exc)}"
-            log.warning("poll failed (%s)", self.last_error)
+                self._failures_in_a_row += 1
+                failures = self._failures_in_a_row
+            # One warning when an outage starts, then a reminder every 20 polls: a long outage
+            # must not bury the log, and cj_health_poll_errors_total has the exact count.
+            if failures == 1 or failures % 20 == 0:
+                log.warning("poll failed (%s), %d in a row", self.last_error, failures)
         else:
             with self._lock:
                 self._polls += 1
@@ -71,6 +78,9 @@ class Poller:
                 self._last_duration = snap.duration_seconds
                 self.snapshot = snap
                 self.last_error = None
+                recovered, self._failures_in_a_row = self._failures_in_a_row, 0
+            if recovered:
+                log.info("poll recovered after %d failed polls", recovered)
             log.debug("poll ok: %d watched, %d exported in %.3fs", snap.watched,
                       len(snap.batches), snap.duration_seconds)
         self.publish()
@@ -97,7 +107,8 @@ class Poller:
             )
 
     def publish(self) -> None:
-        self.store.publish(self._page())
+        with self._publish_lock:
+            self.store.publish(self._page())
 
     def _page(self) -> Page:
         stats = self.stats()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,12 +125,17 @@ def make_handler(store: Store, authorize: Authorizer | None = None) -> type[Base
     return Handler
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """ThreadingHTTPServer in a daemon thread; `stop()` closes the socket."""
 
     def __init__(self, host: str, port: int, store: Store,
                  authorize: Authorizer | None = None) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(store, authorize))
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self.httpd = server_class((host, port), make_handler(store, authorize))
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http",
                                         daemon=True)
