@@ -287,3 +287,21 @@ def test_lint_command_line_is_clean() -> None:
         [sys.executable, str(DASHBOARDS / "lint.py")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_docs_table_lists_every_panel_with_its_type() -> None:
+    """docs/dashboards.md (pasted into the README) must not drift from the dashboards."""
+    doc = (ROOT / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    names = {"stat": "stat", "alertlist": "alert list", "bargauge": "bar gauge",
+             "timeseries": "time series", "table": "table"}  # fmt: skip
+    for name, uid in UIDS.items():
+        section = doc.split(f"(`{uid}`)\n", 1)[1].split("\n## ", 1)[0]
+        rows = [
+            [cell.strip() for cell in line.strip("|").split("|")]
+            for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| panel")
+        ]
+        documented = {row[0]: row[1] for row in rows}
+        assert all("?" in row[2] for row in rows), "each row states the question it answers"
+        panels = {p["title"]: names[p["type"]] for p in committed(name)["panels"]}
+        assert documented == panels, name
