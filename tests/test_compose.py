@@ -400,7 +400,10 @@ def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db
         loaded = {
             line.split("loading ")[1] for line in init.stdout.splitlines() if "loading" in line
         }
-        assert loaded == {str(p.relative_to(ROOT / "sql")) for p in (ROOT / "sql").glob("*/*.sql")}
+        # the demo loads the reference schema and the views; sql/remediation/ is created by
+        # `install-view --remediation` only, for a finalizer the demo does not enable
+        wanted = [*(ROOT / "sql" / "schema").glob("*.sql"), *(ROOT / "sql" / "views").glob("*.sql")]
+        assert loaded == {str(p.relative_to(ROOT / "sql")) for p in wanted}
 
         seed_env = {**os.environ, "CJ_DEMO_DSN": owner_url}
         seed = [sys.executable, str(SEED_SCRIPT)]
