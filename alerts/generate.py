@@ -514,8 +514,8 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
     rules.append(_rule(
         name, "job:cj_health_up:max == 0", cfg["severity"], str(cfg["for"]),
         "cj-health-exporter cannot poll the CJ database.",
-        f"No replica of job {{{{ $labels.job }}}} has had a successful poll for {cfg['for']} "
-        "(cj_health_up is 0): the CJ database is unreachable, too slow or the view fails. "
+        "No replica of job {{ $labels.job }} can poll the CJ database (cj_health_up is 0 "
+        "everywhere): the database is unreachable, too slow or the view fails. "
         "Per-batch series are withdrawn, so the CJ batch alerts are blind.",
         p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
 
