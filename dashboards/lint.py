@@ -290,10 +290,12 @@ def lint(
             finding(f"{where}: duplicate refIds {refs}")
         for target in targets:
             if _uid(target.get("datasource")) not in DATASOURCE_UIDS:
-                finding(f"panel-datasource-rule: {where} target {target.get('refId')} does "
-                        "not use the datasource variable")  # fmt: skip
+                finding(
+                    f"panel-datasource-rule: {where} target {target.get('refId')} does "
+                    "not use the datasource variable"
+                )
     for annotation in dashboard.get("annotations", {}).get("list", []):
-        if "expr" in annotation and _uid(annotation.get("datasource")) not in (DATASOURCE_UIDS):
+        if "expr" in annotation and _uid(annotation.get("datasource")) not in DATASOURCE_UIDS:
             finding(f"annotation {annotation.get('name')!r} does not use the datasource variable")
 
     # --- PromQL -------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ def lint_query(query: Query, contract: Contract) -> list[str]:
         return [f"unknown template variable ${exc.args[0]} in {query.expr!r}"]
     try:
         ast = pp.parse(text)
-    except Exception as exc:  # the parser raises a bare ValueError subclass
+    except ValueError as exc:  # promql_parser reports syntax errors as ValueError
         return [f"target-promql-rule: does not parse: {exc} in {text!r}"]
 
     sample_rate = pp.parse_duration(LINT_VALUES["__rate_interval"])
@@ -330,14 +332,17 @@ def lint_query(query: Query, contract: Contract) -> list[str]:
                     and isinstance(call, pp.Call)
                     and call.func.name in RANGE_FUNCTIONS
                 ):
-                    out.append(f"target-counter-agg-rule: counter {node.name} is not inside "
-                               "rate/irate/increase")  # fmt: skip
+                    out.append(
+                        f"target-counter-agg-rule: counter {node.name} is not inside "
+                        "rate/irate/increase"
+                    )
         elif isinstance(node, pp.MatrixSelector):
             call = parents[-1] if parents else None
             in_range_function = isinstance(call, pp.Call) and call.func.name in RANGE_FUNCTIONS
             if in_range_function and node.range != sample_rate:
-                out.append(f"target-rate-interval-rule: {call.func.name}() must use "
-                           "$__rate_interval")  # fmt: skip
+                out.append(
+                    f"target-rate-interval-rule: {call.func.name}() must use $__rate_interval"
+                )
     allowed = metric_labels | {"job", "instance"}
     for node, _ in walk(ast):
         grouping: list[str] = []
