@@ -178,6 +178,10 @@ def test_service_dependencies_order_the_start(model: dict[str, Any]) -> None:
         return str(service(model, name)["depends_on"][on]["condition"])
 
     assert condition("demo-seed", "postgres") == "service_healthy"
+    # healthy only once the real server is up: during initialization the entrypoint's
+    # temporary server listens on the Unix socket alone, so the probe must use TCP
+    probe = service(model, "postgres")["healthcheck"]["test"]
+    assert "pg_isready" in probe and "127.0.0.1" in probe, probe
     assert condition("exporter", "demo-seed") == "service_completed_successfully"
     assert condition("grafana", "prometheus") == "service_healthy"
     assert condition("prometheus", "alertmanager") == "service_healthy"

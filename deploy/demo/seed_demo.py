@@ -13,10 +13,27 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from exporter import scenarios
+
+CONNECT_WAIT_SECONDS = 60.0
+
+
+def wait_for(engine: Engine) -> None:
+    """Postgres may still be starting (or restarting after its first-start initialization)."""
+    deadline = time.monotonic() + CONNECT_WAIT_SECONDS
+    while True:
+        try:
+            with engine.connect():
+                return
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def main() -> int:
@@ -26,6 +43,7 @@ def main() -> int:
         return 2
     engine = create_engine(dsn)
     try:
+        wait_for(engine)
         with engine.begin() as conn:
             if conn.execute(text("SELECT EXISTS (SELECT 1 FROM cj_batch_uploads)")).scalar():
                 print("seed_demo: the database already holds CJ batches; nothing to do")
