@@ -199,7 +199,9 @@ def stat(
         title=title,
         description=description,
         dataSource=DATASOURCE,
-        targets=targets,
+        # instant: a stat says what is true now. A range query reduced to its last value would
+        # keep showing the last sample of a series that has since disappeared.
+        targets=[attr.evolve(t, instant=True) for t in targets],
         gridPos=grid,
         format=unit,
         color={"mode": "thresholds"},

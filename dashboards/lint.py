@@ -74,8 +74,12 @@ LABEL_VALUES = re.compile(
     r"^\s*label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\s*\)\s*$", re.S
 )
 
-# ALERTS (Prometheus' own series for the rule pack) and the labels the pack keeps on it.
-ALERTS_LABELS = frozenset({"alertname", "alertstate", "severity", "job", "cj_batch_id"})
+# Prometheus' own series, beside docs/metrics.md: ALERTS (for the rule pack, with the labels the
+# pack keeps on it) and the scrape's `up` (job and instance only).
+BUILTIN_LABELS: dict[str, frozenset[str]] = {
+    "ALERTS": frozenset({"alertname", "alertstate", "severity", "job", "cj_batch_id"}),
+    "up": frozenset({"job", "instance"}),
+}
 
 
 class UnknownVariable(KeyError):
@@ -359,8 +363,8 @@ def lint_query(query: Query, contract: Contract) -> list[str]:
 
 
 def _labels_of(name: str | None, contract: Contract) -> set[str]:
-    if name == "ALERTS":
-        return set(ALERTS_LABELS)
+    if name in BUILTIN_LABELS:
+        return set(BUILTIN_LABELS[name])
     return set(contract.labels.get(name or "", set()))
 
 
@@ -380,7 +384,7 @@ def _check_selector(
     if name is None:
         out.append("selector without a metric name")
         return out
-    if name != "ALERTS" and name not in contract.labels:
+    if name not in BUILTIN_LABELS and name not in contract.labels:
         out.append(f"metric {name} is not in docs/metrics.md")
         return out
     known = _labels_of(name, contract) | {"job", "instance"}
@@ -389,7 +393,7 @@ def _check_selector(
             out.append(f"{name}: label {label!r} is not one of its labels {sorted(known)}")
             continue
         documented = contract.values.get(label)
-        if documented is None or name == "ALERTS" or label in ("job", "instance"):
+        if documented is None or name in BUILTIN_LABELS or label in ("job", "instance"):
             continue
         wanted = matcher.value.split("|") if matcher.op == pp.MatchOp.Re else [matcher.value]
         undocumented = [v for v in wanted if v not in documented]

@@ -51,9 +51,17 @@ panels = [
     stat(
         "Exporter up",
         "cj_health_up per exporter instance: UP when its last poll of the CJ database "
-        "succeeded. DOWN means every other panel shows an ageing snapshot (or nothing, once "
-        "the per-batch series are withdrawn); see the exporter health panels at the bottom.",
-        queries((metric("cj_health_up"), "{{instance}}")),
+        "succeeded; DOWN when the poll failed or Prometheus cannot scrape the instance (up = "
+        "0). DOWN means every other panel shows an ageing snapshot (or nothing, once the "
+        "per-batch series are withdrawn); see the exporter health panels at the bottom.",
+        queries(
+            (
+                f"max by (job, instance) ({metric('cj_health_up')})\n"
+                "or on (job, instance)\n"
+                f"max by (job, instance) ({metric('up')}) * 0",
+                "{{instance}}",
+            )
+        ),
         pos(0, 0, 4, 4),
         "none",
         thresholds=steps((RED, None), (GREEN, 1)),
