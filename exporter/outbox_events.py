@@ -32,14 +32,24 @@ class OutboxRow:
     envelope: dict[str, Any]
 
 
+def timestamp(at: datetime) -> str:
+    """A UTC instant as pydantic v2 serialises it in JSON mode (the envelope is a pydantic
+    model upstream): ISO 8601 with a 'Z' suffix."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def envelope(
     event_type: str, topic: str, correlation_id: str, data: Mapping[str, Any], at: datetime
 ) -> dict[str, Any]:
-    """The serialized EventEnvelope plus the `topic` key the outbox library adds."""
+    """The serialized EventEnvelope plus the `topic` key the outbox library adds.
+
+    `event_type` is what the envelope carries: upstream puts the topic string there for all
+    three completion events, while the outbox row's event_type column may differ (result).
+    """
     return {
         "event_id": str(uuid.uuid4()),
         "event_type": event_type,
-        "event_timestamp": at.astimezone(UTC).isoformat(),
+        "event_timestamp": timestamp(at),
         "source_service": SOURCE_SERVICE,
         "schema_version": 1,
         "correlation_id": correlation_id,
@@ -52,17 +62,27 @@ def envelope(
 
 def completion_row(
     cj_batch_id: int, bos_batch_id: str, correlation_id: str, summary: Mapping[str, Any],
-    at: datetime, status: str = "completed_successfully",
+    at: datetime, status: str = "completed_successfully", started_at: datetime | None = None,
 ) -> OutboxRow:
-    """Thin completion event to ELS: aggregate cj_batch / bos_batch_id."""
-    data = {
+    """Thin completion event to ELS (CJAssessmentCompletedV1): aggregate cj_batch/bos_batch_id."""
+    data: dict[str, Any] = {
         "event_name": "cj_assessment.completed",
         "entity_id": bos_batch_id,
         "entity_type": "batch",
         "parent_id": None,
-        "timestamp": at.astimezone(UTC).isoformat(),
+        "timestamp": timestamp(at),
         "status": status,
-        "system_metadata": {"entity_id": bos_batch_id, "entity_type": "batch"},
+        "system_metadata": {
+            "entity_id": bos_batch_id,
+            "entity_type": "batch",
+            "parent_id": None,
+            "timestamp": timestamp(at),
+            "processing_stage": "completed",
+            "started_at": timestamp(started_at) if started_at else None,
+            "completed_at": timestamp(at),
+            "event": "cj_assessment.completed",
+            "error_info": {},
+        },
         "cj_assessment_job_id": str(cj_batch_id),
         "processing_summary": dict(summary),
     }
@@ -76,29 +96,46 @@ def result_row(
     cj_batch_id: int, bos_batch_id: str, correlation_id: str, result: Mapping[str, Any],
     at: datetime,
 ) -> OutboxRow:
-    """Rich result to RAS: event_type is not the topic string; aggregate is the CJ batch id."""
-    data = {"batch_id": bos_batch_id, "cj_assessment_job_id": str(cj_batch_id), **result}
+    """Rich result to RAS (AssessmentResultV1): the outbox event_type is not the topic string
+    (the envelope's is); aggregate assessment_result / the CJ batch id."""
+    data = {
+        "event_name": RESULT_EVENT,
+        "entity_id": bos_batch_id,
+        "entity_type": "batch",
+        "parent_id": None,
+        "timestamp": timestamp(at),
+        "batch_id": bos_batch_id,
+        "cj_assessment_job_id": str(cj_batch_id),
+        **result,
+    }
     return OutboxRow(
         str(cj_batch_id), "assessment_result", RESULT_EVENT, RESULT_TOPIC,
-        envelope(RESULT_EVENT, RESULT_TOPIC, correlation_id, data, at),
+        envelope(RESULT_TOPIC, RESULT_TOPIC, correlation_id, data, at),
     )
 
 
 def resource_row(
     bos_batch_id: str, correlation_id: str, user_id: str, org_id: str | None, quantity: int,
-    at: datetime,
+    at: datetime, processing_id: str | None = None,
 ) -> OutboxRow:
-    """Credits consumed: one per finalized run; aggregate resource_consumption / bos_batch_id."""
+    """Credits consumed (ResourceConsumptionV1): aggregate resource_consumption/bos_batch_id.
+
+    Upstream's processing_id is the CJ batch id; callers that do not know it (old seeds) get
+    the correlation id.
+    """
     data = {
+        "event_name": "resource.consumption.reported",
         "entity_id": bos_batch_id,
         "entity_type": "batch",
+        "parent_id": None,
+        "timestamp": timestamp(at),
         "user_id": user_id,
         "org_id": org_id,
         "resource_type": "cj_comparison",
         "quantity": quantity,
         "service_name": SOURCE_SERVICE,
-        "processing_id": correlation_id,
-        "consumed_at": at.astimezone(UTC).isoformat(),
+        "processing_id": processing_id or correlation_id,
+        "consumed_at": timestamp(at),
     }
     return OutboxRow(
         bos_batch_id, "resource_consumption", RESOURCE_EVENT, RESOURCE_EVENT,

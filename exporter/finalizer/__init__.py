@@ -1,0 +1,22 @@
+"""The embedded finalizer: authorized, audited, exactly-once remediation of wedged batches.
+
+Imported only when remediation is enabled (or asked for on the command line): the exporter
+core never needs numpy, scipy or choix. Modules, one job each:
+
+- model       actions, outcomes, an action's Result
+- bt          Bradley-Terry scores and standard errors (choix, as upstream)
+- scales      the grade scales and their priors
+- projection  anchor calibration and student grade projection (as upstream)
+- events      the three completion events' payloads
+- store       the SQL the actions run
+- refinalize  the re-finalization transaction (row locks + guard = exactly once)
+- anchors     the anchor-flag backfill
+- audit       the audit table and the maintenance switch
+- valves      authorization and the safety valves (pure)
+- candidates  which batches need an action (from the view)
+- leader      advisory-lock leader election on a dedicated connection
+- metrics     the finalizer's metric families
+- service     the remediation cycle and its wiring
+
+Nothing is imported here so that `exporter.finalizer.audit` (install-view) stays light.
+"""

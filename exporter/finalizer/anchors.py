@@ -1,0 +1,67 @@
+"""Action `backfill_anchors`: is_anchor = true where the essay's metadata says it is an anchor.
+
+The metadata flag is canonical (upstream sets the column from it on insert); the action never
+clears a flag, so a reverse mismatch (column true, metadata false) stays for a person. One
+batch per transaction; the UPDATE is idempotent (IS DISTINCT FROM true), so concurrent runs
+cannot double-apply it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from exporter import db
+from exporter.finalizer import audit, store
+from exporter.finalizer.model import (
+    APPLIED,
+    BACKFILL_ANCHORS,
+    DEFAULT_LIMITS,
+    DRY_RUN,
+    FAILED,
+    SKIPPED,
+    Limits,
+    Result,
+)
+
+_PENDING = text(
+    "SELECT els_essay_id FROM cj_processed_essays WHERE cj_batch_id = :id"
+    " AND lower(processing_metadata ->> 'is_anchor') = 'true'"
+    " AND is_anchor IS DISTINCT FROM true ORDER BY els_essay_id"
+)
+
+
+def backfill_anchors(engine: Engine, batch_id: int, *, replica: str, dry_run: bool,
+                     limits: Limits = DEFAULT_LIMITS) -> Result:
+    started = time.monotonic()
+    try:
+        result = _run(engine, batch_id, replica, dry_run, limits)
+    except DBAPIError as exc:
+        result = Result(BACKFILL_ANCHORS, batch_id, FAILED, {"reason": db.describe_error(exc)})
+    took = round((time.monotonic() - started) * 1000, 1)
+    return replace(result, detail={**result.detail, "took_ms": took})
+
+
+def _run(engine: Engine, batch_id: int, replica: str, dry_run: bool, limits: Limits) -> Result:
+    with engine.connect() as conn, conn.begin() as tx:
+        store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
+        if dry_run:
+            ids = list(conn.execute(_PENDING, {"id": batch_id}).scalars())
+        else:
+            ids = store.backfill_anchor_flags(conn, batch_id)
+        if not ids:
+            tx.rollback()
+            return Result(BACKFILL_ANCHORS, batch_id, SKIPPED,
+                          {"reason": "no essay whose metadata says anchor lacks the flag"})
+        detail = {"reason": f"{'would flag' if dry_run else 'flagged'} {len(ids)} anchor(s)",
+                  "plan": [f"set is_anchor = true on {len(ids)} essay(s) of batch {batch_id}"],
+                  "essays": sorted(ids)}
+        if dry_run:
+            tx.rollback()
+            return Result(BACKFILL_ANCHORS, batch_id, DRY_RUN, detail)
+        result = Result(BACKFILL_ANCHORS, batch_id, APPLIED, detail, audited=True)
+        audit.insert(conn, result, replica, dry_run=False)
+        return result

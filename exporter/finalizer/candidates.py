@@ -1,0 +1,56 @@
+"""Which batches the finalizer may act on, read from the cj_batch_health view.
+
+Only the watched set is read (unfinished state machines, plus batches active within the
+lookback window), with the same index-friendly shape as the exporter's poll: the cost follows
+the active batches, not the years of history. Wedged and stuck-SCORING batches are refinalize
+candidates; batches with an essay whose metadata says anchor but whose column does not are
+backfill_anchors candidates (a reverse mismatch is never a candidate: nothing to backfill).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from exporter.finalizer.model import BACKFILL_ANCHORS, REFINALIZE
+from exporter.finalizer.valves import Candidate
+
+_SQL = text(
+    "WITH watched AS ("
+    " SELECT batch_id AS id FROM cj_batch_states"
+    "  WHERE state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+    " UNION SELECT batch_id FROM cj_batch_states"
+    "  WHERE last_activity_at > now() - make_interval(secs => :lookback))"
+    " SELECT h.cj_batch_id, (h.is_wedged OR h.is_stuck_scoring) AS wedged,"
+    "  h.state_age_seconds,"
+    "  (h.has_anchor_mismatch AND EXISTS (SELECT 1 FROM cj_processed_essays AS e"
+    "   WHERE e.cj_batch_id = h.cj_batch_id"
+    "   AND lower(e.processing_metadata ->> 'is_anchor') = 'true'"
+    "   AND e.is_anchor IS DISTINCT FROM true)) AS anchors_to_flag"
+    " FROM cj_batch_health AS h"
+    " WHERE h.cj_batch_id IN (SELECT id FROM watched)"
+    "  AND (h.is_wedged OR h.is_stuck_scoring OR h.has_anchor_mismatch)"
+    " ORDER BY h.state_age_seconds DESC, h.cj_batch_id"
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    candidates: tuple[Candidate, ...]  # oldest first; per batch backfill before refinalize
+    wedged: int  # batches wedged or stuck in SCORING right now (max_wedged_for_auto)
+
+
+def find(conn: Connection, lookback_seconds: float, actions: tuple[str, ...]) -> Found:
+    candidates: list[Candidate] = []
+    wedged = 0
+    for row in conn.execute(_SQL, {"lookback": lookback_seconds}).mappings():
+        quiet = float(row["state_age_seconds"] or 0.0)
+        bid = int(row["cj_batch_id"])
+        wedged += bool(row["wedged"])
+        # Backfill first: refinalize then finds the anchors flagged (and has less to do).
+        if row["anchors_to_flag"] and BACKFILL_ANCHORS in actions:
+            candidates.append(Candidate(bid, BACKFILL_ANCHORS, quiet))
+        if row["wedged"] and REFINALIZE in actions:
+            candidates.append(Candidate(bid, REFINALIZE, quiet))
+    return Found(tuple(candidates), wedged)

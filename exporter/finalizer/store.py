@@ -1,0 +1,287 @@
+"""Every SQL statement the finalizer runs against the CJ tables, each with one job.
+
+All functions take a Connection inside the caller's transaction: the caller decides what is
+atomic. Documents are `json`, not `jsonb`: only ->/->> are used on them, and json written here
+is cast from text. Naive timestamps of cj_batch_uploads / cj_processed_essays hold UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from exporter import outbox_events as ev
+from exporter.finalizer.bt import BTFit
+from exporter.finalizer.projection import AnchorRef, Essay, Projection
+from exporter.finalizer.scales import DEFAULT_SCALE
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The upload and state rows of one CJ run, as read (and possibly locked) by the finalizer."""
+
+    cj_batch_id: int
+    bos_batch_id: str
+    correlation_id: str
+    status: str
+    state: str
+    user_id: str | None
+    org_id: str | None
+    assignment_id: str | None
+    course_code: str
+    created_at: datetime  # naive UTC, as stored
+    completed_at: datetime | None
+    total_budget: int | None
+    submitted: int
+    completed: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        return self.submitted - self.completed - self.failed
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the projector resolves from assessment_instructions (ContextBuilder upstream)."""
+
+    source: str  # assignment | course | default
+    scale_id: str
+    refs: tuple[AnchorRef, ...]
+
+
+def set_timeouts(conn: Connection, statement_timeout: float, lock_timeout: float) -> None:
+    """Server-side, transaction-local: a finalizer never hangs on a lock the service holds."""
+    conn.execute(
+        text("SELECT set_config('statement_timeout', :st, true),"
+             " set_config('lock_timeout', :lt, true)"),
+        {"st": f"{int(statement_timeout * 1000)}ms", "lt": f"{int(lock_timeout * 1000)}ms"},
+    )
+
+
+_UPLOAD = (
+    "SELECT id, bos_batch_id, event_correlation_id, status::text AS status, user_id, org_id,"
+    " assignment_id, course_code, created_at, completed_at FROM cj_batch_uploads WHERE id = :id"
+)
+_STATE = (
+    "SELECT state::text AS state, total_budget, submitted_comparisons, completed_comparisons,"
+    " failed_comparisons FROM cj_batch_states WHERE batch_id = :id"
+)
+_LOCK = " FOR UPDATE SKIP LOCKED"
+
+
+def read_batch(conn: Connection, batch_id: int, lock: bool) -> Batch | str:
+    """The batch, or why it cannot be had: missing, or (lock=True) row-locked by another
+    transaction. SKIP LOCKED never waits, so a finalizer can never deadlock with the service
+    or with another finalizer; it simply leaves the batch to whoever holds it."""
+    suffix = _LOCK if lock else ""
+    upload = conn.execute(text(_UPLOAD + suffix), {"id": batch_id}).mappings().first()
+    if upload is None:
+        return _missing_or_locked(conn, "cj_batch_uploads", "id", batch_id)
+    state = conn.execute(text(_STATE + suffix), {"id": batch_id}).mappings().first()
+    if state is None:
+        return _missing_or_locked(conn, "cj_batch_states", "batch_id", batch_id)
+    return Batch(
+        cj_batch_id=int(upload["id"]), bos_batch_id=upload["bos_batch_id"],
+        correlation_id=upload["event_correlation_id"], status=upload["status"],
+        state=state["state"], user_id=upload["user_id"], org_id=upload["org_id"],
+        assignment_id=upload["assignment_id"], course_code=upload["course_code"],
+        created_at=upload["created_at"], completed_at=upload["completed_at"],
+        total_budget=state["total_budget"], submitted=int(state["submitted_comparisons"]),
+        completed=int(state["completed_comparisons"]), failed=int(state["failed_comparisons"]),
+    )
+
+
+def _missing_or_locked(conn: Connection, table: str, column: str, batch_id: int) -> str:
+    exists = conn.execute(text(f"SELECT 1 FROM {table} WHERE {column} = :id"),
+                          {"id": batch_id}).first()
+    return (f"{table} row is locked by another transaction" if exists
+            else f"no {table} row for cj_batch_id {batch_id}")
+
+
+def existing_events(conn: Connection, batch: Batch) -> list[str]:
+    """Completion events already written for this CJ run (published or not).
+
+    Keyed by the CJ batch, never by bos_batch_id alone (re-runs share it): the completion
+    event's cj_assessment_job_id, the result event's aggregate, and the resource event's
+    processing_id (upstream sets it to the CJ batch id) within the BOS batch's aggregate.
+    """
+    row = conn.execute(
+        text(
+            "SELECT"
+            " EXISTS (SELECT 1 FROM event_outbox WHERE event_type = :completed"
+            "  AND (event_data -> 'data' ->> 'cj_assessment_job_id') = :sid) AS completed,"
+            " EXISTS (SELECT 1 FROM event_outbox WHERE event_type = :result"
+            "  AND aggregate_id = :sid) AS result,"
+            " EXISTS (SELECT 1 FROM event_outbox WHERE event_type = :resource"
+            "  AND aggregate_id = :bos"
+            "  AND (event_data -> 'data' ->> 'processing_id') = :sid) AS resource"
+        ),
+        {"completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
+         "resource": ev.RESOURCE_EVENT, "sid": str(batch.cj_batch_id),
+         "bos": batch.bos_batch_id},
+    ).mappings().one()
+    return [kind for kind in ("completed", "result", "resource") if row[kind]]
+
+
+def metadata_says_anchor(meta: Any) -> bool:
+    """Python twin of `lower(processing_metadata ->> 'is_anchor') = 'true'`."""
+    if not isinstance(meta, dict):
+        return False
+    value = meta.get("is_anchor")
+    return isinstance(value, bool | str) and str(value).lower() == "true"
+
+
+def load_essays(conn: Connection, batch_id: int) -> list[Essay]:
+    """Every essay of the batch (never the essay text); `is_anchor` as the column has it."""
+    rows = conn.execute(
+        text("SELECT els_essay_id, is_anchor, CAST(processing_metadata AS text) AS meta,"
+             " text_storage_id FROM cj_processed_essays WHERE cj_batch_id = :id"
+             " ORDER BY els_essay_id"),
+        {"id": batch_id},
+    ).mappings().all()
+    essays = []
+    for r in rows:
+        try:
+            meta = json.loads(r["meta"]) if r["meta"] else {}
+        except ValueError:
+            meta = {}
+        essays.append(Essay(r["els_essay_id"], bool(r["is_anchor"]),
+                            meta if isinstance(meta, dict) else {}, r["text_storage_id"]))
+    return essays
+
+
+def load_outcomes(conn: Connection, batch_id: int) -> list[tuple[str, str]]:
+    """(winner, loser) essay ids of every comparison with a winner, in insertion order."""
+    rows = conn.execute(
+        text("SELECT CASE WHEN winner = 'essay_a' THEN essay_a_els_id ELSE essay_b_els_id END,"
+             " CASE WHEN winner = 'essay_a' THEN essay_b_els_id ELSE essay_a_els_id END"
+             " FROM cj_comparison_pairs WHERE cj_batch_id = :id"
+             " AND winner IN ('essay_a', 'essay_b') ORDER BY id"),
+        {"id": batch_id},
+    ).all()
+    return [(str(w), str(lo)) for w, lo in rows]
+
+
+def llm_model(conn: Connection, batch_id: int) -> tuple[str | None, str | None]:
+    """The most frequent (provider, model) in the batch's comparison metadata, as upstream
+    derives the result event's model_provider / model_used."""
+    row = conn.execute(
+        text("SELECT processing_metadata ->> 'provider', processing_metadata ->> 'model'"
+             " FROM cj_comparison_pairs WHERE cj_batch_id = :id"
+             " AND processing_metadata ->> 'model' IS NOT NULL"
+             " GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 1"),
+        {"id": batch_id},
+    ).first()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def load_context(conn: Connection, batch: Batch) -> Context:
+    """Assignment instructions (with the anchors of its grade scale), else the course's, else
+    the default context: the same order as upstream's ContextBuilder."""
+    if batch.assignment_id:
+        scale = conn.execute(
+            text("SELECT grade_scale FROM assessment_instructions WHERE assignment_id = :a"),
+            {"a": batch.assignment_id},
+        ).scalar()
+        if scale is not None:
+            refs = conn.execute(
+                text("SELECT id, grade, text_storage_id FROM anchor_essay_references"
+                     " WHERE assignment_id = :a AND grade_scale = :s ORDER BY id"),
+                {"a": batch.assignment_id, "s": scale},
+            ).all()
+            return Context("assignment", str(scale),
+                           tuple(AnchorRef(int(i), str(g), str(t)) for i, g, t in refs))
+    scale = conn.execute(
+        text("SELECT grade_scale FROM assessment_instructions WHERE course_id = :c"
+             " ORDER BY id LIMIT 1"),
+        {"c": batch.course_code},
+    ).scalar()
+    if scale is not None:
+        return Context("course", str(scale), ())
+    return Context("default", DEFAULT_SCALE, ())
+
+
+def assignment_has_anchors(conn: Connection, assignment_id: str | None) -> bool:
+    if not assignment_id:
+        return False
+    return conn.execute(
+        text("SELECT EXISTS (SELECT 1 FROM anchor_essay_references WHERE assignment_id = :a)"),
+        {"a": assignment_id},
+    ).scalar_one() is True
+
+
+def backfill_anchor_flags(conn: Connection, batch_id: int) -> list[str]:
+    """is_anchor = true where the metadata says so; never clears a flag. Returns the ids."""
+    return list(conn.execute(
+        text("UPDATE cj_processed_essays SET is_anchor = true,"
+             " updated_at = (now() AT TIME ZONE 'UTC')"
+             " WHERE cj_batch_id = :id AND lower(processing_metadata ->> 'is_anchor') = 'true'"
+             " AND is_anchor IS DISTINCT FROM true RETURNING els_essay_id"),
+        {"id": batch_id},
+    ).scalars())
+
+
+def write_scores(conn: Connection, batch_id: int, fit: BTFit) -> int:
+    ids = list(fit.essay_ids)
+    return conn.execute(
+        text("UPDATE cj_processed_essays AS e SET current_bt_score = v.score,"
+             " current_bt_se = v.se, comparison_count = v.n,"
+             " updated_at = (now() AT TIME ZONE 'UTC')"
+             " FROM unnest(CAST(:ids AS text[]), CAST(:scores AS float8[]),"
+             "  CAST(:ses AS float8[]), CAST(:counts AS integer[])) AS v(id, score, se, n)"
+             " WHERE e.els_essay_id = v.id AND e.cj_batch_id = :batch"),
+        {"batch": batch_id, "ids": ids, "scores": [fit.scores[e] for e in ids],
+         "ses": [fit.ses[e] for e in ids], "counts": [fit.counts[e] for e in ids]},
+    ).rowcount
+
+
+def insert_projections(conn: Connection, batch_id: int, projection: Projection,
+                       context_source: str) -> int:
+    """Students only; ON CONFLICT DO NOTHING keeps a projection someone already wrote."""
+    students = projection.students
+    if not students or projection.calibration is None:
+        return 0
+    return conn.execute(
+        text("INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
+             " confidence_score, confidence_label, calculation_metadata, population_prior,"
+             " grade_scale)"
+             " SELECT v.id, :batch, v.grade, v.score, v.label, CAST(v.meta AS json), v.prior,"
+             " :scale FROM unnest(CAST(:ids AS text[]), CAST(:grades AS text[]),"
+             "  CAST(:scores AS float8[]), CAST(:labels AS text[]), CAST(:metas AS text[]),"
+             "  CAST(:priors AS float8[])) AS v(id, grade, score, label, meta, prior)"
+             " ON CONFLICT (els_essay_id, cj_batch_id) DO NOTHING"),
+        {"batch": batch_id, "scale": projection.calibration.scale.scale_id,
+         "ids": [s.els_essay_id for s in students],
+         "grades": [s.primary_grade for s in students],
+         "scores": [s.confidence_score for s in students],
+         "labels": [s.confidence_label for s in students],
+         "metas": [json.dumps(projection.metadata(s, context_source)) for s in students],
+         "priors": [s.population_prior for s in students]},
+    ).rowcount
+
+
+def insert_events(conn: Connection, rows: Sequence[ev.OutboxRow], at: datetime) -> None:
+    for row in rows:
+        ev.insert_row(conn, row, at)
+
+
+def complete_batch(conn: Connection, batch_id: int, status: str, at: datetime) -> None:
+    """state COMPLETED, the upload's status, completed_at (naive UTC, kept if already set)."""
+    naive = at.astimezone(UTC).replace(tzinfo=None)
+    conn.execute(
+        text("UPDATE cj_batch_states SET state = 'COMPLETED', last_activity_at = :at"
+             " WHERE batch_id = :id"),
+        {"id": batch_id, "at": at},
+    )
+    conn.execute(
+        text("UPDATE cj_batch_uploads SET status = CAST(:status AS cj_batch_status_enum),"
+             " completed_at = COALESCE(completed_at, :naive), updated_at = :naive"
+             " WHERE id = :id"),
+        {"id": batch_id, "status": status, "naive": naive},
+    )

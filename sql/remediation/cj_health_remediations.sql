@@ -1,0 +1,40 @@
+-- cj-health-exporter's finalizer: its audit trail and its maintenance switch.
+--
+-- Created by `cj-health-exporter install-view --remediation` only: a database whose exporter
+-- never remediates gets no table of ours besides the views. Both statements are idempotent.
+-- The finalizer's write role needs SELECT, INSERT on cj_health_remediations (and USAGE on its
+-- sequence) and SELECT on cj_health_remediation_pause; operators need INSERT/DELETE on the
+-- latter to pause and resume.
+--
+-- No foreign key to cj_batch_uploads on purpose: the audit must survive the batch, and an
+-- audit insert must never wait on a lock held on a CJ row.
+
+CREATE TABLE IF NOT EXISTS cj_health_remediations (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    replica text NOT NULL,
+    cj_batch_id integer NOT NULL,
+    action text NOT NULL CHECK (action IN ('backfill_anchors', 'refinalize')),
+    dry_run boolean NOT NULL,
+    outcome text NOT NULL
+        CHECK (outcome IN ('applied', 'dry_run', 'skipped', 'needs_person', 'failed')),
+    detail jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+
+-- Valves read a batch's history per action: attempts (max_attempts) and the last one (cooldown).
+CREATE INDEX IF NOT EXISTS cj_health_remediations_batch_action_idx
+    ON cj_health_remediations (cj_batch_id, action, at);
+
+COMMENT ON TABLE cj_health_remediations IS
+    'cj-health-exporter: one row per remediation action (applied, planned, skipped, refused)';
+
+-- The maintenance switch: while this table holds its single row, no replica takes any action.
+CREATE TABLE IF NOT EXISTS cj_health_remediation_pause (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    paused_at timestamptz NOT NULL DEFAULT now(),
+    paused_by text NOT NULL,
+    reason text NOT NULL
+);
+
+COMMENT ON TABLE cj_health_remediation_pause IS
+    'cj-health-exporter: a row here pauses all remediation (cj-health-exporter remediate --pause)';
