@@ -1,0 +1,197 @@
+"""The rule pack and the dashboards only name series the exporter really exports.
+
+The real `cj-health-exporter serve` polls a PostgreSQL seeded with the demo scenarios (every
+problem kind at least once); its /metrics is the reference. Every vector selector of every rule
+must name an exported metric (or a recording rule of the pack, resolved to the metrics it reads),
+and every label value a rule filters on (problem="wedged", kind="pending", cj_state=...) must
+occur on those metrics. The dashboards' expressions must name exported metrics too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+
+from exporter import scenarios
+from tests.conftest import Server, drop_database, new_database, url_string
+from tests.helpers import ExporterProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
+DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+# Series Prometheus makes itself, not the exporter.
+SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+# Target labels Prometheus attaches at scrape time.
+TARGET_LABELS = {"job", "instance"}
+
+Samples = list[tuple[str, dict[str, str]]]
+
+
+@pytest.fixture(scope="module")
+def exported(pg_server: Server) -> Iterator[Samples]:
+    """(name, labels) of every sample the exporter serves over the seeded demo database."""
+    database = new_database(pg_server)
+    url = url_string(pg_server.url(database))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        planted = scenarios.seed_demo(conn)
+    engine.dispose()
+    problems = set().union(*planted.values())
+    try:
+        with ExporterProcess(url) as exporter:
+            # the first poll is in when the server answers; make sure it saw every problem kind
+            text = exporter.wait_for(
+                lambda body: all(f'problem="{p}"'.encode() in body for p in problems), 20,
+            ).decode()
+    finally:
+        drop_database(pg_server, database)
+    yield [(s.name, dict(s.labels)) for family in text_string_to_metric_families(text)
+           for s in family.samples]
+
+
+class Selector:
+    def __init__(self, name: str, matchers: list[tuple[str, str, str]]) -> None:
+        self.name, self.matchers = name, matchers
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}{op}{v!r}" for n, op, v in self.matchers)
+        return f"{self.name}{{{inner}}}"
+
+
+def selectors(expr: str) -> list[Selector]:
+    """Every vector selector of a PromQL expression, with its label matchers."""
+    found: list[Selector] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = [(m.name, str(m.op), m.value) for m in node.matchers.matchers]
+            found.append(Selector(str(node.name), matchers))
+        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, str | int | float):
+                visit(child)
+        for arg in getattr(node, "args", None) or []:
+            visit(arg)
+
+    visit(promql_parser.parse(expr))
+    return found
+
+
+def rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def recorded_sources() -> dict[str, set[str]]:
+    """Recording rule -> the exporter metrics it reads (through other recordings too)."""
+    direct = {r["record"]: {s.name for s in selectors(r["expr"])} for r in rules()
+              if "record" in r}
+
+    def resolve(name: str) -> set[str]:
+        if name not in direct:
+            return {name}
+        return set().union(*(resolve(source) for source in direct[name]))
+
+    return {name: resolve(name) for name in direct}
+
+
+def alternatives(op: str, value: str) -> list[str]:
+    """The values a matcher asks for: `a` for =, each branch of a plain `a|b` for =~."""
+    if op == str(promql_parser.MatchOp.Equal):
+        return [value]
+    if op == str(promql_parser.MatchOp.Re) and re.fullmatch(r"[\w.:-]+(\|[\w.:-]+)*", value):
+        return value.split("|")
+    return []
+
+
+def test_the_demo_exports_every_metric_family_of_the_contract(exported: Samples) -> None:
+    names = {name for name, _ in exported}
+    assert {"cj_batch_problem", "cj_batch_last_activity_timestamp_seconds",
+            "cj_outbox_failed_events", "cj_health_up"} <= names
+
+
+def test_every_metric_a_rule_reads_is_exported(exported: Samples) -> None:
+    names = {name for name, _ in exported}
+    sources = recorded_sources()
+    missing = {}
+    for rule in rules():
+        for selector in selectors(rule["expr"]):
+            for metric in sources.get(selector.name, {selector.name}):
+                if metric not in names | SYNTHETIC:
+                    missing[metric] = rule.get("alert") or rule.get("record")
+    assert not missing, f"rules read metrics the exporter does not export: {missing}"
+
+
+def test_every_label_value_a_rule_filters_on_occurs_in_the_exported_series(
+        exported: Samples) -> None:
+    sources = recorded_sources()
+    checked, missing = 0, []
+    for rule in rules():
+        for selector in selectors(rule["expr"]):
+            metrics = sources.get(selector.name, {selector.name}) - SYNTHETIC
+            for label, op, value in selector.matchers:
+                if label in TARGET_LABELS or label == "__name__" or not metrics:
+                    continue
+                for wanted in alternatives(op, value):
+                    checked += 1
+                    if not any(name in metrics and labels.get(label) == wanted
+                               for name, labels in exported):
+                        missing.append(f"{rule.get('alert') or rule.get('record')}: "
+                                       f"{sorted(metrics)}{{{label}={wanted!r}}}")
+    assert checked >= 10, "the matcher walk found almost nothing: is the parser API changed?"
+    assert not missing, "rules filter on label values no exported series has:\n" + "\n".join(
+        missing)
+
+
+VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
+
+
+def dashboard_expressions(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) of every panel target, annotation and label_values() variable."""
+    def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for panel in items:
+            yield panel
+            yield from panels(panel.get("panels") or [])
+
+    for panel in panels(board.get("panels") or []):
+        for target in panel.get("targets") or []:
+            if target.get("expr"):
+                yield f"panel {panel.get('title')!r}", target["expr"]
+    for annotation in board.get("annotations", {}).get("list", []):
+        if annotation.get("expr"):
+            yield f"annotation {annotation.get('name')!r}", annotation["expr"]
+    for variable in board.get("templating", {}).get("list", []):
+        match = re.match(r"^\s*label_values\((.+),\s*\w+\s*\)\s*$", str(variable.get("query")))
+        if variable.get("type") == "query" and match:
+            yield f"variable {variable['name']!r}", match.group(1)
+
+
+def test_every_metric_a_dashboard_reads_is_exported(exported: Samples) -> None:
+    assert DASHBOARDS, "no dashboards/*.json"
+    names = {name for name, _ in exported}
+    sources = recorded_sources()
+    seen, missing = 0, []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text(encoding="utf-8"))
+        for where, expr in dashboard_expressions(board):
+            # Grafana variables: durations for the built-ins, a plain value for the others
+            concrete = VARIABLE.sub(
+                lambda m: "5m" if next(g for g in m.groups() if g).startswith("__") else "x",
+                expr)
+            for selector in selectors(concrete):
+                seen += 1
+                for metric in sources.get(selector.name, {selector.name}):
+                    if metric not in names | SYNTHETIC:
+                        missing.append(f"{path.name} {where}: {metric}")
+    assert seen >= 20
+    assert not missing, "dashboards read metrics the exporter does not export:\n" + "\n".join(
+        missing)
