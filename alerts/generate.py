@@ -158,7 +158,7 @@ ALERT_PARAM_KEYS: dict[str, set[str]] = {
     "CJHealthPollFailing": {"severity", "for"},
     "CJHealthPollStale": {"severity", "age", "for"},
     "CJHealthBatchesDropped": {"severity", "for"},
-    "CJHealthRemediationFailing": {"severity", "window"},
+    "CJHealthRemediationFailing": {"severity", "window", "outcomes"},
 }
 PER_BATCH_ALERTS = {
     "CJBatchWedged", "CJBatchStuckScoring", "CJBatchStuckWaitingCallbacks",
@@ -220,6 +220,11 @@ def validate(raw: object, base_dir: Path = HERE) -> Params:
             if key in ("severity", "replica_severity"):
                 if value not in SEVERITIES:
                     raise ParamsError(f"{where}.{key}: {value!r} is not one of {SEVERITIES}")
+            elif key == "outcomes":
+                if not isinstance(value, list) or not value or not all(
+                        isinstance(x, str) and re.fullmatch(r"[a-z_]+", x) for x in value):
+                    raise ParamsError(f"{where}.outcomes: must be a non-empty list of outcome "
+                                      "names")
             elif key == "burst":
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise ParamsError(f"{where}.burst: must be a positive integer")
@@ -542,12 +547,14 @@ def exporter_rules(p: Params) -> list[dict[str, Any]]:
 
     name = "CJHealthRemediationFailing"
     cfg = p.alert(name)
+    outcomes = "|".join(cfg["outcomes"])
     rules.append(_rule(
-        name, f'{remediation_record}{{outcome="failed"}} > 0', cfg["severity"], "0s",
-        "The finalizer's remediation actions are failing.",
-        f"{{{{ $value | humanize }}}} {{{{ $labels.action }}}} remediation(s) failed in the "
-        f"last {window} (job {{{{ $labels.job }}}}). The batches they were meant to heal stay "
-        "broken; the audit table cj_health_remediations says why.",
+        name, f'{remediation_record}{{outcome=~"{outcomes}"}} > 0', cfg["severity"], "0s",
+        "Remediations of the finalizer fail or need a person.",
+        f"{{{{ $value | humanize }}}} {{{{ $labels.action }}}} remediation(s) ended "
+        f"{{{{ $labels.outcome }}}} in the last {window} (job {{{{ $labels.job }}}}). The "
+        "batches they were meant to heal stay broken until a person acts; the audit table "
+        "cj_health_remediations says why.",
         p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
     return rules
 
