@@ -1,7 +1,9 @@
-"""Command line: serve | demo | inspect | install-view.
+"""Command line: serve | demo | inspect | install-view | remediate.
 
 Operator errors (bad config, bad DSN, unreachable database, missing view) print one line on
 stderr and exit 2; `inspect` of an unknown batch exits 1. Nothing printed ever holds a password.
+The finalizer (exporter.finalizer, numpy/scipy/choix) is imported only when remediation is
+enabled or asked for: the exporter core never needs it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                       default=f"127.0.0.1:{config.DEFAULT_PORT}")
     demo.add_argument("--poll-interval", dest="poll_interval_seconds", type=float, default=5.0)
     demo.add_argument("--log-level", dest="log_level", default="info")
+    demo.add_argument("--remediation", action="store_true",
+                      help="let the finalizer heal the demo's wedged batches (not a dry run)")
     demo.set_defaults(func=cmd_demo)
     inspect = sub.add_parser("inspect", help="show one batch by cj_batch_id or bos_batch_id")
     inspect.add_argument("batch")
@@ -56,7 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     _dsn_flags(install)
     install.add_argument("--no-indexes", action="store_true",
                          help="skip the recommended indexes (CREATE INDEX CONCURRENTLY)")
+    install.add_argument("--remediation", action="store_true",
+                         help="also create the finalizer's audit and pause tables")
     install.set_defaults(func=cmd_install_view)
+    remediate = sub.add_parser(
+        "remediate", help="run one finalizer action on one batch (a dry run without --yes)")
+    _dsn_flags(remediate)
+    remediate.add_argument("--write-dsn", dest="write_dsn",
+                           help=f"postgresql:// URL of the write role "
+                                f"(or {config.ENV_PREFIX}REMEDIATION_WRITE_DSN)")
+    remediate.add_argument("--write-dsn-file", dest="write_dsn_file")
+    what = remediate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--batch", type=int, help="cj_batch_id to act on (with --action)")
+    what.add_argument("--pause", metavar="REASON", help="pause all remediation, every replica")
+    what.add_argument("--resume", action="store_true", help="lift the pause")
+    remediate.add_argument("--action", choices=config.ACTIONS)
+    remediate.add_argument("--yes", action="store_true", help="apply (default: dry run)")
+    remediate.set_defaults(func=cmd_remediate)
     return parser
 
 
@@ -133,12 +153,25 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
     from exporter.scheduler import Poller, PollScheduler
     from exporter.web import MetricsServer
 
-    poller = Poller(settings, engine)
+    remediator = None
+    if settings.remediation.enabled:
+        from exporter.finalizer import service  # only now: the core never needs it
+
+        remediator, _ = service.start(settings)  # None (refusal logged) when unauthorized
+    extra = remediator.metrics.collect if remediator else tuple
+    poller = Poller(settings, engine, extra_metrics=extra,
+                    remediation_enabled=bool(remediator and remediator.acting))
     try:
         server = MetricsServer(host, port, poller.store)
     except OSError as exc:
+        if remediator:
+            remediator.close()
         raise ConfigError(f"cannot listen on {settings.listen_address}: {exc.strerror}") from None
     scheduler = PollScheduler(poller)
+    if remediator:
+        remediator.on_cycle_done = poller.publish  # counters show up without waiting a poll
+        scheduler.add_interval_job(remediator.tick, settings.remediation.interval_seconds,
+                                   "remediation")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -152,6 +185,8 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
     log.info("shutting down")
     server.stop()
     scheduler.stop()
+    if remediator:
+        remediator.close()  # releases the leader lock: another replica takes over
     engine.dispose()
     return 0
 
@@ -165,7 +200,8 @@ def _display_host(host: str) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from exporter import demo
 
-    return demo.run(args.listen_address, float(args.poll_interval_seconds), args.log_level)
+    return demo.run(args.listen_address, float(args.poll_interval_seconds), args.log_level,
+                    remediation=args.remediation)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -195,6 +231,12 @@ def cmd_install_view(args: argparse.Namespace) -> int:
         with engine.begin() as conn:
             sqlfiles.install_views(conn)
         print("views cj_batch_health and cj_outbox_health installed")
+        if args.remediation or settings.remediation.enabled:
+            from exporter.finalizer import audit
+
+            with engine.begin() as conn:
+                audit.install(conn)
+            print("tables cj_health_remediations and cj_health_remediation_pause installed")
         if not args.no_indexes:
             for name in sqlfiles.install_indexes(engine):
                 print(f"index {name} present")
@@ -203,3 +245,23 @@ def cmd_install_view(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def cmd_remediate(args: argparse.Namespace) -> int:
+    from exporter.finalizer import manual
+
+    nested = {k: getattr(args, k) for k in ("write_dsn", "write_dsn_file")
+              if getattr(args, k) is not None}
+    flags: dict[str, Any] = {"dsn": args.dsn, "dsn_file": args.dsn_file}
+    if nested:
+        flags["remediation"] = nested
+    settings = config.load(args.config, os.environ, flags)
+    setup_logging(settings.log_level)
+    try:
+        if args.pause is not None or args.resume:
+            return manual.set_pause(settings, args.pause)
+        if args.action is None:
+            raise ConfigError("--batch needs --action (backfill_anchors or refinalize)")
+        return manual.remediate(settings, args.batch, args.action, args.yes)
+    except DBAPIError as exc:
+        raise ConfigError(f"remediate failed: {db.describe_error(exc)}") from None

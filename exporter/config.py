@@ -30,7 +30,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RemediationSettings:
-    """The finalizer acts only when enabled AND given a write DSN AND a list of actions."""
+    """The finalizer acts only when enabled AND given a write DSN AND a list of actions.
+
+    dry_run (the default) plans and audits without changing a CJ table. The valves: at most
+    max_actions_per_cycle actions per cycle; a batch quiet for min_wedged_seconds first; no
+    action at all while more than max_wedged_for_auto batches are wedged; max_attempts per
+    batch and action; cooldown_seconds between two runs of an action on a batch; paused stops
+    everything (so does a row in cj_health_remediation_pause). See docs/finalizer.md.
+    """
 
     enabled: bool = False
     write_dsn: str | None = None
@@ -202,10 +209,26 @@ def _validate(s: Settings) -> None:
     parse_listen_address(s.listen_address)
     if s.dsn and s.dsn_file:
         raise ConfigError("give either dsn or dsn_file, not both")
-    bad = [a for a in s.remediation.actions if a not in ACTIONS]
+    _validate_remediation(s.remediation)
+
+
+def _validate_remediation(r: RemediationSettings) -> None:
+    bad = [a for a in r.actions if a not in ACTIONS]
     if bad:
         raise ConfigError(f"remediation.actions: unknown action {bad[0]!r} "
                           f"(known: {', '.join(ACTIONS)})")
+    if r.write_dsn and r.write_dsn_file:
+        raise ConfigError("give either remediation.write_dsn or remediation.write_dsn_file, "
+                          "not both")
+    if r.write_dsn:
+        parse_dsn(r.write_dsn, "remediation.write_dsn")
+    for name in ("interval_seconds", "max_actions_per_cycle", "max_attempts"):
+        if getattr(r, name) <= 0:
+            raise ConfigError(f"remediation.{name} must be greater than 0, "
+                              f"got {getattr(r, name)}")
+    for name in ("min_wedged_seconds", "max_wedged_for_auto", "cooldown_seconds"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"remediation.{name} must not be negative, got {getattr(r, name)}")
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

@@ -2,24 +2,28 @@
 
 Nothing to set up: pgserver brings PostgreSQL, the reference CJ schema and the views are loaded,
 `scenarios.seed_demo` plants healthy, in-flight and broken batches, and the exporter serves them
-until Ctrl-C, after which the database is deleted.
+until Ctrl-C, after which the database is deleted. With `--remediation` the finalizer is on (not
+a dry run, both actions, a short min_wedged_seconds): its first cycle heals the wedged Batch 20
+and the batch stuck in SCORING, which the next poll shows healthy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from sqlalchemy import create_engine, text
 
 from exporter import config, db, scenarios, sqlfiles
-from exporter.config import Settings
+from exporter.config import RemediationSettings, Settings
 from exporter.embedded import EmbeddedPostgres, runtime_dir_env
 
 DATABASE = "cj_demo"
 
 
-def prepare(pg: EmbeddedPostgres) -> dict[int, frozenset[str]]:
-    """Create the demo database with schema, views, indexes and seeded batches."""
+def prepare(pg: EmbeddedPostgres, remediation: bool = False) -> dict[int, frozenset[str]]:
+    """Create the demo database with schema, views, indexes and seeded batches (and the
+    finalizer's audit table when remediation is on)."""
     admin = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {DATABASE}"))
@@ -30,6 +34,10 @@ def prepare(pg: EmbeddedPostgres) -> dict[int, frozenset[str]]:
         sqlfiles.load_reference_schema(conn)
         sqlfiles.install_views(conn)
         planted = scenarios.seed_demo(conn)
+        if remediation:
+            from exporter.finalizer import audit
+
+            audit.install(conn)
     sqlfiles.install_indexes(engine)
     engine.dispose()
     return planted
@@ -42,7 +50,17 @@ def summary(planted: dict[int, frozenset[str]]) -> str:
     return "\n".join(lines)
 
 
-def run(listen_address: str, poll_interval: float, log_level: str) -> int:
+def demo_remediation(dsn: str, poll_interval: float) -> RemediationSettings:
+    """Acting (not a dry run) on both actions; a batch quiet for a minute counts as wedged
+    (every planted wedge is far older), and a cycle runs as often as the poll."""
+    return RemediationSettings(enabled=True, write_dsn=dsn,
+                               actions=("backfill_anchors", "refinalize"), dry_run=False,
+                               interval_seconds=poll_interval, min_wedged_seconds=60.0,
+                               replica_id="demo")
+
+
+def run(listen_address: str, poll_interval: float, log_level: str,
+        remediation: bool = False) -> int:
     from exporter.cli import run_service, setup_logging
 
     host, port = config.parse_listen_address(listen_address)
@@ -51,11 +69,14 @@ def run(listen_address: str, poll_interval: float, log_level: str) -> int:
     runtime_dir_env()
     pg = EmbeddedPostgres()
     try:
-        planted = prepare(pg)
+        planted = prepare(pg, remediation)
         print(summary(planted), flush=True)
-        settings = Settings(dsn=pg.url(DATABASE).render_as_string(hide_password=False),
-                            listen_address=listen_address, poll_interval_seconds=poll_interval,
-                            log_level=log_level)
+        dsn = pg.url(DATABASE).render_as_string(hide_password=False)
+        settings = Settings(dsn=dsn, listen_address=listen_address,
+                            poll_interval_seconds=poll_interval, log_level=log_level)
+        if remediation:
+            settings = dataclasses.replace(
+                settings, remediation=demo_remediation(dsn, poll_interval))
         engine = db.make_engine(pg.url(DATABASE), settings.connect_timeout_seconds)
         banner = ("cj-health-exporter demo: metrics at {url}\n"
                   f"inspect a batch: cj-health-exporter inspect ID --dsn '{settings.dsn}'\n"

@@ -82,6 +82,10 @@ class Remediator:
         """Authorized to change the database (not only to plan)."""
         return not self.dry_run
 
+    def tick(self) -> None:
+        """The scheduler's job."""
+        self.run_cycle()
+
     def run_cycle(self) -> CycleReport:
         try:
             report = self._cycle()
