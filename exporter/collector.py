@@ -18,10 +18,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from exporter.config import ACTIONS as REMEDIATION_ACTIONS
 from exporter.health import PROBLEMS, Snapshot
 
 REFRESH = " Refreshed every poll interval."
 ERROR_REASONS = ("connection", "timeout", "query", "data")
+# The finalizer's outcomes (exporter/finalizer/model.py), named here so the core can export the
+# counter at 0 without importing the finalizer.
+REMEDIATION_OUTCOMES = ("applied", "dry_run", "skipped", "needs_person", "failed")
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,18 @@ def aggregate_families(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("cj_outbox_failed_events",
                             "Unpublished outbox rows past the relay's 5 retries: never delivered."
                             + REFRESH, value=snap.outbox.failed_events)
+
+
+def idle_remediation_families() -> Iterator[Metric]:
+    """cj_health_remediations_total at 0 for every action and outcome while the finalizer is
+    not running, so rules and panels over it see a series (and a later increase) instead of
+    nothing; the finalizer's own collector replaces this when remediation is enabled."""
+    family = CounterMetricFamily("cj_health_remediations", "Finalizer actions by outcome.",
+                                 labels=["action", "outcome"])
+    for action in REMEDIATION_ACTIONS:
+        for outcome in REMEDIATION_OUTCOMES:
+            family.add_metric([action, outcome], 0)
+    yield family
 
 
 def self_families(snap: Snapshot | None, stats: SelfStats) -> Iterator[Metric]:

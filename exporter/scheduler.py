@@ -21,7 +21,13 @@ from prometheus_client.core import Metric
 from sqlalchemy import Engine
 
 from exporter import health
-from exporter.collector import ERROR_REASONS, SelfStats, SnapshotCollector, render
+from exporter.collector import (
+    ERROR_REASONS,
+    SelfStats,
+    SnapshotCollector,
+    idle_remediation_families,
+    render,
+)
 from exporter.config import Settings
 from exporter.db import describe_error, error_reason
 from exporter.health import Snapshot
@@ -32,7 +38,7 @@ log = logging.getLogger(__name__)
 
 class Poller:
     def __init__(self, settings: Settings, engine: Engine,
-                 extra_metrics: Callable[[], Iterable[Metric]] = tuple,
+                 extra_metrics: Callable[[], Iterable[Metric]] = idle_remediation_families,
                  remediation_enabled: bool = False) -> None:
         self.settings = settings
         self.engine = engine
