@@ -249,7 +249,7 @@ def stack(pg_server: Server) -> Iterator[Stack]:
     folder = Path(tempfile.mkdtemp(prefix="cjh-e2e-alerting-"))
     rules_text = short_rules()
     (folder / "rules.yml").write_text(rules_text)
-    rules = {}
+    rules: dict[str, Any] = {}
     for group in yaml.safe_load(rules_text)["groups"]:
         for rule in group["rules"]:
             if "alert" in rule:
