@@ -159,11 +159,18 @@ class Daemon:
     def __enter__(self) -> Daemon:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        self.wait(lambda: http_get(f"{self.url}/-/ready", timeout=1)[0] == 200, 20, "ready")
+        try:
+            self.wait(lambda: http_get(f"{self.url}/-/ready", timeout=1)[0] == 200, 20, "ready")
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
