@@ -49,11 +49,17 @@ log = logging.getLogger(__name__)
 WEDGED_STATES = ("WAITING_CALLBACKS", "SCORING")
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Hooks:
-    """Test seam: called inside the transaction right before COMMIT (e.g. to kill -9 there)."""
+    """Test seams inside the transaction: after its first statement (its snapshot exists),
+    and right before COMMIT (e.g. to kill -9 the process there)."""
 
-    before_commit: Callable[[], None] = field(default=lambda: None)
+    after_begin: Callable[[], None] = field(default=_nothing)
+    before_commit: Callable[[], None] = field(default=_nothing)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
         tx = conn.begin()
         try:
             store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
+            hooks.after_begin()
             batch = store.read_batch(conn, batch_id, lock=True)
             if isinstance(batch, str):
                 tx.rollback()
