@@ -269,7 +269,7 @@ def _rule(alert: str, expr: str, severity: str, for_: str, summary: str, descrip
     rule: dict[str, Any] = {"alert": alert, "expr": expr}
     if duration_seconds(for_, f"{alert}.for") > 0:
         rule["for"] = for_
-    if keep_firing_for is not None:
+    if keep_firing_for is not None and duration_seconds(keep_firing_for, "keep_firing_for") > 0:
         rule["keep_firing_for"] = keep_firing_for
     rule["labels"] = {"severity": severity}
     rule["annotations"] = {

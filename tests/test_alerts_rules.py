@@ -168,6 +168,21 @@ def test_invalid_parameters_are_rejected_with_a_clear_message(
         gen.render(raw)
 
 
+def test_command_line_for_override_writes_a_short_copy(tmp_path: Path) -> None:
+    out = tmp_path / "short.yml"
+    assert gen.main(["--for", "0s", "--output", str(out)]) == 0
+    alerts = [r for g in rule_groups(out.read_text()) for r in g["rules"] if "alert" in r]
+    assert alerts and all("for" not in r for r in alerts)
+    assert gen.main(["--for", "soon", "--output", str(out)]) == 2
+
+
+def test_keep_firing_for_0s_leaves_it_out_for_prometheus_before_2_42() -> None:
+    raw = params()
+    raw["keep_firing_for"] = "0s"
+    assert "keep_firing_for" not in gen.render(raw)
+    assert "keep_firing_for: 10m" in RULES.read_text(encoding="utf-8")
+
+
 def test_for_override_shortens_every_for_and_keeps_the_rest() -> None:
     short = rule_groups(gen.render(gen.override_for(params(), "0s")))
     full = rule_groups()
