@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,9 @@ from exporter.config import ConfigError, Settings
 
 log = logging.getLogger("exporter")
 PROG = "cj-health-exporter"
+# From SIGTERM to exit, at most (plus 1 s to let threads end): a restart must not wait for a
+# slow query, and Kubernetes kills the pod anyway after its grace period.
+SHUTDOWN_SECONDS = 4.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,11 +101,13 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookback", dest="lookback_seconds")
     p.add_argument("--max-batches", dest="max_batches")
     p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--web.config.file", dest="web_config_file",
+                   help="exporter-toolkit web config: TLS, client certificates, basic auth")
 
 
 _FLAG_KEYS = ("dsn", "dsn_file", "listen_address", "poll_interval_seconds",
               "statement_timeout_seconds", "stale_after", "recent_window_seconds",
-              "lookback_seconds", "max_batches", "log_level")
+              "lookback_seconds", "max_batches", "log_level", "web_config_file")
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -144,7 +150,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     host, port = config.parse_listen_address(settings.listen_address)
     engine = connect(settings)
-    return run_service(settings, engine, host, port)
+    code = run_service(settings, engine, host, port)
+    # A job that ignored the cancel (say, a connect to a black-holed host) would make the
+    # interpreter wait for its thread at exit. Every database change is one transaction, which
+    # Postgres rolls back when the connection drops, so leaving now is safe.
+    end = time.monotonic() + 1.0
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
+    lingering = [t.name for t in threading.enumerate()
+                 if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if lingering:
+        log.warning("exiting with %s still running", ", ".join(lingering))
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def run_service(settings: Settings, engine: Engine, host: str, port: int,
@@ -152,7 +172,10 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
     """Poll + HTTP until SIGTERM or SIGINT; returns once everything is stopped."""
     from exporter.scheduler import Poller, PollScheduler
     from exporter.web import MetricsServer
+    from exporter.webconfig import WebSecurity
 
+    # Built before any job starts (config.load has validated the file already).
+    security = WebSecurity(settings.web_config_file) if settings.web_config_file else None
     remediator = None
     if settings.remediation.enabled:
         from exporter.finalizer import service  # only now: the core never needs it
@@ -162,7 +185,11 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
     poller = Poller(settings, engine, extra_metrics=extra,
                     remediation_enabled=bool(remediator and remediator.acting))
     try:
-        server = MetricsServer(host, port, poller.store)
+        server = MetricsServer(
+            host, port, poller.store,
+            authorize=security.authorize if security else None,
+            tls=security if security and security.tls_enabled else None,
+            headers=security.headers if security else None)
     except OSError as exc:
         if remediator:
             remediator.close()
@@ -177,14 +204,20 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
         signal.signal(sig, lambda *_: stop.set())
     scheduler.start()
     server.start()
-    url = f"http://{_display_host(host)}:{server.port}/metrics"
+    scheme = "https" if security and security.tls_enabled else "http"
+    url = f"{scheme}://{_display_host(host)}:{server.port}/metrics"
+    if security:
+        log.info("web config %s: %s", settings.web_config_file, security.describe())
     log.info("serving %s (poll every %ss)", url, settings.poll_interval_seconds)
     if banner:
         print(banner.format(url=url), flush=True)
     stop.wait()
     log.info("shutting down")
+    # Jobs first (no new poll starts, a running one is cancelled server-side), then HTTP, whose
+    # serve loop needs up to 0.5 s to notice.
+    if not scheduler.stop(timeout=SHUTDOWN_SECONDS - 1.5):
+        log.warning("the running poll did not stop in time")
     server.stop()
-    scheduler.stop()
     if remediator:
         remediator.close()  # releases the leader lock: another replica takes over
     engine.dispose()

@@ -209,6 +209,10 @@ def _validate(s: Settings) -> None:
     parse_listen_address(s.listen_address)
     if s.dsn and s.dsn_file:
         raise ConfigError("give either dsn or dsn_file, not both")
+    if s.web_config_file:
+        from exporter import webconfig  # it imports this module: import it only when needed
+
+        webconfig.load(s.web_config_file)
     _validate_remediation(s.remediation)
 
 

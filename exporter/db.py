@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 APPLICATION_NAME = "cj-health-exporter"
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICATION_NAME,
@@ -74,6 +78,43 @@ def describe_error(exc: BaseException) -> str:
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     return f"{type(orig).__name__}: {first}"
+
+
+class InFlight:
+    """The DBAPI connections an engine has checked out, so a shutdown can cancel their queries.
+
+    Closing a socket does not stop a query in Postgres, and waiting for statement_timeout would
+    make SIGTERM take up to that long: a cancel request (PQcancel, on a connection of its own)
+    makes the server abort the statement at once, and the poll thread returns.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        self._conns: dict[int, Any] = {}  # keyed by pool record: invalidation clears the conn
+        event.listen(engine, "checkout", self._checkout)
+        event.listen(engine, "checkin", self._checkin)
+
+    def _checkout(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        with self._lock:
+            self._conns[id(record)] = dbapi_conn
+
+    def _checkin(self, dbapi_conn: Any, record: Any) -> None:
+        with self._lock:
+            self._conns.pop(id(record), None)
+
+    def cancel_all(self, timeout: float = 2.0) -> int:
+        """Ask the server to cancel whatever the checked-out connections run; returns how many."""
+        with self._lock:
+            conns = list(self._conns.values())
+        for conn in conns:
+            try:
+                if hasattr(conn, "cancel_safe"):  # psycopg >= 3.2: bounded, non-blocking
+                    conn.cancel_safe(timeout=timeout)
+                else:
+                    conn.cancel()
+            except Exception as exc:  # a broken connection has nothing left to cancel
+                log.debug("cancel failed: %s", describe_error(exc))
+        return len(conns)
 
 
 def check_connection(engine: Engine) -> None:
