@@ -1,7 +1,9 @@
 """The rule pack and the dashboards only name series the exporter really exports.
 
 The real `cj-health-exporter serve` polls a PostgreSQL seeded with the demo scenarios (every
-problem kind at least once); its /metrics is the reference. Every vector selector of every rule
+problem kind at least once), with the finalizer authorized in dry-run mode (it only plans, so
+nothing changes, but its metrics are exported as in a deployment that remediates); its /metrics
+is the reference. Every vector selector of every rule
 must name an exported metric (or a recording rule of the pack, resolved to the metrics it reads),
 and every label value a rule filters on (problem="wedged", kind="pending", cj_state=...) must
 occur on those metrics. The dashboards' expressions must name exported metrics too.
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ Samples = list[tuple[str, dict[str, str]]]
 
 
 @pytest.fixture(scope="module")
-def exported(pg_server: Server) -> Iterator[Samples]:
+def exported(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Samples]:
     """(name, labels) of every sample the exporter serves over the seeded demo database."""
     database = new_database(pg_server)
     url = url_string(pg_server.url(database))
@@ -45,13 +50,27 @@ def exported(pg_server: Server) -> Iterator[Samples]:
     with engine.begin() as conn:
         planted = scenarios.seed_demo(conn)
     engine.dispose()
+    # the operator's step before enabling the finalizer: its audit table and pause switch
+    install = subprocess.run(
+        [sys.executable, "-m", "exporter", "install-view", "--remediation", "--dsn", url],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert install.returncode == 0, install.stdout + install.stderr
+    config = tmp_path_factory.mktemp("contract") / "exporter.yml"
+    config.write_text(yaml.safe_dump({"remediation": {
+        "enabled": True, "dry_run": True, "write_dsn": url,
+        "actions": ["backfill_anchors", "refinalize"], "interval_seconds": 1}}))
     problems = set().union(*planted.values())
     try:
-        with ExporterProcess(url) as exporter:
+        with ExporterProcess(url, extra_args=["--config", str(config)]) as exporter:
             # the first poll is in when the server answers; make sure it saw every problem kind
-            text = exporter.wait_for(
-                lambda body: all(f'problem="{p}"'.encode() in body for p in problems), 20,
-            ).decode()
+            exporter.wait_for(
+                lambda body: all(f'problem="{p}"'.encode() in body for p in problems), 20)
+            # the finalizer's families join the self-metrics at the next poll after it starts
+            deadline = time.monotonic() + 5
+            text = exporter.metrics()
+            while "cj_health_remediations_total" not in text and time.monotonic() < deadline:
+                time.sleep(0.2)
+                text = exporter.metrics()
     finally:
         drop_database(pg_server, database)
     yield [(s.name, dict(s.labels)) for family in text_string_to_metric_families(text)
