@@ -152,6 +152,7 @@ ALERT_PARAM_KEYS: dict[str, set[str]] = {
     "CJDuplicateResourceConsumption": {"severity", "for"},
     "CJBatchInconsistentState": {"severity", "for"},
     "CJBatchMetadataIncomplete": {"severity", "for"},
+    "CJManyBatchesWedged": {"severity", "batches", "for"},
     "CJOutboxBacklog": {"warning", "critical", "info"},
     "CJOutboxEventsFailed": {"severity", "for"},
     "CJHealthExporterDown": {"severity", "for", "replica_severity", "replica_for"},
@@ -225,9 +226,9 @@ def validate(raw: object, base_dir: Path = HERE) -> Params:
                         isinstance(x, str) and re.fullmatch(r"[a-z_]+", x) for x in value):
                     raise ParamsError(f"{where}.outcomes: must be a non-empty list of outcome "
                                       "names")
-            elif key == "burst":
+            elif key in ("burst", "batches"):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise ParamsError(f"{where}.burst: must be a positive integer")
+                    raise ParamsError(f"{where}.{key}: must be a positive integer")
             else:
                 duration_seconds(value, f"{where}.{key}")
     params = Params(raw, base_dir)
@@ -302,6 +303,8 @@ def batch_recording_rules(p: Params) -> list[dict[str, Any]]:
          "expr": f"max without ({r}) (cj_batch_completion_events{p.selector()})"},
         {"record": "cj_batch_id:cj_batch_completion_event_burst:max",
          "expr": f"max without ({r}) (cj_batch_completion_event_burst{p.selector()})"},
+        {"record": "job_problem:cj_batches_problem:max",
+         "expr": f"max without ({r}) (cj_batches_problem{p.selector()})"},
     ]
 
 
@@ -436,6 +439,18 @@ def batch_alerts(p: Params) -> list[dict[str, Any]]:
     for alertname in ("CJDuplicateResourceConsumption", "CJBatchInconsistentState",
                       "CJBatchMetadataIncomplete"):
         add_problem(by_name[alertname])
+
+    name = "CJManyBatchesWedged"
+    cfg = p.alert(name)
+    rules.append(_rule(
+        name, f'job_problem:cj_batches_problem:max{{problem="wedged"}} > {int(cfg["batches"])}',
+        cfg["severity"], str(cfg["for"]),
+        "Many CJ batches are wedged at once: a systemic fault.",
+        "{{ $value | humanize }} CJ batches are wedged at once (job {{ $labels.job }}, "
+        f"threshold {int(cfg['batches'])}). One cause (the CJ service's monitor or callback "
+        "workers, a bad deploy) is breaking them all: find it before healing batches; the "
+        "finalizer does not act above its max_wedged_for_auto either.",
+        p.runbook_url(name), p.dashboard_url(name, per_batch=False)))
     return rules
 
 

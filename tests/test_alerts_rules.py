@@ -30,14 +30,15 @@ UNIT_TESTS = sorted((ALERTS / "tests").glob("*.test.yml"))
 AM_CONFIG = ALERTS / "alertmanager.example.yml"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 
-# The alerts ../shared/DESIGN.md and issue 3 ask for, plus CJHealthPollFailing (cj_health_up == 0).
+# The alerts ../shared/DESIGN.md and issue 3 ask for, plus CJHealthPollFailing (cj_health_up == 0)
+# and CJManyBatchesWedged (issue 5: an alert when too many batches are wedged for the finalizer).
 EXPECTED_ALERTS = {
     "CJBatchWedged", "CJBatchStuckWaitingCallbacks", "CJBatchStuckScoring",
     "CJBatchCompletedWithoutProjections", "CJAnchorFlagMismatch", "CJDuplicateCompletionEvents",
     "CJCompletionEventRunaway", "CJDuplicateResourceConsumption", "CJOutboxBacklog",
     "CJOutboxEventsFailed", "CJBatchInconsistentState", "CJBatchMetadataIncomplete",
     "CJHealthExporterDown", "CJHealthPollFailing", "CJHealthPollStale", "CJHealthBatchesDropped",
-    "CJHealthRemediationFailing",
+    "CJHealthRemediationFailing", "CJManyBatchesWedged",
 }
 PER_BATCH = {name for name in EXPECTED_ALERTS if name.startswith(("CJBatch", "CJAnchor",
                                                                    "CJDuplicate",

@@ -385,6 +385,10 @@ def delivered(firing: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
             if (labels["alertname"] == "CJBatchStuckScoring"
                     and other["alertname"] == "CJBatchWedged" and same_batch):
                 return True
+            if (labels["alertname"] == "CJBatchWedged"
+                    and other["alertname"] == "CJManyBatchesWedged"
+                    and other["job"] == labels["job"]):
+                return True
         return False
 
     return {(RECEIVERS[a["labels"]["severity"]], a["labels"]["alertname"],
