@@ -13,19 +13,28 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 from sqlalchemy import create_engine
 
 from exporter.finalizer.model import APPLIED, SKIPPED, Result
 from exporter.finalizer.refinalize import Hooks, refinalize
-from tests.test_finalizer_refinalize import (  # noqa: F401  (remediation_db is a fixture)
+from tests.conftest import SeededDb
+from tests.test_finalizer_refinalize import (
     RemediationDb,
     audit_rows,
     events_of,
     health,
-    remediation_db,
+    open_remediation_db,
     snapshot,
 )
+
+
+@pytest.fixture
+def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
+    yield from open_remediation_db(seeded_db)
+
 
 FINALIZERS = 8
 

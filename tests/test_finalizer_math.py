@@ -22,6 +22,7 @@ same grades and boundaries as exporter.finalizer.projection.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -42,7 +43,7 @@ GRADES = {"ANCHOR_1_e0": "E", "ANCHOR_2_d0": "D", "ANCHOR_3_c0": "C", "ANCHOR_4_
 
 def golden_outcomes() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for low, high in zip(ORDER, ORDER[1:], strict=False):
+    for low, high in itertools.pairwise(ORDER):
         out += [(high, low), (high, low), (low, high)]
     out += [("s-4", "ANCHOR_1_e0"), ("s-3", "s-1"), ("ANCHOR_4_b0", "s-2"),
             ("s-2", "ANCHOR_1_e0"), ("s-1", "ANCHOR_3_c0")]
@@ -188,7 +189,7 @@ def test_projected_grades_match_an_independent_calibration() -> None:
         scores = [fit.scores[a] for a, ag in GRADES.items() if ag == g]
         means.append(scores[0] / 3 + expected_position * 2 / 3 if scores else expected_position)
     centres = pav(means)
-    cuts = [(a + b) / 2 for a, b in zip(centres, centres[1:], strict=False)]
+    cuts = [(a + b) / 2 for a, b in itertools.pairwise(centres)]
     assert result.calibration.centers() == pytest.approx(dict(zip(grades, centres, strict=True)),
                                                          abs=1e-12)
     variances = [max(pooled * 3 if g in GRADES.values() else pooled * 2, 0.01) for g in grades]

@@ -78,14 +78,19 @@ class RemediationDb:
             return Seeder(conn, rng=random.Random()).insert_batch(spec)
 
 
-@pytest.fixture
-def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
-    """The demo scenarios plus the finalizer's audit and pause tables."""
+def open_remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
+    """The demo scenarios plus the finalizer's audit and pause tables (fixture body, shared
+    with the other finalizer test modules)."""
     engine = create_engine(seeded_db.url)
     with engine.begin() as conn:
         audit.install(conn)
     yield RemediationDb(seeded_db.url, engine, seeded_db.planted)
     engine.dispose()
+
+
+@pytest.fixture
+def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
+    yield from open_remediation_db(seeded_db)
 
 
 def events_of(engine: Engine, batch_id: int) -> dict[str, list[dict[str, Any]]]:
