@@ -1,0 +1,236 @@
+"""The finalizer from the command line: `remediate`, `install-view --remediation`, `serve` with
+remediation enabled (and refused), and `demo --remediation` healing its Batch 20."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+
+from exporter import cli
+from tests.conftest import SeededDb
+from tests.helpers import ExporterProcess, free_port, http_get
+from tests.test_finalizer_refinalize import (
+    RemediationDb,
+    audit_rows,
+    health,
+    open_remediation_db,
+    problems,
+    snapshot,
+)
+
+
+@pytest.fixture
+def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
+    yield from open_remediation_db(seeded_db)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body) for s in family.samples}
+
+
+def value(body: str, name: str, **labels: str) -> float | None:
+    return samples(body).get((name, tuple(sorted(labels.items()))))
+
+
+def test_remediate_without_yes_is_a_dry_run(remediation_db: RemediationDb,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    db = remediation_db
+    b20 = db.batch("wedged")
+    before = snapshot(db.engine)
+    code, out, _ = run(["remediate", "--dsn", db.url, "--batch", str(b20),
+                        "--action", "refinalize"], capsys)
+    assert code == 0, out
+    assert out.startswith("DRY RUN: nothing is changed; add --yes to apply.")
+    assert f"refinalize batch {b20}: dry_run" in out
+    assert "  - lock cj_batch_uploads/cj_batch_states rows" in out
+    assert "  - insert 6 grade projection(s) (swedish_8_anchor, context assignment)" in out
+    assert snapshot(db.engine) == before and audit_rows(db.engine) == []
+
+
+def test_remediate_yes_refuses_unauthorized_configurations(
+        remediation_db: RemediationDb, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db = remediation_db
+    argv = ["remediate", "--dsn", db.url, "--batch", str(db.batch("wedged")),
+            "--action", "refinalize", "--yes"]
+    before = snapshot(db.engine)
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "refusing to remediate: remediation.enabled is false" in err
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_ENABLED", "true")
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_ACTIONS", "backfill_anchors")
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "refusing to remediate: no write DSN" in err
+    code, _, err = run([*argv, "--write-dsn", db.url], capsys)
+    assert code == 2 and "action refinalize is not in remediation.actions" in err
+    assert snapshot(db.engine) == before
+
+
+def test_remediate_yes_applies_with_the_same_guards(
+        remediation_db: RemediationDb, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db = remediation_db
+    b20 = db.batch("wedged")
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_ENABLED", "true")
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_ACTIONS", "refinalize")
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_REPLICA_ID", "oncall-laptop")
+    argv = ["remediate", "--dsn", db.url, "--write-dsn", db.url, "--batch", str(b20),
+            "--action", "refinalize", "--yes"]
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and f"refinalize batch {b20}: applied" in out
+    assert problems(health(db.engine, b20)) == set()
+    code, out, _ = run(argv, capsys)  # the guard: already finalized
+    assert code == 0 and f"refinalize batch {b20}: skipped (state is already COMPLETED)" in out
+    assert [(r["replica"], r["outcome"]) for r in audit_rows(db.engine)] == [
+        ("oncall-laptop", "applied"), ("oncall-laptop", "skipped")]
+
+
+def test_pause_and_resume_from_the_command_line(
+        remediation_db: RemediationDb, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db = remediation_db
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_ENABLED", "true")
+    monkeypatch.setenv("CJ_HEALTH_REMEDIATION_ACTIONS", "refinalize")
+    base = ["remediate", "--dsn", db.url, "--write-dsn", db.url]
+    code, out, _ = run([*base, "--pause", "CJ deploy in progress"], capsys)
+    assert code == 0 and "remediation paused for every replica" in out
+    before = snapshot(db.engine)
+    code, out, _ = run([*base, "--batch", str(db.batch("wedged")), "--action", "refinalize",
+                        "--yes"], capsys)
+    assert code == 1 and "remediation is paused" in out and "CJ deploy in progress" in out
+    assert snapshot(db.engine) == before
+    assert run([*base, "--resume"], capsys)[1].strip() == "remediation resumed"
+    assert run([*base, "--resume"], capsys)[1].strip() == "remediation was not paused"
+
+
+def test_install_view_creates_the_audit_table_only_when_asked(
+        cj_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = create_engine(cj_db)
+
+    def tables() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE tablename LIKE 'cj_health_remediation%'"
+            )).scalars())
+
+    try:
+        assert run(["install-view", "--dsn", cj_db, "--no-indexes"], capsys)[0] == 0
+        assert tables() == set()
+        for _ in range(2):  # idempotent
+            code, out, _ = run(["install-view", "--dsn", cj_db, "--no-indexes",
+                                "--remediation"], capsys)
+            assert code == 0 and "cj_health_remediations and cj_health_remediation_pause" in out
+        assert tables() == {"cj_health_remediations", "cj_health_remediation_pause"}
+    finally:
+        engine.dispose()
+
+
+def remediation_env(url: str | None, **extra: str) -> dict[str, str]:
+    env = {"CJ_HEALTH_REMEDIATION_ENABLED": "true",
+           "CJ_HEALTH_REMEDIATION_ACTIONS": "backfill_anchors,refinalize",
+           "CJ_HEALTH_REMEDIATION_DRY_RUN": "false",
+           "CJ_HEALTH_REMEDIATION_INTERVAL_SECONDS": "1",
+           "CJ_HEALTH_REMEDIATION_MIN_WEDGED_SECONDS": "60"}
+    if url:
+        env["CJ_HEALTH_REMEDIATION_WRITE_DSN"] = url
+    return {**env, **extra}
+
+
+def test_serve_with_remediation_heals_and_exports_it(remediation_db: RemediationDb) -> None:
+    db = remediation_db
+    b20, stuck = db.batch("wedged"), db.batch("stuck_scoring")
+    with ExporterProcess(db.url, env=remediation_env(db.url)) as exporter:
+        body = exporter.wait_for(lambda b: b'outcome="applied"} 2.0' in b, 20).decode()
+        assert value(body, "cj_health_remediation_enabled") == 1.0
+        assert value(body, "cj_health_remediation_leader") == 1.0
+        healed = exporter.wait_for(
+            lambda b: f'cj_batch_id="{b20}"'.encode() in b
+            and not re.search(rf'cj_batch_problem{{[^}}]*cj_batch_id="({b20}|{stuck})"'.encode(),
+                              b), 20).decode()
+        assert value(healed, "cj_batch_grade_projections", cj_batch_id=str(b20)) == 6.0
+        assert value(healed, "cj_batches_problem", problem="wedged") == 0.0
+        assert value(healed, "cj_batches_problem", problem="stuck_scoring") == 0.0
+    rows = audit_rows(db.engine)
+    assert sorted((r["cj_batch_id"], r["action"], r["outcome"]) for r in rows) == sorted([
+        (b20, "backfill_anchors", "applied"), (b20, "refinalize", "applied"),
+        (stuck, "refinalize", "applied")])
+
+
+def test_serve_refuses_unauthorized_remediation_but_keeps_exporting(
+        remediation_db: RemediationDb) -> None:
+    db = remediation_db
+    before = snapshot(db.engine)
+    with ExporterProcess(db.url, env=remediation_env(None)) as exporter:
+        body = exporter.metrics()
+        assert value(body, "cj_health_remediation_enabled") == 0.0
+        assert value(body, "cj_health_up") == 1.0
+        assert "cj_health_remediations_total" not in body
+        time.sleep(1.5)
+        assert "remediation refused: no write DSN" in exporter.output()
+    assert snapshot(db.engine) == before
+
+
+def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--remediation", "--web.listen-address",
+         f"127.0.0.1:{port}", "--poll-interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        summary = "".join(lines)
+        b20 = int(re.search(r"^\s+(\d+): anchor_mismatch, missing_projections, wedged$",
+                            summary, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        # By the time two cycles have run, every action is done: exactly one per action.
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            body = http_get(url)[2].decode()
+            if (value(body, "cj_health_remediation_cycles_total", result="ok") or 0) >= 2:
+                break
+            time.sleep(0.1)
+        assert value(body, "cj_health_remediations_total", action="backfill_anchors",
+                     outcome="applied") == 1.0, body
+        assert value(body, "cj_health_remediations_total", action="refinalize",
+                     outcome="applied") == 2.0  # Batch 20 and the batch stuck in SCORING
+        # ... and the next poll shows Batch 20 healthy.
+        while time.monotonic() < deadline:
+            body = http_get(url)[2].decode()
+            if not re.search(rf'cj_batch_problem{{[^}}]*cj_batch_id="{b20}"', body):
+                break
+            time.sleep(0.2)
+        assert not re.search(rf'cj_batch_problem{{[^}}]*cj_batch_id="{b20}"', body)
+        assert value(body, "cj_batch_grade_projections", cj_batch_id=str(b20)) == 6.0
+        assert value(body, "cj_batches_problem", problem="wedged") == 0.0
+        dsn = re.search(r"--dsn '([^']+)'", summary).group(1)  # type: ignore[union-attr]
+        engine = create_engine(dsn)
+        try:
+            assert sorted((r["cj_batch_id"], r["action"]) for r in audit_rows(engine)
+                          if r["cj_batch_id"] == b20) == [(b20, "backfill_anchors"),
+                                                          (b20, "refinalize")]
+        finally:
+            engine.dispose()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
