@@ -9,6 +9,7 @@ so the poll costs the same whether the database holds a thousand finished batche
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,17 @@ class Snapshot:
 _VIEW_COLUMNS = [f.name for f in fields(BatchRow) if f.name not in
                  ("last_activity", "completed_at", "problems")]
 _VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEMS.values()]
+# Times are fetched as epoch seconds: 'infinity' (a valid timestamptz) or a year past 9999 has no
+# Python datetime, and psycopg would fail the whole fetch on it, so one odd row would make every
+# poll fail. As a double it arrives as inf and only its own row is skipped (and counted).
+_EPOCH_COLUMNS = ("last_activity_at", "completed_at")
+
+
+def _select(column: str) -> str:
+    if column in _EPOCH_COLUMNS:
+        return f"extract(epoch FROM h.{column})::double precision AS {column}"
+    return f"h.{column}"
+
 
 POLL_SQL = text(
     "WITH watched AS ("
@@ -99,7 +111,7 @@ POLL_SQL = text(
     "  WHERE status NOT IN ('COMPLETE_STABLE', 'COMPLETE_MAX_COMPARISONS',"
     "   'COMPLETE_INSUFFICIENT_ESSAYS', 'COMPLETE_FORCED_RECOVERY', 'ERROR_PROCESSING',"
     "   'ERROR_ESSAY_PROCESSING'))"
-    f" SELECT {', '.join('h.' + c for c in _VIEW_COLUMNS)}"
+    f" SELECT {', '.join(_select(c) for c in _VIEW_COLUMNS)}"
     " FROM cj_batch_health AS h WHERE h.cj_batch_id IN (SELECT id FROM watched)"
 )
 OUTBOX_SQL = text(
@@ -193,19 +205,23 @@ def _parse_row(row: Mapping[Any, Any]) -> BatchRow | None:
             is_terminal=bool(row["is_terminal"]),
             problems=frozenset(p for p, column in PROBLEMS.items() if row[column]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         log.warning("skipping malformed cj_batch_health row %r: %s",
                     row.get("cj_batch_id"), exc)
         return None
 
 
-def _timestamp(value: datetime) -> float:
-    if value.tzinfo is None:
-        raise ValueError("naive timestamp from the view")
-    return value.timestamp()
+def _timestamp(value: float | datetime) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive timestamp from the view")
+        value = value.timestamp()
+    if not math.isfinite(value):
+        raise ValueError(f"timestamp is {value}")
+    return float(value)
 
 
-def _optional_timestamp(value: datetime | None) -> float | None:
+def _optional_timestamp(value: float | datetime | None) -> float | None:
     return None if value is None else _timestamp(value)
 
 
