@@ -75,13 +75,12 @@ class Params:
     def replica_labels(self) -> str:
         return ", ".join(self.raw["replica_labels"])
 
-    def selector(self, *matchers: str) -> str:
-        """`{job="...", <extra>, <matchers>}`."""
+    def selector(self) -> str:
+        """`{job="<job>"}`, plus the extra matchers of the parameters."""
         parts = [f'job="{self.job}"']
         extra = str(self.raw.get("extra_selector") or "").strip()
         if extra:
             parts.append(extra)
-        parts.extend(matchers)
         return "{" + ", ".join(parts) + "}"
 
     def alert(self, name: str) -> dict[str, Any]:
