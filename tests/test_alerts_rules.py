@@ -265,6 +265,9 @@ def test_alertmanager_routes_every_alert_by_its_severity() -> None:
     result = run(tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}",
                  "alertname=SomethingNew")
     assert result.stdout.strip() == "ticket", "an alert without severity must not be dropped"
+    result = run(tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}",
+                 "alertname=SomethingNew", "severity=info")
+    assert result.stdout.strip() == "null", "info is not routed"
 
 
 def test_alertmanager_config_groups_by_batch_and_inhibits_batch_alerts() -> None:
