@@ -312,6 +312,14 @@ def build_ssl_context(tls: TLSSettings, where: str = "web config") -> ssl.SSLCon
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     names = [n for n in (CIPHER_SUITES[c] for c in tls.cipher_suites) if n]
+    for name, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file),
+                       ("client_ca_file", tls.client_ca_file)):
+        if path is not None:
+            try:
+                path.open("rb").close()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read {name} {path}: {exc.strerror}") \
+                    from None
     try:
         if names:
             ctx.set_ciphers(":".join(names))
@@ -320,8 +328,6 @@ def build_ssl_context(tls: TLSSettings, where: str = "web config") -> ssl.SSLCon
             ctx.load_verify_locations(cafile=str(tls.client_ca_file))
         elif tls.client_ca is not None:
             ctx.load_verify_locations(cadata=tls.client_ca)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{where}: cannot read {exc.filename}: {exc.strerror}") from None
     except (ssl.SSLError, OSError, ValueError) as exc:
         # The reason (e.g. KEY_VALUES_MISMATCH) never contains key material.
         reason = getattr(exc, "reason", None) or type(exc).__name__
