@@ -18,5 +18,15 @@ core never needs numpy, scipy or choix. Modules, one job each:
 - metrics     the finalizer's metric families
 - service     the remediation cycle and its wiring
 
-Nothing is imported here so that `exporter.finalizer.audit` (install-view) stays light.
+Nothing else is imported here so that `exporter.finalizer.audit` (install-view) stays light.
 """
+
+import os
+
+# One BLAS thread. numpy's OpenBLAS otherwise starts a thread per core that spin-waits between
+# calls: for the finalizer's small matrices (one row per essay) on an exporter's small, busy
+# host that made the BT fit 20-40x slower (bench_finalizer: 12 ms -> 400 ms on 2 loaded cores).
+# setdefault: an operator's explicit setting wins. It only takes effect if numpy is first
+# imported after this package, which is the case in the exporter (the core never imports it).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
