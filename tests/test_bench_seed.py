@@ -1,0 +1,101 @@
+"""Smoke test of bench/seed.py at a tiny scale, so the benchmark code runs in CI.
+
+The benchmarks themselves (python -m bench.poll) are too slow for CI; this checks that the seed
+loads the reference schema with every NOT NULL column supplied, restores its constraints and
+indexes, is deterministic by --seed, writes the row counts it planned, and plants exactly the
+problems the exporter's poll then reports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bench import seed as bench_seed
+from exporter import health, sqlfiles
+from tests.conftest import Server, url_string
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = bench_seed.SeedParams(batches=60, in_flight=5, recent=10, faulty=12, seed=7)
+
+
+def _create(server: Server, name: str) -> str:
+    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return url_string(server.url(name))
+
+
+@pytest.fixture(scope="module")
+def empty_dbs(pg_server: Server) -> Iterator[dict[str, str]]:
+    names = {k: f"bench_seed_{k}" for k in ("cli", "same", "other")}
+    yield {k: _create(pg_server, n) for k, n in names.items()}
+    admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_seed_is_deterministic_counts_rows_and_plants_the_faults(
+        empty_dbs: dict[str, str]) -> None:
+    now = bench_seed.now_utc()
+    args = ["--batches", str(TINY.batches), "--in-flight", str(TINY.in_flight),
+            "--recent", str(TINY.recent), "--faulty", str(TINY.faulty), "--seed",
+            str(TINY.seed), "--now", now.isoformat(), "--quiet"]
+    # The command line, as docs/performance.md runs it (against an existing database).
+    done = subprocess.run([sys.executable, "-m", "bench.seed", "--dsn", empty_dbs["cli"], *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "seeded" in done.stdout
+
+    cli = bench_seed.conninfo_of(empty_dbs["cli"])
+    same = bench_seed.conninfo_of(empty_dbs["same"])
+    other = bench_seed.conninfo_of(empty_dbs["other"])
+    manifest = bench_seed.seed(same, TINY, now, jobs=2, show_progress=False)
+    bench_seed.seed(other, replace(TINY, seed=8), now, show_progress=False)
+
+    # Row counts: what the plan says, and the fixed parts of the layout.
+    rows = manifest["rows"]
+    assert rows == manifest["expected_rows"]
+    assert rows["cj_batch_uploads"] == rows["cj_batch_states"] == TINY.batches
+    # At least outbox_per_batch rows per batch (more when the runaway faults alone exceed it).
+    assert rows["event_outbox"] >= round(TINY.outbox_per_batch * TINY.batches)
+    assert rows["anchor_essay_references"] == bench_seed.ASSIGNMENTS * bench_seed.ANCHORS
+    most = bench_seed.STUDENTS[1] + bench_seed.ANCHORS
+    assert TINY.batches <= rows["cj_processed_essays"] <= TINY.batches * most
+    assert rows["cj_comparison_pairs"] > TINY.batches * 100
+    assert manifest["categories"]["in_flight"] == TINY.in_flight
+
+    # Deterministic by seed (and independent of --jobs): same content, another seed differs.
+    with bench_seed.connect(cli) as a, bench_seed.connect(same) as b, \
+            bench_seed.connect(other) as c:
+        digest_cli, digest_same = bench_seed.table_digests(a), bench_seed.table_digests(b)
+        digest_other = bench_seed.table_digests(c)
+        assert bench_seed.read_manifest(cli) is not None
+    assert digest_cli == digest_same
+    assert digest_other["cj_processed_essays"] != digest_same["cj_processed_essays"]
+    assert digest_other["cj_comparison_pairs"] != digest_same["cj_comparison_pairs"]
+
+    # The view finds exactly the watched batches and problems the seed planted.
+    engine = create_engine(empty_dbs["same"])
+    with engine.begin() as conn:
+        sqlfiles.install_views(conn)
+    snap = health.poll(engine, statement_timeout=30, lock_timeout=5, lookback=7 * 86400,
+                       recent_window=3600, max_batches=5000)
+    engine.dispose()
+    assert snap.watched == manifest["watched"]
+    assert dict(snap.problem_counts) == manifest["problems"]
+
+
+def test_plan_rejects_layouts_that_cannot_hold_the_faults() -> None:
+    with pytest.raises(ValueError, match="recent"):
+        bench_seed.SeedParams(batches=100, in_flight=1, recent=1, faulty=60).validate()
