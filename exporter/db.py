@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICAT
                 pool_size: int = 1) -> Engine:
     """A pool of one: polls run one at a time. pre_ping replaces connections a DB restart
     killed, so the first poll after an outage succeeds instead of failing once more."""
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
@@ -39,6 +40,23 @@ def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICAT
             "tcp_user_timeout": 30_000,
         },
     )
+    event.listen(engine, "checkin", _role_default_transaction_mode)
+    return engine
+
+
+def _role_default_transaction_mode(dbapi_conn: Any, record: Any) -> None:
+    """Give a returned connection back its role's default transaction mode.
+
+    After a poll (postgresql_readonly=True) SQLAlchemy resets the connection to read_only=False,
+    and psycopg then starts every later transaction with an explicit READ WRITE, which overrides
+    the polling role's `default_transaction_read_only = on` (sql/roles.sql). None sends a bare
+    BEGIN again, so the role's setting applies to anything else run on this engine.
+    """
+    if dbapi_conn is None or getattr(dbapi_conn, "closed", True):
+        return
+    # psycopg refuses unless idle (a broken connection): the pool discards that one anyway.
+    with contextlib.suppress(psycopg.Error):
+        dbapi_conn.read_only = None
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
 
 from exporter.db import APPLICATION_NAME
 
@@ -153,3 +154,43 @@ def make_pki(folder: Path) -> Pki:
         rogue_client=make_leaf(folder, rogue, "rogue", "DNS:prometheus.monitoring.svc",
                                "clientAuth"),
     )
+
+
+def psql_binary() -> str:
+    """pgserver's own psql (matches its server), else the one on PATH."""
+    try:
+        import pgserver  # the test extra installs it
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("psql")
+    assert found, "psql is needed to run sql/roles.sql"
+    return found
+
+
+def libpq_url(url: URL) -> str:
+    """A SQLAlchemy URL as psql/libpq take it (no +psycopg, keeps ?host=/socket/dir)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def apply_roles(admin_url: URL, **variables: str) -> subprocess.CompletedProcess[str]:
+    """Run sql/roles.sql with psql as the admin, exactly as docs/security.md tells operators."""
+    from exporter.sqlfiles import sql_dir
+
+    args = [psql_binary(), libpq_url(admin_url), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-f", str(sql_dir() / "roles.sql")]
+    for name, value in variables.items():
+        args += ["-v", f"{name}={value}"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+def drop_roles(admin_url: URL, *roles: str) -> None:
+    """Remove test roles from the (shared) server; their grants died with the test database."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        for role in roles:
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    engine.dispose()
