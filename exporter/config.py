@@ -40,7 +40,7 @@ class RemediationSettings:
     """
 
     enabled: bool = False
-    write_dsn: str | None = None
+    write_dsn: str | None = field(default=None, repr=False)  # may hold a password
     write_dsn_file: str | None = None
     actions: tuple[str, ...] = ()
     dry_run: bool = True
@@ -56,7 +56,9 @@ class RemediationSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    dsn: str | None = None
+    # repr=False: a DSN may hold a password, and settings end up in reprs (tracebacks with
+    # locals, debuggers, a careless log line); the *_file variants hold only a path.
+    dsn: str | None = field(default=None, repr=False)
     dsn_file: str | None = None
     listen_address: str = f":{DEFAULT_PORT}"
     poll_interval_seconds: float = 15.0
