@@ -139,6 +139,18 @@ def test_install_view_creates_the_audit_table_only_when_asked(
         engine.dispose()
 
 
+def test_the_exporter_core_never_imports_the_finalizer() -> None:
+    """numpy/scipy/choix and exporter.finalizer load only when remediation is enabled."""
+    probe = ("import sys, exporter.cli, exporter.scheduler, exporter.collector, exporter.health,"
+             " exporter.demo, exporter.report; from exporter import cli;"
+             " cli.build_parser().parse_args(['serve']);"
+             " bad = sorted(m for m in sys.modules if m.startswith('exporter.finalizer')"
+             " or m.split('.')[0] in ('numpy', 'scipy', 'choix')); print(bad)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def remediation_env(url: str | None, **extra: str) -> dict[str, str]:
     env = {"CJ_HEALTH_REMEDIATION_ENABLED": "true",
            "CJ_HEALTH_REMEDIATION_ACTIONS": "backfill_anchors,refinalize",

@@ -2,9 +2,8 @@
 --
 -- Created by `cj-health-exporter install-view --remediation` only: a database whose exporter
 -- never remediates gets no table of ours besides the views. Both statements are idempotent.
--- The finalizer's write role needs SELECT, INSERT on cj_health_remediations (and USAGE on its
--- sequence) and SELECT on cj_health_remediation_pause; operators need INSERT/DELETE on the
--- latter to pause and resume.
+-- Grants (sql/roles.sql): the finalizer's write role may SELECT/INSERT the audit rows (never
+-- UPDATE/DELETE them) and only read the pause switch; people pause and resume.
 --
 -- No foreign key to cj_batch_uploads on purpose: the audit must survive the batch, and an
 -- audit insert must never wait on a lock held on a CJ row.
