@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -38,14 +39,18 @@ def backfill_anchors(engine: Engine, batch_id: int, *, replica: str, dry_run: bo
                      limits: Limits = DEFAULT_LIMITS) -> Result:
     started = time.monotonic()
     try:
-        result = _run(engine, batch_id, replica, dry_run, limits)
+        result = _run(engine, batch_id, replica, dry_run, limits, started)
     except DBAPIError as exc:
         result = Result(BACKFILL_ANCHORS, batch_id, FAILED, {"reason": db.describe_error(exc)})
-    took = round((time.monotonic() - started) * 1000, 1)
-    return replace(result, detail={**result.detail, "took_ms": took})
+    return replace(result, detail={**result.detail, "took_ms": _ms_since(started)})
 
 
-def _run(engine: Engine, batch_id: int, replica: str, dry_run: bool, limits: Limits) -> Result:
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+def _run(engine: Engine, batch_id: int, replica: str, dry_run: bool, limits: Limits,
+         started: float) -> Result:
     with engine.connect() as conn, conn.begin() as tx:
         store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
         if dry_run:
@@ -56,12 +61,15 @@ def _run(engine: Engine, batch_id: int, replica: str, dry_run: bool, limits: Lim
             tx.rollback()
             return Result(BACKFILL_ANCHORS, batch_id, SKIPPED,
                           {"reason": "no essay whose metadata says anchor lacks the flag"})
-        detail = {"reason": f"{'would flag' if dry_run else 'flagged'} {len(ids)} anchor(s)",
-                  "plan": [f"set is_anchor = true on {len(ids)} essay(s) of batch {batch_id}"],
-                  "essays": sorted(ids)}
+        detail: dict[str, Any] = {
+            "reason": f"{'would flag' if dry_run else 'flagged'} {len(ids)} anchor(s)",
+            "plan": [f"set is_anchor = true on {len(ids)} essay(s) of batch {batch_id}"],
+            "essays": sorted(ids),
+        }
         if dry_run:
             tx.rollback()
             return Result(BACKFILL_ANCHORS, batch_id, DRY_RUN, detail)
+        detail["took_ms"] = _ms_since(started)  # the audit row's figure, before COMMIT
         result = Result(BACKFILL_ANCHORS, batch_id, APPLIED, detail, audited=True)
         audit.insert(conn, result, replica, dry_run=False)
         return result

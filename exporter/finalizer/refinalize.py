@@ -109,14 +109,17 @@ def refinalize(engine: Engine, batch_id: int, *, replica: str, dry_run: bool,
     started = time.monotonic()
     try:
         result = _dry_run(engine, batch_id, limits) if dry_run else _apply(
-            engine, batch_id, replica, limits, hooks or Hooks())
+            engine, batch_id, replica, limits, hooks or Hooks(), started)
     except DBAPIError as exc:
         result = Result(REFINALIZE, batch_id, FAILED, {"reason": _explain(exc)})
     except Exception as exc:  # a bug or bad data must not kill the cycle; it is audited
         log.exception("refinalize of batch %s failed", batch_id)
         result = Result(REFINALIZE, batch_id, FAILED, {"reason": f"{type(exc).__name__}: {exc}"})
-    took = round((time.monotonic() - started) * 1000, 1)
-    return replace(result, detail={**result.detail, "took_ms": took})
+    return replace(result, detail={**result.detail, "took_ms": _ms_since(started)})
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def _explain(exc: DBAPIError) -> str:
@@ -129,7 +132,8 @@ def _explain(exc: DBAPIError) -> str:
     return db.describe_error(exc)
 
 
-def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks) -> Result:
+def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks,
+           started: float) -> Result:
     with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
         tx = conn.begin()
         try:
@@ -151,7 +155,8 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
             store.insert_events(conn, events.build(batch, dict(plan.fit.scores),
                                                    plan.projection, plan.model, at), at)
             store.complete_batch(conn, batch_id, plan.status, at)
-            detail = {**plan.detail(), "scores_written": written, "projections": inserted}
+            detail = {**plan.detail(), "scores_written": written, "projections": inserted,
+                      "took_ms": _ms_since(started)}  # the audit row's figure, before COMMIT
             result = Result(REFINALIZE, batch_id, APPLIED, detail, audited=True)
             audit.insert(conn, result, replica, dry_run=False)
             hooks.before_commit()
