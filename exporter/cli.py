@@ -208,6 +208,8 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
     url = f"{scheme}://{_display_host(host)}:{server.port}/metrics"
     if security:
         log.info("web config %s: %s", settings.web_config_file, security.describe())
+        if security.auth_enabled and not security.tls_enabled:
+            log.warning("basic auth without TLS: passwords cross the network in clear text")
     log.info("serving %s (poll every %ss)", url, settings.poll_interval_seconds)
     if banner:
         print(banner.format(url=url), flush=True)
