@@ -463,10 +463,14 @@ class BasicAuth:
                 self._dummy = bcrypt.hashpw(secrets.token_bytes(16),
                                             bcrypt.gensalt(rounds=cost))
             hashed = self._dummy
+        if len(password) > 72:
+            # bcrypt reads 72 bytes: bcrypt < 5 would silently ignore the rest (so would accept
+            # any suffix), bcrypt >= 5 raises. Go's bcrypt refuses too.
+            return False
         self.bcrypt_calls += 1
         try:
             return bool(bcrypt.checkpw(password, hashed))
-        except ValueError:  # bcrypt >= 5 refuses passwords over 72 bytes; so does Go's bcrypt
+        except ValueError:  # a hash bcrypt cannot read (load() checked the format)
             return False
 
 

@@ -438,3 +438,11 @@ def test_security_without_users_lets_everyone_in(tmp_path: Path) -> None:
     security = WebSecurity(write_config(tmp_path, "http_server_config:\n  http2: false\n"))
     assert not security.tls_enabled and not security.auth_enabled
     assert security.describe() == "TLS off, no basic auth"
+
+
+def test_passwords_longer_than_72_bytes_never_match() -> None:
+    """bcrypt reads 72 bytes; an older bcrypt would accept any suffix of a 72-byte password."""
+    long = "p" * 72
+    auth = BasicAuth({"u": bcrypt.hashpw(long.encode(), bcrypt.gensalt(rounds=4))})
+    assert auth.check(basic("u", long))
+    assert not auth.check(basic("u", long + "-anything"))
