@@ -17,10 +17,9 @@ from sqlalchemy.engine import make_url
 from exporter import config
 from exporter.config import ConfigError, RemediationSettings, Settings
 from exporter.finalizer import audit, valves
-from exporter.finalizer.audit import History
 from exporter.finalizer.leader import LeaderLock
 from exporter.finalizer.metrics import RemediationMetrics
-from exporter.finalizer.model import APPLIED, DRY_RUN, NEEDS_PERSON
+from exporter.finalizer.model import APPLIED, DRY_RUN, NEEDS_PERSON, History
 from exporter.finalizer.service import Remediator
 from exporter.finalizer.valves import Candidate
 from exporter.scenarios import BatchSpec

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from exporter import sqlfiles
-from exporter.finalizer.model import APPLIED, FAILED, NEEDS_PERSON, Result
+from exporter.finalizer.model import APPLIED, FAILED, NEEDS_PERSON, History, Result
 
 DDL = "remediation/cj_health_remediations.sql"
 TABLE = "cj_health_remediations"
@@ -69,12 +69,6 @@ def record(engine: Engine, result: Result, replica: str, dry_run: bool) -> None:
         return
     with engine.begin() as conn:
         insert(conn, result, replica, dry_run)
-
-
-@dataclass(frozen=True)
-class History:
-    attempts: int  # non-dry-run actions that tried: applied, failed, needs_person
-    last_at: float | None  # Unix time of the last row in the same mode (dry-run or not)
 
 
 def history(conn: Connection, batch_ids: Sequence[int],

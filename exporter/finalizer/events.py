@@ -13,8 +13,9 @@ Upstream quirks are kept on purpose: consumers already rely on these shapes.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,8 +47,17 @@ def rank(scores: Mapping[str, float | None]) -> list[Ranked]:
     return [Ranked(essay, score, i) for i, (essay, score) in enumerate(ordered, start=1)]
 
 
+def canonical_uuid(value: str) -> str:
+    """Upstream publishes UUID(event_correlation_id): the canonical lower-case form."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
+
+
 def build(batch: Batch, scores: Mapping[str, float | None], projection: Projection | None,
           model: tuple[str | None, str | None], at: datetime) -> list[ev.OutboxRow]:
+    batch = replace(batch, correlation_id=canonical_uuid(batch.correlation_id))
     rankings = rank(scores)
     students = [r for r in rankings if not r.is_anchor]
     anchors = [r for r in rankings if r.is_anchor]

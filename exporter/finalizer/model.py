@@ -19,6 +19,14 @@ OUTCOMES = (APPLIED, DRY_RUN, SKIPPED, NEEDS_PERSON, FAILED)
 
 
 @dataclass(frozen=True)
+class History:
+    """A batch's audit history for one action, as the valves see it."""
+
+    attempts: int  # non-dry-run runs that tried: applied, failed, needs_person
+    last_at: float | None  # Unix time of the last run in the same mode (dry-run or not)
+
+
+@dataclass(frozen=True)
 class Limits:
     """Server-side timeouts of an action's transaction (set with SET LOCAL semantics)."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import URL
 
 from exporter.config import ConfigError, RemediationSettings, Settings, resolve_dsn
-from exporter.finalizer.audit import History
+from exporter.finalizer.model import History
 
 REASONS = ("paused", "too_many_wedged", "min_wedged_seconds", "max_attempts", "cooldown",
            "cycle_limit")
