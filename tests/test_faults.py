@@ -66,7 +66,7 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
         pg.close()
 
 
-def up(body: bytes) -> float | None:
+def up(body: bytes | str) -> float | None:
     return metric(body, "cj_health_up")
 
 
@@ -167,8 +167,9 @@ def test_scrape_storm_has_bounded_latency(seeded_db: SeededDb) -> None:
     scrapes = 200
     with ExporterProcess(seeded_db.url, poll_interval=0.2) as exp:
         assert exp.proc is not None
+        pid = exp.proc.pid
         polls_before = metric(exp.metrics(), "cj_health_polls_total") or 0
-        threads_before = settled_count(lambda: thread_count(exp.proc.pid))  # type: ignore[union-attr]
+        threads_before = settled_count(lambda: thread_count(pid))
         barrier = threading.Barrier(scrapes)
 
         def scrape(i: int) -> tuple[float, bool]:
@@ -200,8 +201,7 @@ def test_scrape_storm_has_bounded_latency(seeded_db: SeededDb) -> None:
         assert figures["p99"] < 1.0 and figures["max"] < 2.5, figures
         assert polls_after > polls_before, "polls must go on during the storm"
         assert up(exp.metrics()) == 1
-        wait_until(lambda: thread_count(exp.proc.pid) <= threads_before, 10,  # type: ignore[union-attr]
-                   "HTTP threads to end")
+        wait_until(lambda: thread_count(pid) <= threads_before, 10, "HTTP threads to end")
 
 
 def test_sigterm_during_a_stuck_poll_exits_within_5s(seeded_db: SeededDb) -> None:

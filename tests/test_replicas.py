@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -113,7 +114,7 @@ def plant(db: ReplicaDb, count: int, seed: int) -> list[int]:
     return ids
 
 
-def query(db: ReplicaDb, sql: str, **params: object) -> list[tuple[object, ...]]:
+def query(db: ReplicaDb, sql: str, **params: object) -> list[tuple[Any, ...]]:
     engine = create_engine(db.admin)
     with engine.connect() as conn:
         rows = [tuple(r) for r in conn.execute(text(sql), params).all()]
@@ -124,14 +125,14 @@ def query(db: ReplicaDb, sql: str, **params: object) -> list[tuple[object, ...]]
 def all_completed(db: ReplicaDb, ids: list[int]) -> bool:
     rows = query(db, "SELECT count(*) FROM cj_batch_states WHERE batch_id = ANY(:ids)"
                      " AND state = 'COMPLETED'", ids=ids)
-    return rows[0][0] == len(ids)
+    return bool(rows[0][0] == len(ids))
 
 
 def blocked_finalizers(db: ReplicaDb) -> int:
     """Finalizer transactions waiting on a heavyweight lock right now."""
     rows = query(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
                      " 'cj-health-exporter-finalizer' AND wait_event_type = 'Lock'")
-    return int(rows[0][0])  # type: ignore[call-overload]
+    return int(rows[0][0])
 
 
 def assert_exactly_once(db: ReplicaDb, ids: list[int]) -> None:

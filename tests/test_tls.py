@@ -70,6 +70,10 @@ class TLSExporter(ExporterProcess):
         self.ctx = ctx
         self.auth = {"Authorization": authorization} if authorization else {}
 
+    def __enter__(self) -> TLSExporter:
+        super().__enter__()
+        return self
+
     def get(self, path: str, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
         return https_get(f"{self.url}{path}", self.ctx, self.auth, **kwargs)  # type: ignore
 
