@@ -112,7 +112,11 @@ POLL_SQL = text(
     "   'COMPLETE_INSUFFICIENT_ESSAYS', 'COMPLETE_FORCED_RECOVERY', 'ERROR_PROCESSING',"
     "   'ERROR_ESSAY_PROCESSING'))"
     f" SELECT {', '.join(_select(c) for c in _VIEW_COLUMNS)}"
-    " FROM cj_batch_health AS h WHERE h.cj_batch_id IN (SELECT id FROM watched)"
+    # = ANY(ARRAY(...)), not IN (SELECT ...): the ids become one array parameter, so the view's
+    # cj_batch_uploads is read by primary key. With IN, PostgreSQL hash-joins the watched ids
+    # against a sequential scan of every upload, a cost that grows with history
+    # (docs/performance.md).
+    " FROM cj_batch_health AS h WHERE h.cj_batch_id = ANY (ARRAY(SELECT id FROM watched))"
 )
 OUTBOX_SQL = text(
     "SELECT unpublished_events, failed_events, oldest_unpublished_age_seconds"

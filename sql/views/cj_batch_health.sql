@@ -152,31 +152,41 @@ FROM (
             count(DISTINCT e.grade) FILTER (WHERE e.anchor) AS anchor_grades
         FROM (
             SELECT
-                pe.els_essay_id,
-                pe.is_anchor,
-                m.meta_anchor,
-                COALESCE(m.meta_anchor, pe.is_anchor) AS anchor,
+                e0.els_essay_id,
+                e0.is_anchor,
+                e0.meta_anchor,
+                COALESCE(e0.meta_anchor, e0.is_anchor) AS anchor,
                 -- The projector's lookup order: anchor_grade, known_grade, then the reference.
-                COALESCE(
-                    pe.processing_metadata ->> 'anchor_grade',
-                    pe.processing_metadata ->> 'known_grade',
+                -- Only anchors' grades are counted, so students skip the lookup.
+                CASE WHEN COALESCE(e0.meta_anchor, e0.is_anchor) THEN COALESCE(
+                    e0.doc ->> 'anchor_grade',
+                    e0.doc ->> 'known_grade',
                     (
                         SELECT r.grade FROM anchor_essay_references AS r
                         WHERE r.id = CASE
-                            WHEN pe.processing_metadata ->> 'anchor_ref_id' ~ '^[0-9]{1,9}$'
-                            THEN (pe.processing_metadata ->> 'anchor_ref_id')::integer
+                            WHEN e0.doc ->> 'anchor_ref_id' ~ '^[0-9]{1,9}$'
+                            THEN (e0.doc ->> 'anchor_ref_id')::integer
                         END
                     )
-                ) AS grade
-            FROM cj_processed_essays AS pe
-            CROSS JOIN LATERAL (
-                -- Only a real boolean (or its text spelling) counts; anything else is "no key".
-                SELECT CASE lower(pe.processing_metadata ->> 'is_anchor')
-                    WHEN 'true' THEN true
-                    WHEN 'false' THEN false
-                END AS meta_anchor
-            ) AS m
-            WHERE pe.cj_batch_id = u.id
+                ) END AS grade
+            FROM (
+                SELECT
+                    pe.els_essay_id,
+                    pe.is_anchor,
+                    pe.processing_metadata AS doc,
+                    -- Only a real boolean (or its text spelling) counts; anything else is
+                    -- "no key".
+                    CASE lower(pe.processing_metadata ->> 'is_anchor')
+                        WHEN 'true' THEN true
+                        WHEN 'false' THEN false
+                    END AS meta_anchor
+                FROM cj_processed_essays AS pe
+                WHERE pe.cj_batch_id = u.id
+                -- A fence: without it the planner inlines meta_anchor into every aggregate
+                -- above, re-parsing each essay's json document about ten times (EXPLAIN
+                -- VERBOSE; 80 % of the poll at 100,000 batches, docs/performance.md).
+                OFFSET 0
+            ) AS e0
         ) AS e
     ) AS es
     CROSS JOIN LATERAL (
