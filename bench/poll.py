@@ -417,11 +417,11 @@ def qe_batch_sql(rows: int) -> str:
     if not watched.startswith("WITH watched AS (") or ":lookback" not in watched:
         raise RuntimeError("exporter.health.POLL_SQL changed shape: update bench/poll.py")
     watched = watched.replace(":lookback", repr(DEFAULTS.lookback_seconds))
+    where = str(health.POLL_SQL.text).rsplit(" FROM cj_batch_health AS h ", 1)[-1]
     problem = " OR ".join(health.PROBLEMS.values())
     columns = ", ".join(f"{expr} AS {name}" for name, (expr, _) in QE_METRICS.items())
     return (
-        f"{watched}, rows AS (SELECT h.* FROM cj_batch_health AS h"
-        " WHERE h.cj_batch_id IN (SELECT id FROM watched))"
+        f"{watched}, rows AS (SELECT h.* FROM cj_batch_health AS h {where})"
         " SELECT cj_batch_id::text AS cj_batch_id, bos_batch_id,"
         f" COALESCE(cj_state, '{health.NO_STATE}') AS cj_state, upload_status, {columns}"
         f" FROM rows WHERE NOT is_terminal OR {problem}"
@@ -469,9 +469,9 @@ def histogram_quantile(body: bytes, name: str, labels: str, q: float) -> float:
         label_text = match.group(1).decode()
         if labels not in label_text:
             continue
-        le = re.search(r'le="([^"]+)"', label_text)
-        if le:
-            buckets.append((float(le.group(1)), float(match.group(2))))
+        bound = re.search(r'le="([^"]+)"', label_text)
+        if bound:
+            buckets.append((float(bound.group(1)), float(match.group(2))))
     buckets.sort()
     if not buckets or buckets[-1][1] == 0:
         return float("nan")
@@ -612,6 +612,11 @@ def measure_scale(server: BenchServer | None, dsn: str | None, params: SeedParam
 
 # --- report ---------------------------------------------------------------------------------------
 
+def label(p: SeedParams) -> str:
+    thin = f", history at {p.history_scale:g}x size" if p.history_scale != 1 else ""
+    return f"{p.batches:,} batches{thin}"
+
+
 def fmt_s(seconds: float) -> str:
     return f"{seconds:.3f} s"
 
@@ -631,7 +636,7 @@ def verdict(ok: bool) -> str:
 
 
 def millions(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
 def scale_table(r: ScaleResult) -> list[list[str]]:
@@ -677,32 +682,29 @@ def scale_table(r: ScaleResult) -> list[list[str]]:
 
 
 def flat_table(results: Sequence[ScaleResult]) -> list[list[str]]:
-    a, b = results[0], results[-1]
-    names = [f"{r.params.batches:,} batches" for r in results]
-    rows: list[list[str]] = [["measure", *names, f"ratio {names[-1]} / {names[0]}", "target",
+    """One column per scale; the ratio column is the largest value over the first scale's."""
+    names = [label(r.params) for r in results]
+    rows: list[list[str]] = [["measure", *names, f"max ratio to {names[0]}", "target",
                               "verdict"]]
 
-    def add(label: str, values: list[float], show: Callable[[float], str],
-            target: str = "", ok: bool | None = None) -> None:
-        rows.append([label, *[show(v) for v in values],
-                     f"{values[-1] / values[0]:.2f}x" if values[0] else "-", target,
-                     "" if ok is None else verdict(ok)])
+    def add(name: str, values: list[float], show: Callable[[float], str],
+            flat_target: bool = False) -> None:
+        worst = max(v / values[0] for v in values) if values[0] else float("nan")
+        rows.append([name, *[show(v) for v in values], f"{worst:.2f}x",
+                     f"<= {FLAT_RATIO}x" if flat_target else "",
+                     verdict(worst <= FLAT_RATIO) if flat_target else ""])
 
-    def rows_of(r: ScaleResult, table: str) -> float:
+    def table_rows(r: ScaleResult, table: str) -> float:
         return float(r.manifest.get("rows", {}).get(table, 0))
 
-    add("comparison pairs (history)", [rows_of(r, "cj_comparison_pairs") for r in results],
-        millions)
-    add("essays", [rows_of(r, "cj_processed_essays") for r in results], millions)
-    add("outbox rows", [rows_of(r, "event_outbox") for r in results], millions)
+    for table, name in (("cj_batch_uploads", "batches"), ("cj_comparison_pairs", "pairs"),
+                        ("cj_processed_essays", "essays"), ("event_outbox", "outbox rows")):
+        add(f"history: {name}", [table_rows(r, table) for r in results], millions)
     add("watched batches", [float(r.watched) for r in results], lambda v: f"{v:.0f}")
-    poll_ratio = b.poll.median / a.poll.median
-    add("cj-health-exporter poll, median", [r.poll.median for r in results], fmt_s,
-        f"<= {FLAT_RATIO}x", poll_ratio <= FLAT_RATIO)
+    add("cj-health-exporter poll, median", [r.poll.median for r in results], fmt_s, True)
     add("cj-health-exporter poll, p95", [r.poll.p95 for r in results], fmt_s)
-    buffers_ratio = b.explain.buffers / max(a.explain.buffers, 1)
     add("poll buffers (EXPLAIN)", [float(r.explain.buffers) for r in results],
-        lambda v: f"{v:.0f}", f"<= {FLAT_RATIO}x", buffers_ratio <= FLAT_RATIO)
+        lambda v: f"{v:.0f}", True)
     if all(r.qe_poll for r in results):
         add("query-exporter poll, median", [r.qe_poll["median"] for r in results], fmt_s)
     add("scrape ~10k series, median (ours)", [r.ours[-1].latency.median for r in results],
@@ -743,7 +745,7 @@ def report(results: Sequence[ScaleResult], command: str, qe_ver: str | None) -> 
     for r in results:
         m = r.manifest
         rows = m.get("rows", {})
-        out += [f"## {r.params.batches:,} batches ({r.database})", "",
+        out += [f"## {label(r.params)} ({r.database})", "",
                 f"seed: {rows.get('cj_processed_essays', 0):,} essays, "
                 f"{rows.get('cj_comparison_pairs', 0):,} pairs, "
                 f"{rows.get('event_outbox', 0):,} outbox rows, "
@@ -765,7 +767,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.poll",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--scales", default="100000",
-                    help="comma-separated batch counts (default %(default)s)")
+                    help="comma-separated batch counts, each optionally BATCHES:HISTORY_SCALE"
+                         " (default %(default)s)")
     ap.add_argument("--in-flight", type=int,
                     help="in-flight batches (default: 1 %% with one scale, 500 with several)")
     ap.add_argument("--recent", type=int, help="recently finished batches (same defaults)")
@@ -786,15 +789,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m bench.poll " + " ".join(sys.argv[1:] if argv is None else argv)
-    scales = [int(s) for s in args.scales.split(",") if s.strip()]
+    # "1000000:0.1" = a million batches whose old, finished ones are a tenth of the size.
+    scales = [(int(b), float(h or 1)) for b, _, h in
+              (spec.strip().partition(":") for spec in args.scales.split(",") if spec.strip())]
     several = len(scales) > 1
     default_count = 500 if several else None
     results: list[ScaleResult] = []
     server = None if args.dsn else BenchServer(args.data_dir)
     try:
-        for batches in scales:
+        for batches, history_scale in scales:
             params = SeedParams(
-                batches=batches,
+                batches=batches, history_scale=history_scale,
                 in_flight=args.in_flight if args.in_flight is not None else default_count,
                 recent=args.recent if args.recent is not None else default_count,
                 faulty=args.faulty, seed=args.seed)

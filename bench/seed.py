@@ -105,6 +105,9 @@ class SeedParams:
     history_days: float = 730.0
     outbox_per_batch: float = 5.0
     backlog: int = 25  # unpublished outbox rows, a fifth of them past the relay's 5 retries
+    # Size of the old finished batches relative to the watched ones (students and pairs): below
+    # 1 it packs more batches into the same disk, e.g. 1,000,000 batches at 0.1.
+    history_scale: float = 1.0
 
     def resolved(self) -> SeedParams:
         one_percent = max(1, self.batches // 100)
@@ -112,7 +115,10 @@ class SeedParams:
                        recent=one_percent if self.recent is None else self.recent)
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self.resolved()), sort_keys=True).encode()
+        fields = asdict(self.resolved())
+        if fields["history_scale"] == 1.0:
+            del fields["history_scale"]  # keeps the names of databases seeded before it existed
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
     def database_name(self) -> str:
@@ -130,6 +136,8 @@ class SeedParams:
         if p.recent < p.faulty - unfinished:
             raise ValueError(f"--recent {p.recent} cannot hold {p.faulty - unfinished} recent "
                              "faults")
+        if not 0 < p.history_scale <= 1:
+            raise ValueError("--history-scale must be in (0, 1]")
         if p.history_days * 86400 < LOOKBACK.total_seconds() + 3 * 86400:
             raise ValueError("--history-days must exceed the lookback window by 3 days")
 
@@ -235,6 +243,9 @@ def make_plan(params: SeedParams, now: datetime) -> Plan:
             row.created_at = now - timedelta(minutes=rng.uniform(10, 360))
             row.last_activity_at = now - timedelta(seconds=rng.uniform(5, 600))
         kind = faults.get(batch_id)
+        if kind is None and batch_id <= n_hist and p.history_scale < 1:
+            row.students = max(1, round(row.students * p.history_scale))
+            planned_pairs = max(2, round(planned_pairs * p.history_scale))
         if kind is not None:
             _fault(row, kind, planned_pairs, rng)
         elif row.kind == "in_flight":
@@ -711,7 +722,8 @@ class Pool:
         return conn
 
     def _run(self, task: Task) -> None:
-        self._conn().execute(task.statement.encode(), task.params)  # type: ignore[arg-type]
+        # bytes: the statements are built at run time, not LiteralStrings.
+        self._conn().execute(task.statement.encode(), task.params)
         self.progress.advance(task.weight, task.label)
 
     def run(self, tasks: Sequence[Task]) -> None:
@@ -1032,6 +1044,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--history-days", type=float, default=d.history_days)
     ap.add_argument("--outbox-per-batch", type=float, default=d.outbox_per_batch)
     ap.add_argument("--backlog", type=int, default=d.backlog, help="unpublished outbox rows")
+    ap.add_argument("--history-scale", type=float, default=d.history_scale,
+                    help="size of old finished batches relative to watched ones (default 1)")
     ap.add_argument("--now", type=datetime.fromisoformat,
                     help="ISO time every relative time is anchored to (default: now)")
     ap.add_argument("--jobs", type=int, default=1,
@@ -1051,7 +1065,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     params = SeedParams(batches=args.batches, in_flight=args.in_flight, recent=args.recent,
                         faulty=args.faulty, seed=args.seed, history_days=args.history_days,
-                        outbox_per_batch=args.outbox_per_batch, backlog=args.backlog)
+                        outbox_per_batch=args.outbox_per_batch, backlog=args.backlog,
+                        history_scale=args.history_scale)
     try:
         params.validate()
     except ValueError as exc:
