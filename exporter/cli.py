@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--remediation", action="store_true",
                          help="also create the finalizer's audit and pause tables")
     install.set_defaults(func=cmd_install_view)
+    dashboards = sub.add_parser("generate-dashboards",
+                                help="regenerate dashboards/*.json from grafanalib (checkout)")
+    dashboards.add_argument("--check", action="store_true",
+                            help="write nothing; exit 1 if a committed JSON is out of date")
+    dashboards.add_argument("--out-dir", help="where to write (default: dashboards/)")
+    dashboards.set_defaults(func=cmd_generate_dashboards)
     remediate = sub.add_parser(
         "remediate", help="run one finalizer action on one batch (a dry run without --yes)")
     _dsn_flags(remediate)
@@ -300,3 +306,26 @@ def cmd_remediate(args: argparse.Namespace) -> int:
         return manual.remediate(settings, args.batch, args.action, args.yes)
     except DBAPIError as exc:
         raise ConfigError(f"remediate failed: {db.describe_error(exc)}") from None
+
+
+def cmd_generate_dashboards(args: argparse.Namespace) -> int:
+    """Run dashboards/generate.py of the source checkout (the dashboards are not in the wheel:
+    only their generated JSON is needed at run time)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "dashboards" / "generate.py"
+    if not script.is_file():
+        raise ConfigError("generate-dashboards needs a source checkout (dashboards/generate.py)")
+    spec = importlib.util.spec_from_file_location("cj_health_dashboards_generate", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"generate-dashboards needs grafanalib: pip install "
+                          f"'cj-health-exporter[dashboards]' ({exc})") from None
+    argv = ["--check"] if args.check else []
+    if args.out_dir:
+        argv += ["--out-dir", args.out_dir]
+    return int(module.main(argv))

@@ -134,3 +134,17 @@ def test_install_view_is_idempotent(pg_server: Server) -> None:
     engine.dispose()
     drop_database(pg_server, name)
     assert indexes == 5
+
+
+def test_generate_dashboards_command_matches_the_committed_json(tmp_path: object) -> None:
+    from pathlib import Path
+
+    out = Path(str(tmp_path))
+    result = cli("generate-dashboards", "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    root = Path(__file__).resolve().parents[1] / "dashboards"
+    written = sorted(p.name for p in out.glob("*.json"))
+    assert written == sorted(p.name for p in root.glob("*.json")) and written
+    for name in written:
+        assert (out / name).read_bytes() == (root / name).read_bytes()
+    assert cli("generate-dashboards", "--check").returncode == 0
