@@ -187,9 +187,11 @@ def run_service(settings: Settings, engine: Engine, host: str, port: int,
         from exporter.finalizer import service  # only now: the core never needs it
 
         remediator, _ = service.start(settings)  # None (refusal logged) when unauthorized
-    extra = remediator.metrics.collect if remediator else tuple
-    poller = Poller(settings, engine, extra_metrics=extra,
-                    remediation_enabled=bool(remediator and remediator.acting))
+    if remediator:
+        poller = Poller(settings, engine, extra_metrics=remediator.metrics.collect,
+                        remediation_enabled=remediator.acting)
+    else:  # the core exports cj_health_remediations_total at 0 (idle_remediation_families)
+        poller = Poller(settings, engine)
     try:
         server = MetricsServer(
             host, port, poller.store,

@@ -148,3 +148,11 @@ def test_generate_dashboards_command_matches_the_committed_json(tmp_path: object
     for name in written:
         assert (out / name).read_bytes() == (root / name).read_bytes()
     assert cli("generate-dashboards", "--check").returncode == 0
+
+
+def test_serve_without_remediation_exports_the_idle_remediation_counter(
+        seeded_db: SeededDb) -> None:
+    with ExporterProcess(seeded_db.url) as exp:
+        body = exp.metrics()
+    assert 'cj_health_remediations_total{action="refinalize",outcome="failed"} 0.0' in body
+    assert "cj_health_remediation_enabled 0.0" in body
