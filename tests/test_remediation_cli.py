@@ -190,7 +190,9 @@ def test_serve_refuses_unauthorized_remediation_but_keeps_exporting(
         body = exporter.metrics()
         assert value(body, "cj_health_remediation_enabled") == 0.0
         assert value(body, "cj_health_up") == 1.0
-        assert "cj_health_remediations_total" not in body
+        # the core's idle counter (all 0), never the finalizer's families
+        assert 'cj_health_remediations_total{action="refinalize",outcome="applied"} 0.0' in body
+        assert "cj_health_remediation_leader" not in body
         time.sleep(1.5)
         assert "remediation refused: no write DSN" in exporter.output()
     assert snapshot(db.engine) == before
