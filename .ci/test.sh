@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "need root (or: sudo apt-get install ${missing[*]})" >&2
