@@ -22,7 +22,9 @@ on that database, in this order:
 
 Targets are printed with PASS/FAIL next to the measured values; nothing here is a timed test.
 With several scales the seed keeps the in-flight, recent and faulty counts constant (default
-500/500/300), so only history grows, and a side-by-side table shows whether the poll stays flat.
+1000/1000/300, those of the default scale), so only history grows, and a side-by-side table shows
+whether the poll stays flat. `1000000:0.1` seeds a million batches whose old finished ones hold a
+tenth of the essays and pairs (a full-size million needs ~150 GB).
 """
 
 from __future__ import annotations
@@ -770,7 +772,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="comma-separated batch counts, each optionally BATCHES:HISTORY_SCALE"
                          " (default %(default)s)")
     ap.add_argument("--in-flight", type=int,
-                    help="in-flight batches (default: 1 %% with one scale, 500 with several)")
+                    help="in-flight batches (default: 1 %% with one scale, 1000 with several)")
     ap.add_argument("--recent", type=int, help="recently finished batches (same defaults)")
     ap.add_argument("--faulty", type=int, default=SeedParams().faulty)
     ap.add_argument("--seed", type=int, default=SeedParams().seed)
@@ -793,7 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scales = [(int(b), float(h or 1)) for b, _, h in
               (spec.strip().partition(":") for spec in args.scales.split(",") if spec.strip())]
     several = len(scales) > 1
-    default_count = 500 if several else None
+    # Several scales: the same watched set everywhere (1 % of the default scale), so that only
+    # history grows; the 100,000-batch database is then the default run's.
+    default_count = 1000 if several else None
     results: list[ScaleResult] = []
     server = None if args.dsn else BenchServer(args.data_dir)
     try:

@@ -59,7 +59,10 @@ DEFAULT_DATA_DIR = Path("/tmp/cjh-bench/pg")
 CJ_TABLES = ("cj_batch_uploads", "cj_batch_states", "cj_processed_essays", "cj_comparison_pairs",
              "grade_projections", "anchor_essay_references", "assessment_instructions",
              "event_outbox")
-BENCH_SCHEMA = "cjbench"  # the plan and the manifest; never read by the exporter
+BENCH_SCHEMA = "cjbench"
+# Part of every database name: bump it when the generated content changes, so that a database
+# seeded by older code is never reused as if this code had made it.
+SEED_FORMAT = 2  # the plan and the manifest; never read by the exporter
 
 # The exporter's own defaults decide which batches are "recent": the seed places batches
 # relative to them so the watched set is known exactly.
@@ -115,7 +118,7 @@ class SeedParams:
                        recent=one_percent if self.recent is None else self.recent)
 
     def key(self) -> str:
-        fields = asdict(self.resolved())
+        fields: dict[str, Any] = {**asdict(self.resolved()), "format": SEED_FORMAT}
         if fields["history_scale"] == 1.0:
             del fields["history_scale"]  # keeps the names of databases seeded before it existed
         blob = json.dumps(fields, sort_keys=True).encode()
@@ -389,10 +392,15 @@ class Sql:
         return f"{uid(self.seed, 's', 'p.id', idx)}::text"
 
     def essay_id(self, idx: str) -> str:
+        """Students: a uuid. Anchors: ANCHOR_<ref>_<8 hex> as upstream, where upstream's hex is
+        random (uuid4) and can collide once thousands of batches share a reference; here it is
+        the batch id through a bijection of 32-bit integers, so it looks random and is unique
+        (a batch holds one anchor per reference)."""
         ref = f"(p.assignment * {ANCHORS} + ({idx}) - p.students + 1)"
+        scramble = (f"lpad(to_hex(mod(p.id::bigint * 2654435761 + {self.seed % 2**32},"
+                    " 4294967296)), 8, '0')")
         return (f"CASE WHEN ({idx}) < p.students THEN {self.student_id(idx)}"
-                f" ELSE 'ANCHOR_' || {ref} || '_' || substr(md5('{self.seed}:a:' || p.id || ':'"
-                f" || ({idx})), 1, 8) END")
+                f" ELSE 'ANCHOR_' || {ref} || '_' || {scramble} END")
 
     def request(self) -> str:
         return ("json_strip_nulls(json_build_object('assignment_id', CASE WHEN p.assignment IS"
