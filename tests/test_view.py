@@ -257,3 +257,30 @@ def test_outbox_view(seeded_db: SeededDb) -> None:
     assert row["duplicate_completion_events"] == 82
     assert row["duplicate_result_events"] == 82
     assert row["duplicate_resource_events"] == 82
+
+
+def test_infinite_timestamps_and_huge_counters_never_break_the_view(conn: Connection) -> None:
+    """A corrupt row must not fail the query for every other batch (or inspect/finalizer)."""
+    seeder = Seeder(conn)
+    infinite = seeder.insert_batch(BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS",
+                                             completed=5, finished=False))
+    huge = seeder.insert_batch(BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS",
+                                         completed=5, finished=False))
+    conn.execute(text("UPDATE cj_batch_states SET last_activity_at = 'infinity'"
+                      " WHERE batch_id = :id"), {"id": infinite})
+    conn.execute(text("UPDATE cj_batch_states SET submitted_comparisons = 2147483647,"
+                      " completed_comparisons = 2147483647, failed_comparisons = 2147483647"
+                      " WHERE batch_id = :id"), {"id": huge})
+    seeder.outbox_backlog(pending=1, failed=0, oldest=timedelta(minutes=1))
+    updated = conn.execute(text("UPDATE event_outbox SET created_at = '-infinity'"
+                                " WHERE published_at IS NULL"))
+    assert updated.rowcount == 1
+    rows = conn.execute(text("SELECT cj_batch_id, state_age_seconds, pending_callbacks,"
+                             " progress_ratio FROM cj_batch_health")).mappings().all()
+    by_id = {r["cj_batch_id"]: r for r in rows}
+    assert by_id[infinite]["state_age_seconds"] is None
+    assert by_id[huge]["pending_callbacks"] == -2147483647
+    assert by_id[huge]["progress_ratio"] == pytest.approx(2 * 2147483647 / 30)
+    outbox = conn.execute(text("SELECT unpublished_events, oldest_unpublished_age_seconds"
+                               " FROM cj_outbox_health")).one()
+    assert tuple(outbox) == (1, 0)

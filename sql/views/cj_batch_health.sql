@@ -91,10 +91,12 @@ FROM (
         s.submitted_comparisons,
         s.completed_comparisons,
         s.failed_comparisons,
-        s.submitted_comparisons - s.completed_comparisons - s.failed_comparisons
+        -- bigint: corrupt counters near 2^31 must not overflow and fail the whole query.
+        s.submitted_comparisons::bigint - s.completed_comparisons - s.failed_comparisons
             AS pending_callbacks,
         CASE WHEN s.total_budget > 0 THEN
-            (s.completed_comparisons + s.failed_comparisons)::double precision / s.total_budget
+            (s.completed_comparisons::bigint + s.failed_comparisons)::double precision
+                / s.total_budget
         END AS progress_ratio,
         pr.pairs_with_winner,
         es.student_essays,
@@ -117,7 +119,10 @@ FROM (
         ce.last_completion_event_at,
         ce.completion_event_burst,
         la.last_activity_at,
-        extract(epoch FROM now() - la.last_activity_at)::double precision AS state_age_seconds,
+        -- 'infinity' is a valid timestamptz that cannot be subtracted: NULL age, not an error.
+        CASE WHEN isfinite(la.last_activity_at) THEN
+            extract(epoch FROM now() - la.last_activity_at)::double precision
+        END AS state_age_seconds,
         (u.status::text LIKE 'COMPLETE%') AS status_complete,
         (u.status::text LIKE 'COMPLETE%' OR u.status::text LIKE 'ERROR%') AS status_terminal,
         COALESCE(

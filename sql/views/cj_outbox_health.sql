@@ -17,7 +17,9 @@ SELECT
         AS oldest_unpublished_at,
     COALESCE(
         (
-            SELECT extract(epoch FROM now() - min(created_at))::double precision
+            SELECT CASE WHEN isfinite(min(created_at)) THEN
+                extract(epoch FROM now() - min(created_at))::double precision
+            END
             FROM event_outbox WHERE published_at IS NULL
         ),
         0
