@@ -290,17 +290,23 @@ def test_malformed_rows_are_counted_never_fatal(seeded_db: SeededDb) -> None:
                     assert metric(body, "cj_batch_problem", cj_batch_id=str(batch),
                                   problem=problem) == 1, (batch, problem)
 
-            # A row the view itself cannot compute (integer overflow in pending_callbacks)
-            # fails the whole query: counted as reason="query", the process lives on.
-            errors_before = metric(body, "cj_health_poll_errors_total", reason="query") or 0
+            # Counters near 2^31 are computed in bigint: the corrupt row is exported as it
+            # is and the poll stays up (it used to overflow and fail every poll).
             conn.execute(text("UPDATE cj_batch_states SET submitted_comparisons = 2147483647,"
                               " completed_comparisons = -10 WHERE batch_id = :b"),
                          {"b": odd_json})
+            body = exp.wait_for(lambda b: metric(b, "cj_batch_comparisons", kind="pending",
+                                                 cj_batch_id=str(odd_json)) == 2147483657, 10)
+            assert up(body) == 1
+
+            # A query the database refuses (here: a view dropped under the exporter) fails
+            # the poll: counted as reason="query", the process lives on and recovers.
+            errors_before = metric(body, "cj_health_poll_errors_total", reason="query") or 0
+            conn.execute(text("DROP VIEW cj_outbox_health"))
             body = exp.wait_for(lambda b: up(b) == 0, 10)
             assert (metric(body, "cj_health_poll_errors_total", reason="query") or 0) \
                 > errors_before
-            conn.execute(text("UPDATE cj_batch_states SET submitted_comparisons = 10,"
-                              " completed_comparisons = 4 WHERE batch_id = :b"), {"b": odd_json})
+            sqlfiles.install_views(conn)
             exp.wait_for(lambda b: up(b) == 1, 10)
             assert exp.proc is not None and exp.proc.poll() is None
     admin.dispose()
