@@ -125,6 +125,34 @@ def seeded_db(cj_db: str) -> SeededDb:
     return SeededDb(cj_db, planted)
 
 
+def seeded_own_postgres() -> EmbeddedPostgres:
+    """A pgserver of the caller's own (it may stop, restart or reconfigure it), with the
+    reference schema, the views and the demo scenarios in its `postgres` database."""
+    runtime_dir_env()
+    pg = EmbeddedPostgres()
+    try:
+        engine = create_engine(pg.url())
+        with engine.begin() as conn:
+            sqlfiles.load_reference_schema(conn)
+            sqlfiles.install_views(conn)
+            scenarios.seed_demo(conn)
+        engine.dispose()
+    except BaseException:
+        pg.close()
+        raise
+    return pg
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """`seeded_own_postgres()` for one test, always closed."""
+    pg = seeded_own_postgres()
+    try:
+        yield pg
+    finally:
+        pg.close()
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if "name" in _BACKEND:
         line = f"PostgreSQL backend: {_BACKEND['name']}"

@@ -8,13 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import create_engine, text
 
-from exporter import scenarios, sqlfiles
-from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter import sqlfiles
+from exporter.embedded import EmbeddedPostgres
 
 from .conftest import SeededDb, Server, drop_database, new_database, url_string
 from .helpers import ExporterProcess, http_get
@@ -30,21 +28,6 @@ def metric_value(body: bytes, line_prefix: str) -> float:
         if line.startswith(line_prefix):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{line_prefix} not in metrics")
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own, so it can be stopped and started."""
-    runtime_dir_env()
-    pg = EmbeddedPostgres()
-    engine = create_engine(pg.url())
-    with engine.begin() as conn:
-        sqlfiles.load_reference_schema(conn)
-        sqlfiles.install_views(conn)
-        scenarios.seed_demo(conn)
-    engine.dispose()
-    yield pg
-    pg.close()
 
 
 def test_serve_survives_a_database_outage(own_postgres: EmbeddedPostgres) -> None:

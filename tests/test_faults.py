@@ -25,13 +25,11 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import create_engine, text
 
-from exporter import scenarios, sqlfiles
-from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter import sqlfiles
+from exporter.embedded import EmbeddedPostgres
 from exporter.scenarios import BatchSpec, Seeder
 
 from .conftest import SeededDb, url_string
@@ -47,23 +45,6 @@ from .test_hardening_support import (
 )
 
 OUTAGE_CYCLES = 20
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own, so it can be stopped and started."""
-    runtime_dir_env()
-    pg = EmbeddedPostgres()
-    engine = create_engine(pg.url())
-    with engine.begin() as conn:
-        sqlfiles.load_reference_schema(conn)
-        sqlfiles.install_views(conn)
-        scenarios.seed_demo(conn)
-    engine.dispose()
-    try:
-        yield pg
-    finally:
-        pg.close()
 
 
 def up(body: bytes | str) -> float | None:

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from exporter import scenarios, sqlfiles
 from exporter.config import RemediationSettings, Settings
-from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter.embedded import EmbeddedPostgres
 
+from .conftest import seeded_own_postgres
 from .helpers import ExporterProcess, free_port, http_get
 from .test_hardening_support import apply_roles, metric
 
@@ -36,15 +36,8 @@ ENCODED = urllib.parse.quote(SECRET, safe="")
 @pytest.fixture
 def password_postgres() -> Iterator[EmbeddedPostgres]:
     """An own server where cj_health_ro must authenticate with SCRAM (others stay trusted)."""
-    runtime_dir_env()
-    pg = EmbeddedPostgres()
+    pg = seeded_own_postgres()
     try:
-        engine = create_engine(pg.url())
-        with engine.begin() as conn:
-            sqlfiles.load_reference_schema(conn)
-            sqlfiles.install_views(conn)
-            scenarios.seed_demo(conn)
-        engine.dispose()
         result = apply_roles(pg.url(), ro_password=SECRET)
         assert result.returncode == 0, result.stderr
         hba = pg.data_dir / "pg_hba.conf"
