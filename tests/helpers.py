@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,10 +12,12 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 def free_port() -> int:
@@ -102,3 +106,62 @@ class ExporterProcess:
                              f"{body.decode()[-2000:]}\nlog:\n{self.output()[-3000:]}")
 
 
+class Daemon:
+    """A server binary on 127.0.0.1:PORT with a temporary folder; ready when /-/ready says 200."""
+
+    def __init__(self, binary: str, folder: Path, args: Callable[[int, Path], list[str]]) -> None:
+        path = shutil.which(binary)
+        assert path, f"`{binary}` is required: .ci/test.sh installs its Debian package"
+        self.name = binary
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = folder
+        self.argv = [path, *args(self.port, folder)]
+        self.log_path = folder / f"{binary}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Daemon:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.wait(lambda: http_get(f"{self.url}/-/ready", timeout=1)[0] == 200, 20, "ready")
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if condition():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: timed out waiting for {what}\n{self.log()}")
+
+    def api(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        status, _, body = http_get(f"{self.url}/api/v1/{path}{query}", timeout=5)
+        assert status == 200, (path, status, body[:500])
+        return json.loads(body)["data"]

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from sqlalchemy import create_engine
 
 from exporter import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import ExporterProcess, free_port, http_get
+from tests.helpers import Daemon, ExporterProcess, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -65,16 +64,11 @@ def grafana_multi_value(value: str) -> str:
     return re.sub(r"([$^*{}\[\]'+?.()|])", r"\\\\\1", value.replace("\\", "\\\\\\\\"))
 
 
-class Prometheus:
-    """The Debian `prometheus` on 127.0.0.1:PORT with a temporary config and storage."""
+class Prometheus(Daemon):
+    """The Debian `prometheus` scraping the exporter every second, with the rules loaded."""
 
     def __init__(self, exporter_port: int, rule_files: list[Path]) -> None:
-        binary = shutil.which("prometheus")
-        assert binary, "the Debian `prometheus` package is required (.ci/run installs it)"
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = Path(tempfile.mkdtemp(prefix="cjh-prom-"))
+        folder = Path(tempfile.mkdtemp(prefix="cjh-prom-"))
         config = {
             "global": {
                 "scrape_interval": f"{SCRAPE_INTERVAL_S}s",
@@ -89,26 +83,15 @@ class Prometheus:
                 }
             ],
         }
-        (self.dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        self.log = (self.dir / "prometheus.log").open("wb")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Prometheus:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={self.dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                f"--web.external-url={self.url}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait(lambda: http_get(f"{self.url}/-/ready", timeout=1)[0] == 200, 15, "ready")
-        return self
+        (folder / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        super().__init__("prometheus", folder, lambda port, d: [
+            f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.external-url=http://127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ])
 
     def __exit__(
         self,
@@ -116,47 +99,24 @@ class Prometheus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__exit__(exc_type, exc, tb)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
-    def output(self) -> str:
-        return (self.dir / "prometheus.log").read_text(errors="replace")[-3000:]
-
-    def wait(self, condition: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                if condition():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus: timed out waiting for {what}\n{self.output()}")
-
-    def api(self, path: str, **params: Any) -> tuple[int, dict[str, Any]]:
+    def get_json(self, path: str, **params: Any) -> tuple[int, dict[str, Any]]:
+        """An API call whose status the caller checks (unlike Daemon.api)."""
         query = urllib.parse.urlencode(params, doseq=True)
         status, _, body = http_get(f"{self.url}/api/v1/{path}?{query}", timeout=10)
         return status, json.loads(body)
 
     def instant(self, expr: str) -> list[dict[str, Any]]:
-        status, body = self.api("query", query=expr, time=time.time())
+        status, body = self.get_json("query", query=expr, time=time.time())
         assert status == 200 and body["status"] == "success", (expr, status, body)
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
     def range(self, expr: str) -> list[dict[str, Any]]:
         end = time.time()
-        status, body = self.api(
+        status, body = self.get_json(
             "query_range", query=expr, start=end - RANGE_S, end=end, step=SCRAPE_INTERVAL_S
         )
         assert status == 200 and body["status"] == "success", (expr, status, body)
@@ -259,7 +219,7 @@ def label_values(
     assert match, variable["query"]
     selector = lint.substitute(match.group("selector"), stack.values(cj_batch_id))
     now = time.time()
-    status, body = stack.prometheus.api(
+    status, body = stack.prometheus.get_json(
         f"label/{match.group('label')}/values", **{"match[]": selector}, start=now - 60, end=now
     )
     assert status == 200 and body["status"] == "success", body
@@ -395,7 +355,7 @@ def test_batch_drilldown_shows_the_alert_of_its_batch(stack: Stack) -> None:
         re.findall(r'(\w+)=~?"([^"]*)"', alert_list["options"]["alertInstanceLabelFilter"])
     )
     assert wanted == {"job": "${job:regex}", "cj_batch_id": "$cj_batch_id"}
-    status, body = stack.prometheus.api("alerts")
+    status, body = stack.prometheus.get_json("alerts")
     assert status == 200
     matching = [
         a for a in body["data"]["alerts"]

@@ -18,12 +18,10 @@ import copy
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +35,7 @@ from sqlalchemy import create_engine, text
 
 from exporter import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import ExporterProcess, free_port, http_get
+from tests.helpers import Daemon, ExporterProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -140,67 +138,6 @@ class Webhook:
 
 
 # --- Prometheus and Alertmanager processes ---------------------------------------------------
-
-
-class Daemon:
-    """A server binary on 127.0.0.1:PORT with a temporary folder; ready when /-/ready says 200."""
-
-    def __init__(self, binary: str, folder: Path, args: Callable[[int, Path], list[str]]) -> None:
-        path = shutil.which(binary)
-        assert path, f"`{binary}` is required: .ci/test.sh installs its Debian package"
-        self.name = binary
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.folder = folder
-        self.argv = [path, *args(self.port, folder)]
-        self.log_path = folder / f"{binary}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Daemon:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self.wait(lambda: http_get(f"{self.url}/-/ready", timeout=1)[0] == 200, 20, "ready")
-        except BaseException:
-            self.stop()  # __exit__ does not run when __enter__ raises
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if condition():
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name}: timed out waiting for {what}\n{self.log()}")
-
-    def api(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        status, _, body = http_get(f"{self.url}/api/v1/{path}{query}", timeout=5)
-        assert status == 200, (path, status, body[:500])
-        return json.loads(body)["data"]
 
 
 def short_rules() -> str:
