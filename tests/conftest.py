@@ -125,6 +125,19 @@ def seeded_db(cj_db: str) -> SeededDb:
     return SeededDb(cj_db, planted)
 
 
+@pytest.fixture
+def remediation_db(seeded_db: SeededDb) -> Iterator[Any]:
+    """`seeded_db` plus the finalizer's audit and pause tables (a RemediationDb)."""
+    from exporter.finalizer import audit  # only the remediation tests pay for numpy & co
+    from tests.remediation_support import RemediationDb
+
+    engine = create_engine(seeded_db.url)
+    with engine.begin() as conn:
+        audit.install(conn)
+    yield RemediationDb(seeded_db.url, engine, seeded_db.planted)
+    engine.dispose()
+
+
 def seeded_own_postgres() -> EmbeddedPostgres:
     """A pgserver of the caller's own (it may stop, restart or reconfigure it), with the
     reference schema, the views and the demo scenarios in its `postgres` database."""

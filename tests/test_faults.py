@@ -33,8 +33,7 @@ from exporter.embedded import EmbeddedPostgres
 from exporter.scenarios import BatchSpec, Seeder
 
 from .conftest import SeededDb, url_string
-from .helpers import ExporterProcess, http_get
-from .test_hardening_support import (
+from .hardening_support import (
     exporter_backends,
     fd_count,
     metric,
@@ -43,6 +42,7 @@ from .test_hardening_support import (
     thread_count,
     wait_until,
 )
+from .helpers import ExporterProcess, http_get
 
 OUTAGE_CYCLES = 20
 

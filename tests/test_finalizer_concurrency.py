@@ -13,28 +13,18 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import create_engine
 
 from exporter.finalizer.model import APPLIED, SKIPPED, Result
 from exporter.finalizer.refinalize import Hooks, refinalize
-from tests.conftest import SeededDb
-from tests.test_finalizer_refinalize import (
+from tests.remediation_support import (
     RemediationDb,
     audit_rows,
     events_of,
     health,
-    open_remediation_db,
     snapshot,
 )
-
-
-@pytest.fixture
-def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
-    yield from open_remediation_db(seeded_db)
-
 
 FINALIZERS = 8
 

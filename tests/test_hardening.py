@@ -25,8 +25,8 @@ from exporter.config import RemediationSettings, Settings
 from exporter.embedded import EmbeddedPostgres
 
 from .conftest import seeded_own_postgres
+from .hardening_support import apply_roles, metric
 from .helpers import ExporterProcess, free_port, http_get
-from .test_hardening_support import apply_roles, metric
 
 # Characters that need URL-encoding, so both spellings are searched for.
 SECRET = "Sx9-p@ss:w/rd%7e-unique"

@@ -8,28 +8,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from exporter import cli
-from tests.conftest import SeededDb
 from tests.helpers import ExporterProcess, free_port, http_get
-from tests.test_finalizer_refinalize import (
+from tests.remediation_support import (
     RemediationDb,
     audit_rows,
     health,
-    open_remediation_db,
     problems,
     snapshot,
 )
-
-
-@pytest.fixture
-def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
-    yield from open_remediation_db(seeded_db)
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

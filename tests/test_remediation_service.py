@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,21 +22,13 @@ from exporter.finalizer.model import APPLIED, DRY_RUN, NEEDS_PERSON, History
 from exporter.finalizer.service import Remediator
 from exporter.finalizer.valves import Candidate
 from exporter.scenarios import BatchSpec
-from tests.conftest import SeededDb
-from tests.test_finalizer_refinalize import (
+from tests.remediation_support import (
     RemediationDb,
     audit_rows,
     health,
-    open_remediation_db,
     problems,
     snapshot,
 )
-
-
-@pytest.fixture
-def remediation_db(seeded_db: SeededDb) -> Iterator[RemediationDb]:
-    yield from open_remediation_db(seeded_db)
-
 
 BOTH = ("backfill_anchors", "refinalize")
 

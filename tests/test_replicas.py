@@ -33,8 +33,8 @@ from exporter.finalizer.leader import LOCK_KEY
 from exporter.scenarios import BatchSpec, Seeder
 
 from .conftest import Server, drop_database, new_database
+from .hardening_support import apply_roles, drop_roles, metric, wait_until
 from .helpers import ExporterProcess
-from .test_hardening_support import apply_roles, drop_roles, metric, wait_until
 
 INTERVAL = 0.5  # remediation cycle, seconds
 WEDGED = BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS",

@@ -25,7 +25,7 @@ from exporter.finalizer.service import Remediator
 from exporter.scheduler import Poller
 
 from .conftest import Server, drop_database, new_database
-from .test_hardening_support import apply_roles, drop_roles, libpq_url, metric
+from .hardening_support import apply_roles, drop_roles, libpq_url, metric
 
 RO, RW, OP, PERSON = "cj_health_ro", "cj_health_remediator", "cj_health_operator", "cjh_person"
 RO_PASSWORD, RW_PASSWORD = "ro-test-pw-1", "rw-test-pw-2"  # test-only; docs say use \password

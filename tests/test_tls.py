@@ -31,8 +31,8 @@ from exporter.config import ConfigError
 from exporter.webconfig import BasicAuth, WebSecurity, parse_basic
 
 from .conftest import SeededDb, Server, drop_database, new_database, url_string
+from .hardening_support import Pki, make_leaf, make_pki, percentiles
 from .helpers import ExporterProcess, free_port
-from .test_hardening_support import Pki, make_leaf, make_pki, percentiles
 
 PASSWORD = "scrape-pässword-1"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
