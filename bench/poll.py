@@ -336,7 +336,25 @@ def metric_value(body: bytes, name: str, labels: str = "") -> float | None:
     return float(match.group(1)) if match else None
 
 
-def run_ours(url: str, max_batches: int, target: int, scrapes: int, tag: str) -> ScrapeResult:
+def steady_cpu(proc: Process, port: int, seconds: float) -> float:
+    """CPU seconds the process uses per poll interval while one Prometheus scrapes it once per
+    interval: its whole cost of polling, rendering and serving, as a fraction of one core."""
+    cpu = psutil.Process(proc.proc.pid)
+    before = sum(cpu.cpu_times()[:2])
+    started = time.monotonic()
+    scraper = Scraper(port)
+    try:
+        while time.monotonic() - started < seconds:
+            scraper.get()
+            time.sleep(BENCH_POLL_INTERVAL)
+    finally:
+        scraper.close()
+    elapsed = time.monotonic() - started
+    return float(sum(cpu.cpu_times()[:2]) - before) / (elapsed / BENCH_POLL_INTERVAL)
+
+
+def run_ours(url: str, max_batches: int, target: int, scrapes: int, tag: str,
+             steady_s: float = 0) -> ScrapeResult:
     port = free_port()
     args = [sys.executable, "-m", "exporter", "serve", "--dsn", url,
             "--web.listen-address", f"127.0.0.1:{port}",
@@ -351,6 +369,8 @@ def run_ours(url: str, max_batches: int, target: int, scrapes: int, tag: str) ->
         current, peak = rss_mb(proc.proc.pid)
         extra = {"poll_duration_s": metric_value(body, "cj_health_poll_duration_seconds"),
                  "exported_batches": metric_value(body, "cj_health_exported_batches")}
+        if steady_s:
+            extra["cpu_per_interval_s"] = steady_cpu(proc, port, steady_s)
         return ScrapeResult(target, count_series(body), latency, len(body), current, peak, extra)
     finally:
         proc.stop()
@@ -503,7 +523,7 @@ def qe_polls_done(body: bytes) -> float:
 
 
 def run_qe(exe: Path, url: str, rows: int, target: int, scrapes: int,
-           tag: str) -> ScrapeResult:
+           tag: str, steady_s: float = 0) -> ScrapeResult:
     """Scrape latency and RSS of query-exporter holding ~target series."""
     config = qe_config(url, rows, int(BENCH_POLL_INTERVAL), fine_buckets=False)
     proc, port = start_qe(exe, config, f"query-exporter-{tag}-{target}")
@@ -513,6 +533,8 @@ def run_qe(exe: Path, url: str, rows: int, target: int, scrapes: int,
         current, peak = rss_mb(proc.proc.pid)
         extra = {"database_errors": metric_value(body, "database_errors_total") or 0.0,
                  "query_failures": metric_value(body, "queries_total", 'status="error"') or 0.0}
+        if steady_s:
+            extra["cpu_per_interval_s"] = steady_cpu(proc, port, steady_s)
         return ScrapeResult(target, count_series(body), latency, len(body), current, peak,
                             extra)
     finally:
@@ -529,6 +551,9 @@ def time_qe_polls(exe: Path, url: str, rows: int, polls: int, interval: int,
     config = qe_config(url, rows, interval, fine_buckets=True)
     proc, port = start_qe(exe, config, f"query-exporter-{tag}-polls")
     try:
+        # Sleep rather than scrape meanwhile: each scrape renders, on the same event loop and
+        # GIL as the queries being timed.
+        time.sleep(polls * interval + 2)
         body = proc.wait_for(port, lambda b: qe_polls_done(b) >= polls,
                              timeout=polls * (interval + 10) + 60)
     finally:
@@ -596,13 +621,14 @@ def measure_scale(server: BenchServer | None, dsn: str | None, params: SeedParam
             notes.append(f"only {expected} series possible for the {target} target "
                          f"({len(all_snap.batches)} exportable batches)")
         log(f"{name}: cj-health-exporter at ~{target} series (max_batches {cap})")
-        ours.append(run_ours(url, cap, target, args.scrapes, tag))
+        steady = args.steady if target == SERIES_TARGETS[-1] else 0
+        ours.append(run_ours(url, cap, target, args.scrapes, tag, steady))
         if exe is not None:
             # Its own metrics (queries, latency histogram, outbox gauges) are ~QE_OVERHEAD
             # series; the rest are per-batch rows of len(QE_METRICS) gauges each.
             rows = max(1, round((expected - QE_OVERHEAD) / len(QE_METRICS)))
             log(f"{name}: query-exporter at ~{target} series (LIMIT {rows})")
-            qe.append(run_qe(exe, url, rows, target, args.scrapes, tag))
+            qe.append(run_qe(exe, url, rows, target, args.scrapes, tag, steady))
     if exe is not None:
         # Never faster than its query: an interval shorter than that would pile queries up.
         interval = max(2, math.ceil(3 * polls.median))
@@ -671,6 +697,12 @@ def scale_table(r: ScaleResult) -> list[list[str]]:
                  f"{big.rss_mb:.1f} MiB", f"{qbig.rss_mb:.1f} MiB" if qbig else "-",
                  ratio(big.rss_mb, qbig.rss_mb if qbig else None), f"<= {TARGET_RSS_MB:g} MB",
                  verdict(big.rss_mb <= TARGET_RSS_MB)])
+    cpu_ours = big.extra.get("cpu_per_interval_s")
+    cpu_qe = qbig.extra.get("cpu_per_interval_s") if qbig else None
+    if cpu_ours is not None:
+        rows.append([f"CPU per {BENCH_POLL_INTERVAL:g} s interval (1 poll + 1 scrape)",
+                     fmt_ms(cpu_ours), fmt_ms(cpu_qe) if cpu_qe is not None else "-",
+                     ratio(cpu_ours, cpu_qe), "", ""])
     rows.append(["peak RSS (VmHWM)", f"{big.peak_rss_mb:.1f} MiB",
                  f"{qbig.peak_rss_mb:.1f} MiB" if qbig else "-",
                  ratio(big.peak_rss_mb, qbig.peak_rss_mb if qbig else None), "", ""])
@@ -781,6 +813,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="query-exporter executions to wait for (default %(default)s)")
     ap.add_argument("--scrapes", type=int, default=200,
                     help="scrapes per exporter and size, or 30 s worth (default %(default)s)")
+    ap.add_argument("--steady", type=float, default=30.0,
+                    help="seconds of one-scrape-per-interval load for the CPU figure (%(default)s)")
     ap.add_argument("--jobs", type=int, default=1, help="seed connections (default 1)")
     ap.add_argument("--no-qe", action="store_true", help="skip query-exporter")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
