@@ -47,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import yaml
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from bench.seed import (
     DEFAULT_DATA_DIR,
@@ -144,8 +146,18 @@ class ScaleResult:
 def install(engine: Engine) -> None:
     """What an operator runs once (`install-view`), plus ANALYZE so the planner knows the new
     expression index (autovacuum would do that on a live database)."""
-    with engine.begin() as conn:
-        sqlfiles.install_views(conn)
+    try:
+        with engine.begin() as conn:
+            sqlfiles.install_views(conn)
+    except DBAPIError as exc:
+        # CREATE OR REPLACE VIEW cannot change a column's type: a database measured with an
+        # older view gets the current one from scratch (a bench database has no grants to keep).
+        if not isinstance(exc.orig, psycopg.errors.InvalidTableDefinition):
+            raise
+        log(f"recreating the views: {str(exc.orig).splitlines()[0]}")
+        with engine.begin() as conn:
+            conn.execute(text("DROP VIEW IF EXISTS cj_batch_health, cj_outbox_health"))
+            sqlfiles.install_views(conn)
     sqlfiles.install_indexes(engine)
     with engine.begin() as conn:
         conn.execute(text("ANALYZE cj_batch_uploads"))
