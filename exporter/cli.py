@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -283,7 +284,7 @@ def cmd_install_view(args: argparse.Namespace) -> int:
         if not args.no_indexes:
             for name in sqlfiles.install_indexes(engine):
                 print(f"index {name} present")
-    except DBAPIError as exc:
+    except (DBAPIError, psycopg.Error) as exc:  # scripts run on the driver's own cursor
         raise ConfigError(f"install-view failed: {db.describe_error(exc)}") from None
     finally:
         engine.dispose()

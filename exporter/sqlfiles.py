@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import Connection, Engine, text
 
 VIEW_FILES = ("cj_batch_health.sql", "cj_outbox_health.sql")
@@ -51,9 +52,41 @@ def load_reference_schema(conn: Connection) -> None:
 
 
 def install_views(conn: Connection) -> None:
-    """CREATE OR REPLACE both views; idempotent and keeps grants made on them."""
+    """CREATE OR REPLACE both views; idempotent and keeps the grants made on them.
+
+    CREATE OR REPLACE cannot change a column's type or drop a column, which an upgrade of this
+    project may need: then the view is dropped and created again in the same transaction and
+    its grants are issued again, so the polling role keeps its access.
+    """
     for name in VIEW_FILES:
-        run_script(conn, read(f"views/{name}"))
+        script = read(f"views/{name}")
+        savepoint = conn.begin_nested()
+        try:
+            run_script(conn, script)
+        except psycopg.errors.InvalidTableDefinition:
+            savepoint.rollback()
+            _recreate(conn, name.removesuffix(".sql"), script)
+        else:
+            savepoint.commit()
+
+
+_GRANTS = text(
+    "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee,"
+    " a.privilege_type, a.is_grantable"
+    " FROM pg_class AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a"
+    " LEFT JOIN pg_roles AS r ON r.oid = a.grantee"
+    " WHERE c.oid = to_regclass(:view) AND a.grantee <> c.relowner"
+)
+
+
+def _recreate(conn: Connection, view: str, script: str) -> None:
+    grants = conn.execute(_GRANTS, {"view": view}).all()
+    # Fails (and so does install-view, saying why) if another object depends on the view.
+    conn.execute(text(f"DROP VIEW {view}"))
+    run_script(conn, script)
+    for grantee, privilege, grantable in grants:
+        option = " WITH GRANT OPTION" if grantable else ""
+        conn.execute(text(f"GRANT {privilege} ON {view} TO {grantee}{option}"))
 
 
 def install_indexes(engine: Engine) -> list[str]:

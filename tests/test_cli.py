@@ -139,3 +139,34 @@ def test_serve_without_remediation_exports_the_idle_remediation_counter(
         body = exp.metrics()
     assert 'cj_health_remediations_total{action="refinalize",outcome="failed"} 0.0' in body
     assert "cj_health_remediation_enabled 0.0" in body
+
+
+def test_install_view_upgrades_a_view_whose_column_types_changed(pg_server: Server) -> None:
+    """CREATE OR REPLACE cannot change a column type: install-view re-creates the view and
+    keeps its grants, so the polling role does not lose access on upgrade."""
+    name = new_database(pg_server, template="template0")
+    url = url_string(pg_server.url(name))
+    old_view = sqlfiles.read("views/cj_batch_health.sql").replace(
+        "s.submitted_comparisons::bigint", "s.submitted_comparisons").replace(
+        "s.completed_comparisons::bigint", "s.completed_comparisons")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        sqlfiles.load_reference_schema(conn)
+        sqlfiles.run_script(conn, old_view)
+        conn.execute(text("DROP ROLE IF EXISTS cjh_upgrade_reader"))
+        conn.execute(text("CREATE ROLE cjh_upgrade_reader"))
+        conn.execute(text("GRANT SELECT ON cj_batch_health TO cjh_upgrade_reader"))
+    column_type = text("SELECT data_type FROM information_schema.columns"
+                       " WHERE table_name = 'cj_batch_health' AND column_name = :c")
+    with engine.connect() as conn:
+        assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "integer"
+    result = cli("install-view", "--dsn", url, "--no-indexes")
+    assert result.returncode == 0, result.stderr
+    with engine.begin() as conn:
+        assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "bigint"
+        assert conn.execute(text("SELECT has_table_privilege('cjh_upgrade_reader',"
+                                 " 'cj_batch_health', 'SELECT')")).scalar_one()
+        conn.execute(text("DROP OWNED BY cjh_upgrade_reader"))
+        conn.execute(text("DROP ROLE cjh_upgrade_reader"))
+    engine.dispose()
+    drop_database(pg_server, name)
