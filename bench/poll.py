@@ -149,12 +149,14 @@ def install(engine: Engine) -> None:
     try:
         with engine.begin() as conn:
             sqlfiles.install_views(conn)
-    except DBAPIError as exc:
+    except (DBAPIError, psycopg.Error) as exc:
         # CREATE OR REPLACE VIEW cannot change a column's type: a database measured with an
         # older view gets the current one from scratch (a bench database has no grants to keep).
-        if not isinstance(exc.orig, psycopg.errors.InvalidTableDefinition):
+        # sqlfiles runs scripts on the raw driver cursor, so the error may come unwrapped.
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        if not isinstance(orig, psycopg.errors.InvalidTableDefinition):
             raise
-        log(f"recreating the views: {str(exc.orig).splitlines()[0]}")
+        log(f"recreating the views: {str(orig).splitlines()[0]}")
         with engine.begin() as conn:
             conn.execute(text("DROP VIEW IF EXISTS cj_batch_health, cj_outbox_health"))
             sqlfiles.install_views(conn)
