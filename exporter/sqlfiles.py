@@ -58,16 +58,21 @@ def install_views(conn: Connection) -> None:
     project may need: then the view is dropped and created again in the same transaction and
     its grants are issued again, so the polling role keeps its access.
     """
+    autocommit = bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
     for name in VIEW_FILES:
         script = read(f"views/{name}")
-        savepoint = conn.begin_nested()
+        # In a transaction the failed CREATE must be undone to a savepoint; in autocommit
+        # mode (no transaction block, so no savepoint) it simply did not happen.
+        savepoint = None if autocommit else conn.begin_nested()
         try:
             run_script(conn, script)
         except psycopg.errors.InvalidTableDefinition:
-            savepoint.rollback()
+            if savepoint is not None:
+                savepoint.rollback()
             _recreate(conn, name.removesuffix(".sql"), script)
         else:
-            savepoint.commit()
+            if savepoint is not None:
+                savepoint.commit()
 
 
 _GRANTS = text(

@@ -237,10 +237,13 @@ def test_overrunning_poll_skips_ticks_and_counts_them(seeded_db: SeededDb) -> No
     scheduler = PollScheduler(p)
     scheduler.start()
     holder.join()
-    time.sleep(0.5)
-    scheduler.stop()
+    deadline = time.monotonic() + 10
+    while value(p, "cj_health_up") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the poll that waited for the lock finishes, or the next one
+    up = value(p, "cj_health_up")
+    scheduler.stop()  # (stop cancels a poll in flight: read `up` before it)
     assert value(p, "cj_health_polls_skipped_total") >= 3
-    assert value(p, "cj_health_up") == 1
+    assert up == 1
     p.engine.dispose()
 
 
