@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import promql_parser
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -165,3 +167,31 @@ class Daemon:
         status, _, body = http_get(f"{self.url}/api/v1/{path}{query}", timeout=5)
         assert status == 200, (path, status, body[:500])
         return json.loads(body)["data"]
+
+
+class Selector:
+    def __init__(self, name: str, matchers: list[tuple[str, str, str]]) -> None:
+        self.name, self.matchers = name, matchers
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}{op}{v!r}" for n, op, v in self.matchers)
+        return f"{self.name}{{{inner}}}"
+
+
+def selectors(expr: str) -> list[Selector]:
+    """Every vector selector of a PromQL expression, with its label matchers."""
+    found: list[Selector] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = [(m.name, str(m.op), m.value) for m in node.matchers.matchers]
+            found.append(Selector(str(node.name), matchers))
+        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            if child is not None and not isinstance(child, str | int | float):
+                visit(child)
+        for arg in getattr(node, "args", None) or []:
+            visit(arg)
+
+    visit(promql_parser.parse(expr))
+    return found

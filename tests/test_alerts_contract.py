@@ -28,7 +28,7 @@ from sqlalchemy import create_engine
 
 from exporter import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import ExporterProcess
+from tests.helpers import ExporterProcess, selectors
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
@@ -75,34 +75,6 @@ def exported(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Ite
         drop_database(pg_server, database)
     yield [(s.name, dict(s.labels)) for family in text_string_to_metric_families(text)
            for s in family.samples]
-
-
-class Selector:
-    def __init__(self, name: str, matchers: list[tuple[str, str, str]]) -> None:
-        self.name, self.matchers = name, matchers
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}{op}{v!r}" for n, op, v in self.matchers)
-        return f"{self.name}{{{inner}}}"
-
-
-def selectors(expr: str) -> list[Selector]:
-    """Every vector selector of a PromQL expression, with its label matchers."""
-    found: list[Selector] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, promql_parser.VectorSelector):
-            matchers = [(m.name, str(m.op), m.value) for m in node.matchers.matchers]
-            found.append(Selector(str(node.name), matchers))
-        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
-            child = getattr(node, attr, None)
-            if child is not None and not isinstance(child, str | int | float):
-                visit(child)
-        for arg in getattr(node, "args", None) or []:
-            visit(arg)
-
-    visit(promql_parser.parse(expr))
-    return found
 
 
 def rules() -> list[dict[str, Any]]:

@@ -18,9 +18,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import promql_parser
 import pytest
 import yaml
+
+from tests.helpers import selectors
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "alerts"
@@ -83,20 +84,7 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def metric_names(expr: str) -> set[str]:
     """Names of every vector selector in a PromQL expression."""
-    names: set[str] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, promql_parser.VectorSelector):
-            names.add(str(node.name))
-        for attr in ("expr", "lhs", "rhs", "vector_selector", "param"):
-            child = getattr(node, attr, None)
-            if child is not None and not isinstance(child, str | int | float):
-                visit(child)
-        for arg in getattr(node, "args", None) or []:
-            visit(arg)
-
-    visit(promql_parser.parse(expr))
-    return names
+    return {selector.name for selector in selectors(expr)}
 
 
 def params() -> dict[str, Any]:
