@@ -8,20 +8,17 @@ Needs the Debian `prometheus` (promtool) and `prometheus-alertmanager` (amtool) 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import selectors
+from tests.helpers import load_module, selectors
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "alerts"
@@ -49,16 +46,7 @@ RUNBOOK_URL_BASE = ("https://github.com/cj-health-exporter/cj-health-exporter/bl
 RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "ticket", "info": "null"}
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cj_alerts_generate", ALERTS / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_module("cj_alerts_generate", ALERTS / "generate.py")
 
 
 def tool(name: str) -> str:

@@ -8,7 +8,6 @@ tests/test_dashboards_live.py runs every expression against a real Prometheus.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import shutil
@@ -16,25 +15,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.helpers import load_module
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
 UIDS = {"overview.json": "cj-health-overview", "batch.json": "cj-health-batch"}
-
-
-def load_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 generate = load_module("cj_dashboards_generate", DASHBOARDS / "generate.py")

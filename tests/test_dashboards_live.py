@@ -13,18 +13,16 @@ overview's panels about the planted problems must show exactly the planted batch
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import pytest
@@ -32,7 +30,7 @@ from sqlalchemy import create_engine
 
 from exporter import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import Daemon, ExporterProcess, http_get
+from tests.helpers import Daemon, ExporterProcess, http_get, load_module
 
 pytestmark = pytest.mark.e2e
 
@@ -46,16 +44,7 @@ RATE_INTERVAL = f"{4 * SCRAPE_INTERVAL_S}s"
 RANGE_S = 20
 
 
-def _load_lint() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cj_dashboards_lint", DASHBOARDS / "lint.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-lint = _load_lint()
+lint = load_module("cj_dashboards_lint", DASHBOARDS / "lint.py")
 
 
 def grafana_multi_value(value: str) -> str:

@@ -15,10 +15,8 @@ stopped in `finally` blocks, also when a test fails.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import pytest
@@ -35,7 +33,7 @@ from sqlalchemy import create_engine, text
 
 from exporter import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import Daemon, ExporterProcess, free_port
+from tests.helpers import Daemon, ExporterProcess, free_port, load_module
 
 pytestmark = pytest.mark.e2e
 
@@ -59,17 +57,7 @@ PROBLEM_ALERTS = {
 RECEIVERS = {"critical": "pager", "warning": "ticket"}
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cj_alerts_generate_e2e",
-                                                  ALERTS / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
+gen = load_module("cj_alerts_generate_e2e", ALERTS / "generate.py")
 
 
 # --- the webhook receiver --------------------------------------------------------------------
