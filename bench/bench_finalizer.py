@@ -27,11 +27,12 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, create_engine, text
 
-from exporter import scenarios, sqlfiles
-from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter import sqlfiles
+from exporter.demo import scenarios
+from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
 from exporter.finalizer import audit, bt, projection, scales, store
-from exporter.finalizer.model import APPLIED, DRY_RUN
 from exporter.finalizer.refinalize import refinalize
+from exporter.vocabulary import APPLIED, DRY_RUN
 
 TEMPLATE = "bench_finalizer_template"
 ANCHOR_GRADES = ("F", "E", "D", "D+", "C", "C+", "B", "A", "C", "B")

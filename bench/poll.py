@@ -9,7 +9,7 @@ on that database, in this order:
 
 1. EXPLAIN (ANALYZE, BUFFERS) of the poll query, saved to bench/out/; the bench lists any
    sequential scan of the essays, pairs or outbox tables (there must be none).
-2. The poll: `exporter.health.poll` called back to back (warm cache), median and p95; the
+2. The poll: `exporter.poll.query.poll` called back to back (warm cache), median and p95; the
    snapshot is checked against the seed's manifest (watched batches, problem counts).
 3. The real exporter (`python -m exporter serve`) with --max-batches chosen so that /metrics
    holds ~1,000 and ~10,000 series: scrape latency (median, p95) with Prometheus' own Accept
@@ -61,9 +61,11 @@ from bench.seed import (
     ensure_seeded,
     read_manifest,
 )
-from exporter import db, health, sqlfiles
+from exporter import db, sqlfiles
 from exporter.collector import SelfStats, SnapshotCollector, render
 from exporter.config import Settings, parse_dsn
+from exporter.poll import query, snapshot
+from exporter.vocabulary import PROBLEM_COLUMNS
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
@@ -185,16 +187,12 @@ def explain(engine: Engine, sql: str, params: dict[str, Any], path: Path) -> Exp
                    int(counts.get("hit", 0)) + int(counts.get("read", 0)), seq)
 
 
-def time_polls(engine: Engine, count: int) -> tuple[float, Stats, health.Snapshot]:
+def time_polls(engine: Engine, count: int) -> tuple[float, Stats, snapshot.Snapshot]:
     """Back-to-back polls with the exporter's default settings; the first one is reported
     apart (new connection, colder cache)."""
-    def one() -> tuple[float, health.Snapshot]:
+    def one() -> tuple[float, snapshot.Snapshot]:
         started = time.perf_counter()
-        snap = health.poll(engine, statement_timeout=DEFAULTS.statement_timeout_seconds,
-                           lock_timeout=DEFAULTS.lock_timeout_seconds,
-                           lookback=DEFAULTS.lookback_seconds,
-                           recent_window=DEFAULTS.recent_window_seconds,
-                           max_batches=DEFAULTS.max_batches)
+        snap = query.poll(engine, DEFAULTS)
         return time.perf_counter() - started, snap
 
     first, snap = one()
@@ -206,7 +204,7 @@ def time_polls(engine: Engine, count: int) -> tuple[float, Stats, health.Snapsho
     return first, Stats(samples), snap
 
 
-def check_snapshot(snap: health.Snapshot, manifest: dict[str, Any]) -> str:
+def check_snapshot(snap: snapshot.Snapshot, manifest: dict[str, Any]) -> str:
     """The poll must find exactly what the seed planted (else the timing means little)."""
     problems = {k: int(v) for k, v in snap.problem_counts.items()}
     expected = {k: int(v) for k, v in manifest["problems"].items()}
@@ -222,7 +220,7 @@ def count_series(body: bytes) -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
 
 
-def cap_for_series(snap: health.Snapshot, target: int) -> tuple[int, int]:
+def cap_for_series(snap: snapshot.Snapshot, target: int) -> tuple[int, int]:
     """Smallest max_batches whose rendered snapshot has >= target series, and that count
     (or all batches and their count when the target is out of reach)."""
     stats = SelfStats(up=True, stale=False, last_success=snap.taken_at, last_duration=0.1,
@@ -435,7 +433,7 @@ QE_METRICS: dict[str, tuple[str, list[str]]] = {
     "cj_batch_completion_events_resource": ("resource_events", ["cj_batch_id", "bos_batch_id"]),
     "cj_batch_completion_event_burst": ("completion_event_burst", ["cj_batch_id"]),
     **{f"cj_batch_problem_{p}": (f"{column}::int", ["cj_batch_id", "bos_batch_id"])
-       for p, column in health.PROBLEMS.items()},
+       for p, column in PROBLEM_COLUMNS.items()},
 }
 QE_OUTBOX = {
     "cj_outbox_unpublished_events": "unpublished_events",
@@ -446,20 +444,20 @@ QE_OUTBOX = {
 
 def qe_batch_sql(rows: int) -> str:
     """The exporter's poll as one query: the same watched set (POLL_SQL's CTE), the same
-    exported filter, order and cap as exporter.health.build_snapshot."""
+    exported filter, order and cap as exporter.poll.snapshot.build_snapshot."""
     # POLL_SQL is "WITH watched AS (...) SELECT <columns> FROM cj_batch_health AS h WHERE
     # h.cj_batch_id IN (SELECT id FROM watched)": keep its CTE, so both tools watch the same set.
-    watched = str(health.POLL_SQL.text).rsplit(" SELECT ", 1)[0]
+    watched = str(query.POLL_SQL.text).rsplit(" SELECT ", 1)[0]
     if not watched.startswith("WITH watched AS (") or ":lookback" not in watched:
-        raise RuntimeError("exporter.health.POLL_SQL changed shape: update bench/poll.py")
+        raise RuntimeError("exporter.poll.query.POLL_SQL changed shape: update bench/poll.py")
     watched = watched.replace(":lookback", repr(DEFAULTS.lookback_seconds))
-    where = str(health.POLL_SQL.text).rsplit(" FROM cj_batch_health AS h ", 1)[-1]
-    problem = " OR ".join(health.PROBLEMS.values())
+    where = str(query.POLL_SQL.text).rsplit(" FROM cj_batch_health AS h ", 1)[-1]
+    problem = " OR ".join(PROBLEM_COLUMNS.values())
     columns = ", ".join(f"{expr} AS {name}" for name, (expr, _) in QE_METRICS.items())
     return (
         f"{watched}, rows AS (SELECT h.* FROM cj_batch_health AS h {where})"
         " SELECT cj_batch_id::text AS cj_batch_id, bos_batch_id,"
-        f" COALESCE(cj_state, '{health.NO_STATE}') AS cj_state, upload_status, {columns}"
+        f" COALESCE(cj_state, '{snapshot.NO_STATE}') AS cj_state, upload_status, {columns}"
         f" FROM rows WHERE NOT is_terminal OR {problem}"
         f" OR last_activity_at > now() - make_interval(secs => {DEFAULTS.recent_window_seconds})"
         f" ORDER BY ({problem}) DESC, is_terminal, last_activity_at DESC, cj_batch_id"
@@ -573,13 +571,13 @@ def time_qe_polls(exe: Path, url: str, rows: int, polls: int, interval: int,
     finally:
         proc.stop()
     poll: dict[str, float] = {"count": qe_polls_done(body), "interval": interval}
-    for query in ("cj_batch_health", "cj_outbox_health"):
-        label = f'query="{query}"'
+    for view in ("cj_batch_health", "cj_outbox_health"):
+        label = f'query="{view}"'
         total = metric_value(body, "query_latency_sum", label) or float("nan")
         count = metric_value(body, "query_latency_count", label) or float("nan")
-        poll[f"{query}_mean"] = total / count
-        poll[f"{query}_median"] = histogram_quantile(body, "query_latency", label, 0.5)
-        poll[f"{query}_p95"] = histogram_quantile(body, "query_latency", label, 0.95)
+        poll[f"{view}_mean"] = total / count
+        poll[f"{view}_median"] = histogram_quantile(body, "query_latency", label, 0.5)
+        poll[f"{view}_p95"] = histogram_quantile(body, "query_latency", label, 0.95)
     poll["median"] = poll["cj_batch_health_median"] + poll["cj_outbox_health_median"]
     poll["p95"] = poll["cj_batch_health_p95"] + poll["cj_outbox_health_p95"]
     poll["mean"] = poll["cj_batch_health_mean"] + poll["cj_outbox_health_mean"]
@@ -606,20 +604,16 @@ def measure_scale(server: BenchServer | None, dsn: str | None, params: SeedParam
         log(f"{name}: EXPLAIN (ANALYZE, BUFFERS) of the poll")
         # Twice: the saved plan is the warm one, as the repeated polls below are.
         lookback = {"lookback": DEFAULTS.lookback_seconds}
-        explain(engine, str(health.POLL_SQL.text), lookback, OUT_DIR / f"explain-{tag}.txt")
-        plan = explain(engine, str(health.POLL_SQL.text), lookback,
+        explain(engine, str(query.POLL_SQL.text), lookback, OUT_DIR / f"explain-{tag}.txt")
+        plan = explain(engine, str(query.POLL_SQL.text), lookback,
                        OUT_DIR / f"explain-{tag}.txt")
-        outbox_plan = explain(engine, str(health.OUTBOX_SQL.text), {},
+        outbox_plan = explain(engine, str(query.OUTBOX_SQL.text), {},
                               OUT_DIR / f"explain-outbox-{tag}.txt")
         log(f"{name}: {args.polls} polls")
         first, polls, snap = time_polls(engine, args.polls)
         check = check_snapshot(snap, manifest) if manifest else "no manifest (--dsn)"
         # Uncapped, to find the max_batches that gives ~1k and ~10k series.
-        all_snap = health.poll(engine, statement_timeout=DEFAULTS.statement_timeout_seconds,
-                               lock_timeout=DEFAULTS.lock_timeout_seconds,
-                               lookback=DEFAULTS.lookback_seconds,
-                               recent_window=DEFAULTS.recent_window_seconds,
-                               max_batches=10**9)
+        all_snap = query.poll(engine, replace(DEFAULTS, max_batches=10**9))
     finally:
         engine.dispose()
 

@@ -51,9 +51,10 @@ from typing import Any
 
 import psycopg
 
-from exporter import outbox_events as ev
 from exporter import sqlfiles
 from exporter.config import Settings
+from exporter.upstream import events as ev
+from exporter.vocabulary import problem_set
 
 DEFAULT_DATA_DIR = Path("/tmp/cjh-bench/pg")
 CJ_TABLES = ("cj_batch_uploads", "cj_batch_states", "cj_processed_essays", "cj_comparison_pairs",
@@ -77,12 +78,12 @@ FAILED_EVENT = "huleedu.cj_assessment.failed.v1"
 
 # Fault kind -> the problems cj_batch_health must flag on such a batch.
 FAULTS: dict[str, frozenset[str]] = {
-    "wedged": frozenset({"wedged", "anchor_mismatch", "missing_projections"}),
-    "stuck_scoring": frozenset({"stuck_scoring"}),
-    "inconsistent": frozenset({"inconsistent_state"}),
-    "metadata_incomplete": frozenset({"metadata_incomplete"}),
-    "duplicate_completion": frozenset({"duplicate_completion", "duplicate_charge"}),
-    "missing_projections": frozenset({"missing_projections"}),
+    "wedged": problem_set("wedged", "anchor_mismatch", "missing_projections"),
+    "stuck_scoring": problem_set("stuck_scoring"),
+    "inconsistent": problem_set("inconsistent_state"),
+    "metadata_incomplete": problem_set("metadata_incomplete"),
+    "duplicate_completion": problem_set("duplicate_completion", "duplicate_charge"),
+    "missing_projections": problem_set("missing_projections"),
 }
 # Found by their state/status at any age, so they hide in the history...
 UNFINISHED_FAULTS = ("wedged", "stuck_scoring", "inconsistent", "metadata_incomplete")
@@ -551,7 +552,7 @@ class Sql:
         )
 
     def completion_events(self) -> str:
-        """The three rows of each finalize_scoring run (exporter/outbox_events.py shapes)."""
+        """The three rows of each finalize_scoring run (exporter/upstream/events.py shapes)."""
         s = self.seed
         at = "(p.last_activity_at - (p.completion_runs - 1 - r) * p.burst_ms"\
              " * interval '1 millisecond')"
@@ -977,7 +978,7 @@ class BenchServer:
     """The pgserver cluster the benchmarks use (data under /tmp, survives between runs)."""
 
     def __init__(self, data_dir: Path = DEFAULT_DATA_DIR) -> None:
-        from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+        from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
 
         runtime_dir_env()
         data_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,28 @@
-"""cj-health-exporter: Prometheus exporter for the health of CJ assessment batches."""
+"""cj-health-exporter: Prometheus exporter for the health of CJ assessment batches.
+
+The rooms, and what each holds (docs/design.md tells the whole story):
+
+- cli           parse the command line and dispatch; nothing else
+- errors        OperatorError: one line on stderr, exit 2
+- config        every setting, declared once (name, type, default, help, env, flag), and loading
+- vocabulary    problem kinds, poll error reasons, remediation actions/outcomes, metric families
+- service       run `serve`: logging, connect, poller, finalizer, HTTP server, signals
+- db            engines, read-only snapshots with server-side timeouts, error classification
+- sqlfiles      the project's SQL (views, indexes, reference schema) and how to install it
+- poll/         the poll core: watched (which batches), query (the SQL), snapshot (rows ->
+                Snapshot, pure), scheduler (the loop that polls, renders and publishes)
+- collector     Snapshot -> metric families -> rendered bytes, once per poll
+- families      metric families built from their declarations
+- handoff       Rendered, Page, Store: what a poll publishes and a scrape reads
+- web/          the HTTP server and the exporter-toolkit web config (TLS, basic auth, reload)
+- commands/     the one-shot commands: inspect, install_view, remediate
+- demo/         the zero-setup demo: embedded PostgreSQL, planted scenarios, the command
+- upstream/     shapes of what the CJ service writes (its outbox events)
+- finalizer/    remediation (imported only when asked for; see its own module map)
+
+Dependencies point one way: cli -> service/commands/demo -> poll, web, collector -> vocabulary,
+config, errors. Nothing in the core imports the finalizer except behind the remediation switch,
+and no module imports cli (tests/unit/test_architecture.py walks the import graph).
+"""
+
+PROG = "cj-health-exporter"

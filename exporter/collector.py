@@ -14,18 +14,14 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
-from exporter.config import ACTIONS as REMEDIATION_ACTIONS
-from exporter.health import PROBLEMS, Snapshot
-
-REFRESH = " Refreshed every poll interval."
-ERROR_REASONS = ("connection", "timeout", "query", "data")
-# The finalizer's outcomes (exporter/finalizer/model.py), named here so the core can export the
-# counter at 0 without importing the finalizer.
-REMEDIATION_OUTCOMES = ("applied", "dry_run", "skipped", "needs_person", "failed")
+from exporter.families import new
+from exporter.handoff import Rendered
+from exporter.poll.snapshot import Snapshot
+from exporter.vocabulary import ACTIONS, OUTCOMES, POLL_ERROR_REASONS, PROBLEM_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -40,14 +36,6 @@ class SelfStats:
     errors: dict[str, int]
     skipped: int
     remediation_enabled: bool = False
-
-
-@dataclass(frozen=True)
-class Rendered:
-    text: bytes
-    text_gzip: bytes
-    openmetrics: bytes
-    openmetrics_gzip: bytes
 
 
 class SnapshotCollector(Collector):
@@ -66,40 +54,15 @@ class SnapshotCollector(Collector):
 
 
 def batch_families(snap: Snapshot) -> Iterator[Metric]:
-    activity = GaugeMetricFamily(
-        "cj_batch_last_activity_timestamp_seconds",
-        "Unix time of the batch's last activity (cj_batch_states.last_activity_at)." + REFRESH,
-        labels=["cj_batch_id", "bos_batch_id", "cj_state", "upload_status"])
-    comparisons = GaugeMetricFamily(
-        "cj_batch_comparisons",
-        "Comparisons of the batch by kind (budget = total_budget, pending = submitted - completed"
-        " - failed)." + REFRESH, labels=["cj_batch_id", "kind"])
-    progress = GaugeMetricFamily(
-        "cj_batch_progress_ratio",
-        "(completed + failed) / total_budget; absent while the budget is NULL." + REFRESH,
-        labels=["cj_batch_id"])
-    projections = GaugeMetricFamily(
-        "cj_batch_grade_projections", "Rows in grade_projections for the batch." + REFRESH,
-        labels=["cj_batch_id"])
-    anchors = GaugeMetricFamily(
-        "cj_batch_anchors",
-        "Anchor essays by source: the is_anchor column, the metadata flag, the ANCHOR_ id."
-        + REFRESH, labels=["cj_batch_id", "source"])
-    mismatches = GaugeMetricFamily(
-        "cj_batch_anchor_mismatches",
-        "Essays whose is_anchor column disagrees with processing_metadata.is_anchor." + REFRESH,
-        labels=["cj_batch_id"])
-    events = GaugeMetricFamily(
-        "cj_batch_completion_events",
-        "Outbox events written for the batch: completed and result by CJ batch, resource by its"
-        " BOS batch." + REFRESH, labels=["cj_batch_id", "bos_batch_id", "event"])
-    burst = GaugeMetricFamily(
-        "cj_batch_completion_event_burst",
-        "Most completion events of the batch within any 60 seconds." + REFRESH,
-        labels=["cj_batch_id"])
-    problem = GaugeMetricFamily(
-        "cj_batch_problem", "1 for each problem the batch has right now." + REFRESH,
-        labels=["cj_batch_id", "bos_batch_id", "problem"])
+    activity = new("cj_batch_last_activity_timestamp_seconds")
+    comparisons = new("cj_batch_comparisons")
+    progress = new("cj_batch_progress_ratio")
+    projections = new("cj_batch_grade_projections")
+    anchors = new("cj_batch_anchors")
+    mismatches = new("cj_batch_anchor_mismatches")
+    events = new("cj_batch_completion_events")
+    burst = new("cj_batch_completion_event_burst")
+    problem = new("cj_batch_problem")
     for b in snap.batches:
         bid = str(b.cj_batch_id)
         activity.add_metric([bid, b.bos_batch_id, b.cj_state, b.upload_status], b.last_activity)
@@ -127,85 +90,52 @@ def batch_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 def aggregate_families(snap: Snapshot) -> Iterator[Metric]:
-    batches = GaugeMetricFamily(
-        "cj_batches",
-        "Watched batches (unfinished, or active within the lookback window) by state and status."
-        + REFRESH, labels=["cj_state", "upload_status"])
+    batches = new("cj_batches")
     for (state, status), count in sorted(snap.by_state.items()):
         batches.add_metric([state, status], count)
-    problems = GaugeMetricFamily(
-        "cj_batches_problem", "Watched batches having each problem." + REFRESH,
-        labels=["problem"])
-    for name in PROBLEMS:
+    problems = new("cj_batches_problem")
+    for name in PROBLEM_COLUMNS:
         problems.add_metric([name], snap.problem_counts.get(name, 0))
-    duplicates = GaugeMetricFamily(
-        "cj_outbox_duplicate_events",
-        "Outbox events beyond the first per watched batch (resource: beyond one per finalized"
-        " run of the BOS batch)." + REFRESH, labels=["event"])
+    duplicates = new("cj_outbox_duplicate_events")
     for event in ("completed", "result", "resource"):
         duplicates.add_metric([event], snap.duplicate_events.get(event, 0))
     yield from (batches, problems, duplicates)
-    yield GaugeMetricFamily("cj_outbox_unpublished_events",
-                            "Outbox rows not yet published." + REFRESH,
-                            value=snap.outbox.unpublished_events)
-    yield GaugeMetricFamily("cj_outbox_oldest_unpublished_age_seconds",
-                            "Age of the oldest unpublished outbox row, 0 when none." + REFRESH,
-                            value=snap.outbox.oldest_unpublished_age_seconds)
-    yield GaugeMetricFamily("cj_outbox_failed_events",
-                            "Unpublished outbox rows past the relay's 5 retries: never delivered."
-                            + REFRESH, value=snap.outbox.failed_events)
+    yield new("cj_outbox_unpublished_events", snap.outbox.unpublished_events)
+    yield new("cj_outbox_oldest_unpublished_age_seconds",
+              snap.outbox.oldest_unpublished_age_seconds)
+    yield new("cj_outbox_failed_events", snap.outbox.failed_events)
 
 
 def idle_remediation_families() -> Iterator[Metric]:
     """cj_health_remediations_total at 0 for every action and outcome while the finalizer is
     not running, so rules and panels over it see a series (and a later increase) instead of
     nothing; the finalizer's own collector replaces this when remediation is enabled."""
-    family = CounterMetricFamily("cj_health_remediations", "Finalizer actions by outcome.",
-                                 labels=["action", "outcome"])
-    for action in REMEDIATION_ACTIONS:
-        for outcome in REMEDIATION_OUTCOMES:
+    family = new("cj_health_remediations")
+    for action in ACTIONS:
+        for outcome in OUTCOMES:
             family.add_metric([action, outcome], 0)
     yield family
 
 
 def self_families(snap: Snapshot | None, stats: SelfStats) -> Iterator[Metric]:
-    yield GaugeMetricFamily("cj_health_up", "1 when the last poll of the database succeeded.",
-                            value=int(stats.up))
-    yield GaugeMetricFamily(
-        "cj_health_snapshot_stale",
-        "1 when per-batch series are withdrawn: no successful poll for stale_after intervals.",
-        value=int(stats.stale))
+    yield new("cj_health_up", int(stats.up))
+    yield new("cj_health_snapshot_stale", int(stats.stale))
     if stats.last_success is not None:
-        yield GaugeMetricFamily("cj_health_last_success_timestamp_seconds",
-                                "Unix time of the last successful poll.",
-                                value=stats.last_success)
+        yield new("cj_health_last_success_timestamp_seconds", stats.last_success)
     if stats.last_duration is not None:
-        yield GaugeMetricFamily("cj_health_poll_duration_seconds",
-                                "Duration of the last poll attempt.", value=stats.last_duration)
-    yield CounterMetricFamily("cj_health_polls", "Poll attempts.", value=stats.polls)
-    errors = CounterMetricFamily("cj_health_poll_errors", "Failed polls by reason.",
-                                 labels=["reason"])
-    for reason in ERROR_REASONS:
+        yield new("cj_health_poll_duration_seconds", stats.last_duration)
+    yield new("cj_health_polls", stats.polls)
+    errors = new("cj_health_poll_errors")
+    for reason in POLL_ERROR_REASONS:
         errors.add_metric([reason], stats.errors.get(reason, 0))
     yield errors
-    yield CounterMetricFamily("cj_health_polls_skipped",
-                              "Poll ticks skipped because the previous poll was still running.",
-                              value=stats.skipped)
+    yield new("cj_health_polls_skipped", stats.skipped)
     if snap is not None:
-        yield GaugeMetricFamily("cj_health_exported_batches",
-                                "Batches with per-batch series in this snapshot.",
-                                value=len(snap.batches))
-        yield GaugeMetricFamily("cj_health_batches_dropped",
-                                "Batches not exported because of the max_batches cap.",
-                                value=snap.dropped)
-        yield GaugeMetricFamily("cj_health_malformed_rows",
-                                "View rows skipped in the last poll because they did not parse.",
-                                value=snap.malformed_rows)
-    yield GaugeMetricFamily("cj_health_remediation_enabled",
-                            "1 when the finalizer is authorized to change the database.",
-                            value=int(stats.remediation_enabled))
-    info = GaugeMetricFamily("cj_health_build_info", "Build information; always 1.",
-                             labels=["version", "python_version"])
+        yield new("cj_health_exported_batches", len(snap.batches))
+        yield new("cj_health_batches_dropped", snap.dropped)
+        yield new("cj_health_malformed_rows", snap.malformed_rows)
+    yield new("cj_health_remediation_enabled", int(stats.remediation_enabled))
+    info = new("cj_health_build_info")
     info.add_metric([_version(), platform.python_version()], 1)
     yield info
 

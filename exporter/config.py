@@ -1,5 +1,11 @@
 """Settings: a YAML file, then CJ_HEALTH_* environment variables, then CLI flags (flags win).
 
+Each setting is declared once, as a field of `Settings` (or `RemediationSettings`): its name is
+the YAML key, its type and default are the field's, and `setting()` attaches the help text, the
+command-line flag and the validation rule. The environment variable is derived from the name
+(`CJ_HEALTH_<NAME>`, `CJ_HEALTH_REMEDIATION_<NAME>`), the CLI flags are built from these
+declarations (exporter.cli), and a test holds README's settings table to them.
+
 Every value is validated here, once, with an error that names the setting, the bad value and
 where it came from. Unknown keys are errors too: a typo must not silently fall back to a default.
 """
@@ -8,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -17,115 +23,208 @@ import yaml
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from exporter.errors import OperatorError
+from exporter.vocabulary import ACTIONS
+
 ENV_PREFIX = "CJ_HEALTH_"
 DEFAULT_PORT = 10124
 LOG_LEVELS = ("debug", "info", "warning", "error")
-ACTIONS = ("backfill_anchors", "refinalize")
 T = TypeVar("T")
 
+# Validation rules a declaration may name.
+POSITIVE = "positive"  # > 0
+NOT_NEGATIVE = "not_negative"  # >= 0
 
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message is one line meant for the operator."""
+
+def setting(default: Any, help: str, *, flag: str | None = None, rule: str | None = None,
+            choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """Declare a setting: its default, help text, CLI flag (None: file and env only), rule.
+
+    secret=True keeps the value out of reprs: a DSN may hold a password, and settings end up in
+    reprs (tracebacks with locals, debuggers, a careless log line).
+    """
+    meta = {"help": help, "flag": flag, "rule": rule, "choices": choices}
+    if isinstance(default, tuple | list | dict):
+        return field(default_factory=lambda: default, repr=not secret, metadata=meta)
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True)
 class RemediationSettings:
     """The finalizer acts only when enabled AND given a write DSN AND a list of actions.
 
-    dry_run (the default) plans and audits without changing a CJ table. The valves: at most
-    max_actions_per_cycle actions per cycle; a batch quiet for min_wedged_seconds first; no
-    action at all while more than max_wedged_for_auto batches are wedged; max_attempts per
-    batch and action; cooldown_seconds between two runs of an action on a batch; paused stops
-    everything (so does a row in cj_health_remediation_pause). See docs/finalizer.md.
+    See docs/finalizer.md for what each valve does.
     """
 
-    enabled: bool = False
-    write_dsn: str | None = field(default=None, repr=False)  # may hold a password
-    write_dsn_file: str | None = None
-    actions: tuple[str, ...] = ()
-    dry_run: bool = True
-    paused: bool = False
-    interval_seconds: float = 60.0
-    max_actions_per_cycle: int = 5
-    min_wedged_seconds: float = 600.0
-    max_wedged_for_auto: int = 5
-    max_attempts: int = 3
-    cooldown_seconds: float = 1800.0
-    replica_id: str | None = None
+    enabled: bool = setting(False, "let the finalizer act (also needs a write DSN and actions)")
+    write_dsn: str | None = setting(None, "postgresql:// URL of the finalizer's write role",
+                                    flag="--write-dsn", secret=True)
+    write_dsn_file: str | None = setting(None, "file holding the write DSN",
+                                         flag="--write-dsn-file")
+    actions: tuple[str, ...] = setting((), "actions the finalizer may take: "
+                                           + ", ".join(ACTIONS), choices=ACTIONS)
+    dry_run: bool = setting(True, "plan and audit without changing a CJ table")
+    paused: bool = setting(False, "take no action at all (so does a cj_health_remediation_pause"
+                                  " row)")
+    interval_seconds: float = setting(60.0, "seconds between remediation cycles", rule=POSITIVE)
+    max_actions_per_cycle: int = setting(5, "at most this many actions per cycle", rule=POSITIVE)
+    min_wedged_seconds: float = setting(600.0, "a batch must be quiet this long first",
+                                        rule=NOT_NEGATIVE)
+    max_wedged_for_auto: int = setting(5, "no action while more batches than this are wedged",
+                                       rule=NOT_NEGATIVE)
+    max_attempts: int = setting(3, "attempts per batch and action", rule=POSITIVE)
+    cooldown_seconds: float = setting(1800.0, "seconds between two runs of an action on a batch",
+                                      rule=NOT_NEGATIVE)
+    replica_id: str | None = setting(None, "name of this replica in the audit table"
+                                           " (default host:pid)")
 
 
 @dataclass(frozen=True)
 class Settings:
-    # repr=False: a DSN may hold a password, and settings end up in reprs (tracebacks with
-    # locals, debuggers, a careless log line); the *_file variants hold only a path.
-    dsn: str | None = field(default=None, repr=False)
-    dsn_file: str | None = None
-    listen_address: str = f":{DEFAULT_PORT}"
-    poll_interval_seconds: float = 15.0
-    statement_timeout_seconds: float = 10.0
-    lock_timeout_seconds: float = 2.0
-    connect_timeout_seconds: int = 5
-    stale_after: int = 3
-    recent_window_seconds: float = 3600.0
-    lookback_seconds: float = 7 * 86400.0
-    max_batches: int = 5000
-    log_level: str = "info"
-    web_config_file: str | None = None
+    dsn: str | None = setting(None, "postgresql:// URL of the read-only polling role",
+                              flag="--dsn", secret=True)
+    dsn_file: str | None = setting(None, "file holding the DSN (secrets)", flag="--dsn-file")
+    listen_address: str = setting(f":{DEFAULT_PORT}", "HOST:PORT to serve on",
+                                  flag="--web.listen-address")
+    poll_interval_seconds: float = setting(15.0, "seconds between polls", flag="--poll-interval",
+                                           rule=POSITIVE)
+    statement_timeout_seconds: float = setting(10.0, "server-side statement timeout of a poll",
+                                               flag="--statement-timeout", rule=POSITIVE)
+    lock_timeout_seconds: float = setting(2.0, "server-side lock timeout of a poll",
+                                          rule=POSITIVE)
+    connect_timeout_seconds: int = setting(5, "seconds to wait for a database connection",
+                                           rule=POSITIVE)
+    stale_after: int = setting(3, "poll intervals without success before per-batch series are"
+                                  " withdrawn", flag="--stale-after", rule=POSITIVE)
+    recent_window_seconds: float = setting(3600.0, "finished healthy batches stay exported this"
+                                                   " long", flag="--recent-window", rule=POSITIVE)
+    lookback_seconds: float = setting(7 * 86400.0, "the watched set: unfinished batches plus"
+                                                   " those active this recently",
+                                      flag="--lookback", rule=POSITIVE)
+    max_batches: int = setting(5000, "cap on exported batches (problem batches first)",
+                               flag="--max-batches", rule=POSITIVE)
+    log_level: str = setting("info", "log level", flag="--log-level", choices=LOG_LEVELS)
+    web_config_file: str | None = setting(None, "exporter-toolkit web config: TLS, client"
+                                                " certificates, basic auth",
+                                          flag="--web.config.file")
     remediation: RemediationSettings = field(default_factory=RemediationSettings)
 
     @property
     def stale_after_seconds(self) -> float:
         return self.stale_after * self.poll_interval_seconds
 
+    def finalizer(self) -> FinalizerSettings:
+        """What the finalizer needs, and nothing else."""
+        return FinalizerSettings(
+            remediation=self.remediation, lookback_seconds=self.lookback_seconds,
+            statement_timeout_seconds=self.statement_timeout_seconds,
+            lock_timeout_seconds=self.lock_timeout_seconds,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            dsn=self.dsn, dsn_file=self.dsn_file)
+
+
+@dataclass(frozen=True)
+class FinalizerSettings:
+    """The finalizer's own settings: exporter.finalizer never sees the whole Settings."""
+
+    remediation: RemediationSettings
+    lookback_seconds: float
+    statement_timeout_seconds: float
+    lock_timeout_seconds: float
+    connect_timeout_seconds: int
+    # The read DSN: a dry run of `remediate` without a write DSN plans on it.
+    dsn: str | None = field(default=None, repr=False)
+    dsn_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One setting as declared: dotted key, env variable, flag, type, default, help, rule."""
+
+    key: str
+    env: str
+    flag: str | None
+    type: Any
+    default: Any
+    help: str
+    rule: str | None
+    choices: tuple[str, ...]
+
+
+def declarations(cls: type = Settings, prefix: str = "") -> Iterator[Declaration]:
+    """Every setting of `cls`, nested ones as `remediation.x`."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from declarations(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        key = f"{prefix}{f.name}"
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        yield Declaration(key, ENV_PREFIX + key.replace(".", "_").upper(), f.metadata["flag"],
+                          hints[f.name], default, f.metadata["help"], f.metadata["rule"],
+                          f.metadata["choices"])
+
 
 def load(
     config_file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any]
 ) -> Settings:
-    """Merge file < env < flags into validated Settings, or raise ConfigError."""
+    """Merge file < env < flags into validated Settings, or raise OperatorError.
+
+    `flags` maps dotted keys (`poll_interval_seconds`, `remediation.write_dsn`) to the values
+    given on the command line; None means "not given".
+    """
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if config_file:
         _merge(raw, sources, _read_yaml(config_file), f"config file {config_file}")
     _merge(raw, sources, _from_env(environ), "environment")
-    _merge(raw, sources, {k: v for k, v in flags.items() if v is not None}, "command line")
+    _merge(raw, sources, _nest({k: v for k, v in flags.items() if v is not None}),
+           "command line")
     settings = _build(Settings, raw, sources, prefix="")
     _validate(settings)
     return settings
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, dot, tail = key.partition(".")
+        if dot:
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[key] = value
+    return out
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise OperatorError(f"cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"config file {path} is not valid YAML{line}") from None
+        raise OperatorError(f"config file {path} is not valid YAML{line}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings")
+        raise OperatorError(f"config file {path} must hold a mapping of settings")
     return data
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """CJ_HEALTH_POLL_INTERVAL_SECONDS -> poll_interval_seconds; REMEDIATION_* nests."""
-    top = {f.name for f in dataclasses.fields(Settings)}
-    nested = {f.name for f in dataclasses.fields(RemediationSettings)}
-    out: dict[str, Any] = {}
+    by_env = {d.env: d.key for d in declarations()}
+    flat: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        key = name[len(ENV_PREFIX):].lower()
-        sub = key.removeprefix("remediation_")
-        if key.startswith("remediation_") and sub in nested:
-            out.setdefault("remediation", {})[sub] = value
-        elif key in top and key != "remediation":
-            out[key] = value
-        else:
-            raise ConfigError(f"unknown environment variable {name}")
-    return out
+        if name not in by_env:
+            raise OperatorError(f"unknown environment variable {name}")
+        flat[by_env[name]] = value
+    return _nest(flat)
 
 
 def _merge(raw: dict[str, Any], sources: dict[str, str], new: Mapping[str, Any],
@@ -141,13 +240,13 @@ def _merge(raw: dict[str, Any], sources: dict[str, str], new: Mapping[str, Any],
 def _build(cls: type[T], raw: Mapping[str, Any], sources: Mapping[str, str],
            prefix: str) -> T:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.')} must be a mapping")
+        raise OperatorError(f"{prefix.rstrip('.')} must be a mapping")
     hints = get_type_hints(cls)
     known = set(hints)  # every field of these dataclasses is annotated
     for key in raw:
         if key not in known:
             where = sources.get(f"{prefix}{key}", "config")
-            raise ConfigError(f"unknown setting {prefix}{key!s} (from {where})")
+            raise OperatorError(f"unknown setting {prefix}{key!s} (from {where})")
     values = {}
     for key, value in raw.items():
         if dataclasses.is_dataclass(hints[key]):
@@ -166,7 +265,7 @@ def _coerce(name: str, value: Any, hint: Any, sources: Mapping[str, str]) -> Any
         return _convert(value, target)
     except (TypeError, ValueError):
         kind = getattr(target, "__name__", str(target))
-        raise ConfigError(
+        raise OperatorError(
             f"{name} must be {kind}, got {value!r} (from {sources.get(name, 'config')})"
         ) from None
 
@@ -197,51 +296,47 @@ def _convert(value: Any, target: Any) -> Any:
     raise TypeError(value)
 
 
+def _value(s: Settings, key: str) -> Any:
+    obj: Any = s
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _validate(s: Settings) -> None:
-    positive = ("poll_interval_seconds", "statement_timeout_seconds", "lock_timeout_seconds",
-                "connect_timeout_seconds", "stale_after", "recent_window_seconds",
-                "lookback_seconds", "max_batches")
-    for name in positive:
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name} must be greater than 0, got {getattr(s, name)}")
+    for d in declarations():
+        _check_rule(d, _value(s, d.key))
     if s.lookback_seconds < s.recent_window_seconds:
-        raise ConfigError("lookback_seconds must be at least recent_window_seconds")
-    if s.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
+        raise OperatorError("lookback_seconds must be at least recent_window_seconds")
     parse_listen_address(s.listen_address)
-    if s.dsn and s.dsn_file:
-        raise ConfigError("give either dsn or dsn_file, not both")
-    if s.web_config_file:
-        from exporter import webconfig  # it imports this module: import it only when needed
-
-        webconfig.load(s.web_config_file)
-    _validate_remediation(s.remediation)
+    for dsn in ("dsn", "remediation.write_dsn"):
+        if _value(s, dsn) and _value(s, f"{dsn}_file"):
+            raise OperatorError(f"give either {dsn} or {dsn}_file, not both")
+    if s.remediation.write_dsn:
+        parse_dsn(s.remediation.write_dsn, "remediation.write_dsn")
 
 
-def _validate_remediation(r: RemediationSettings) -> None:
-    bad = [a for a in r.actions if a not in ACTIONS]
-    if bad:
-        raise ConfigError(f"remediation.actions: unknown action {bad[0]!r} "
-                          f"(known: {', '.join(ACTIONS)})")
-    if r.write_dsn and r.write_dsn_file:
-        raise ConfigError("give either remediation.write_dsn or remediation.write_dsn_file, "
-                          "not both")
-    if r.write_dsn:
-        parse_dsn(r.write_dsn, "remediation.write_dsn")
-    for name in ("interval_seconds", "max_actions_per_cycle", "max_attempts"):
-        if getattr(r, name) <= 0:
-            raise ConfigError(f"remediation.{name} must be greater than 0, "
-                              f"got {getattr(r, name)}")
-    for name in ("min_wedged_seconds", "max_wedged_for_auto", "cooldown_seconds"):
-        if getattr(r, name) < 0:
-            raise ConfigError(f"remediation.{name} must not be negative, got {getattr(r, name)}")
+def _check_rule(d: Declaration, value: Any) -> None:
+    if d.rule == POSITIVE and value <= 0:
+        raise OperatorError(f"{d.key} must be greater than 0, got {value}")
+    if d.rule == NOT_NEGATIVE and value < 0:
+        raise OperatorError(f"{d.key} must not be negative, got {value}")
+    if d.choices:
+        values = value if isinstance(value, tuple) else (value,)
+        bad = [v for v in values if v not in d.choices]
+        if bad and isinstance(value, tuple):
+            raise OperatorError(f"{d.key}: unknown action {bad[0]!r} "
+                                f"(known: {', '.join(d.choices)})")
+        if bad:
+            raise OperatorError(f"{d.key} must be one of {', '.join(d.choices)}, "
+                                f"got {value!r}")
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
     """node_exporter's HOST:PORT spelling: ':10124', '127.0.0.1:10124', '[::1]:10124'."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"web.listen-address must be HOST:PORT, got {address!r}")
+        raise OperatorError(f"web.listen-address must be HOST:PORT, got {address!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -251,10 +346,10 @@ def resolve_dsn(dsn: str | None, dsn_file: str | None, what: str = "dsn") -> URL
         try:
             dsn = Path(dsn_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read {what} file {dsn_file}: {exc.strerror}") from None
+            raise OperatorError(f"cannot read {what} file {dsn_file}: {exc.strerror}") from None
     if not dsn:
-        raise ConfigError(f"no {what} given: use --{what.replace('_', '-')} or "
-                          f"{ENV_PREFIX}{what.upper()}")
+        raise OperatorError(f"no {what} given: use --{what.replace('_', '-')} or "
+                            f"{ENV_PREFIX}{what.upper()}")
     return parse_dsn(dsn, what)
 
 
@@ -262,12 +357,12 @@ def parse_dsn(dsn: str, what: str = "dsn") -> URL:
     try:
         url = make_url(dsn)
     except ArgumentError:
-        raise ConfigError(f"{what} is not a database URL (expected postgresql://...)") from None
+        raise OperatorError(f"{what} is not a database URL (expected postgresql://...)") from None
     backend, _, driver = url.drivername.partition("+")
     if backend not in ("postgresql", "postgres"):
-        raise ConfigError(f"{what} must be a postgresql:// URL, got {backend}://")
+        raise OperatorError(f"{what} must be a postgresql:// URL, got {backend}://")
     if driver not in ("", "psycopg"):
-        raise ConfigError(f"{what} driver must be psycopg (psycopg 3), got +{driver}")
+        raise OperatorError(f"{what} driver must be psycopg (psycopg 3), got +{driver}")
     return url.set(drivername="postgresql+psycopg")
 
 

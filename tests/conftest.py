@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-from exporter import scenarios, sqlfiles
-from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter import sqlfiles
+from exporter.demo import scenarios
+from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
 
 TEMPLATE = "cj_template"
 _BACKEND: dict[str, str] = {}

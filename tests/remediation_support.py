@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from exporter import outbox_events as ev
-from exporter.health import PROBLEMS
-from exporter.scenarios import BatchSpec, Seeder
+from exporter.demo.scenarios import BatchSpec, Seeder
+from exporter.upstream import events as ev
+from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 
 CJ_TABLES = {
     "essays": "SELECT els_essay_id, cj_batch_id, is_anchor, current_bt_score, current_bt_se,"

@@ -26,7 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from exporter import scenarios
+from exporter.demo import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
 from tests.helpers import ExporterProcess, selectors
 

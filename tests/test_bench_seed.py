@@ -18,7 +18,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench import seed as bench_seed
-from exporter import health, sqlfiles
+from exporter import sqlfiles
+from exporter.config import Settings
+from exporter.poll import query
 from tests.conftest import Server, url_string
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +91,7 @@ def test_seed_is_deterministic_counts_rows_and_plants_the_faults(
     engine = create_engine(empty_dbs["same"])
     with engine.begin() as conn:
         sqlfiles.install_views(conn)
-    snap = health.poll(engine, statement_timeout=30, lock_timeout=5, lookback=7 * 86400,
-                       recent_window=3600, max_batches=5000)
+    snap = query.poll(engine, Settings(statement_timeout_seconds=30, lock_timeout_seconds=5))
     engine.dispose()
     assert snap.watched == manifest["watched"]
     assert dict(snap.problem_counts) == manifest["problems"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter import config
-from exporter.config import ConfigError
+from exporter.errors import OperatorError
 
 
 def load(tmp_path: Path, yaml_text: str | None = None, env: dict[str, str] | None = None,
@@ -61,7 +61,7 @@ def test_nested_remediation_from_file_and_env(tmp_path: Path) -> None:
 ])
 def test_bad_settings_raise_one_clear_line(tmp_path: Path, yaml_text: str | None,
                                            env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(OperatorError) as info:
         load(tmp_path, yaml_text, env)
     assert message in str(info.value) and "\n" not in str(info.value)
 
@@ -72,7 +72,7 @@ def test_bad_settings_raise_one_clear_line(tmp_path: Path, yaml_text: str | None
     ("postgresql+psycopg2://u:pw@h/db", "driver must be psycopg"),
 ])
 def test_bad_dsns(dsn: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as info:
+    with pytest.raises(OperatorError, match=message) as info:
         config.parse_dsn(dsn)
     assert "pw" not in str(info.value)
 
@@ -87,7 +87,7 @@ def test_dsn_file(tmp_path: Path) -> None:
     path = tmp_path / "dsn"
     path.write_text("postgresql://u:secret@h/db\n")
     assert config.resolve_dsn(None, str(path)).password == "secret"
-    with pytest.raises(ConfigError, match="cannot read dsn file"):
+    with pytest.raises(OperatorError, match="cannot read dsn file"):
         config.resolve_dsn(None, str(tmp_path / "missing"))
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from exporter import scenarios
+from exporter.demo import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
 from tests.helpers import Daemon, ExporterProcess, http_get, load_module
 

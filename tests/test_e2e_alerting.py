@@ -31,7 +31,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from exporter import scenarios
+from exporter.demo import scenarios
 from tests.conftest import Server, drop_database, new_database, url_string
 from tests.helpers import Daemon, ExporterProcess, free_port, load_module
 

@@ -29,8 +29,8 @@ import urllib.request
 from sqlalchemy import create_engine, text
 
 from exporter import sqlfiles
-from exporter.embedded import EmbeddedPostgres
-from exporter.scenarios import BatchSpec, Seeder
+from exporter.demo.embedded import EmbeddedPostgres
+from exporter.demo.scenarios import BatchSpec, Seeder
 
 from .conftest import SeededDb, url_string
 from .hardening_support import (

@@ -16,8 +16,9 @@ import time
 
 from sqlalchemy import create_engine
 
-from exporter.finalizer.model import APPLIED, SKIPPED, Result
+from exporter.finalizer.model import Result
 from exporter.finalizer.refinalize import Hooks, refinalize
+from exporter.vocabulary import APPLIED, SKIPPED
 from tests.remediation_support import (
     RemediationDb,
     audit_rows,

@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from exporter import outbox_events as ev
-from exporter import scenarios
+from exporter.demo import scenarios
+from exporter.demo.scenarios import BatchSpec
 from exporter.finalizer import bt, store
 from exporter.finalizer.anchors import backfill_anchors
-from exporter.finalizer.model import APPLIED, DRY_RUN, FAILED, NEEDS_PERSON, SKIPPED
 from exporter.finalizer.refinalize import refinalize
-from exporter.scenarios import BatchSpec
+from exporter.upstream import events as ev
+from exporter.vocabulary import APPLIED, DRY_RUN, FAILED, NEEDS_PERSON, SKIPPED
 from tests.remediation_support import (
     RemediationDb,
     audit_rows,

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from exporter.config import RemediationSettings, Settings
-from exporter.embedded import EmbeddedPostgres
+from exporter.demo.embedded import EmbeddedPostgres
 
 from .conftest import seeded_own_postgres
 from .hardening_support import apply_roles, metric

@@ -21,9 +21,10 @@ from sqlalchemy import create_engine, text
 
 from exporter import config, db
 from exporter.config import Settings
-from exporter.health import PROBLEMS
-from exporter.scheduler import Poller, PollScheduler
-from exporter.web import OPENMETRICS_TYPE, TEXT_TYPE, MetricsServer
+from exporter.poll.scheduler import Poller, PollScheduler
+from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
+from exporter.web.negotiation import OPENMETRICS_TYPE, TEXT_TYPE
+from exporter.web.server import MetricsServer
 
 from .conftest import SeededDb
 from .helpers import free_port, http_get
@@ -180,7 +181,7 @@ def test_failed_polls_keep_the_snapshot_then_go_stale(cj_db: str, pg_server: obj
     p = make_poller(cj_db, poll_interval_seconds=0.2, stale_after=2)
     engine = create_engine(cj_db)
     with engine.begin() as conn:
-        from exporter.scenarios import BatchSpec, Seeder
+        from exporter.demo.scenarios import BatchSpec, Seeder
 
         Seeder(conn).insert_batch(BatchSpec(status="FETCHING_CONTENT", state="SCORING"))
     engine.dispose()

@@ -133,8 +133,10 @@ def test_install_view_creates_the_audit_table_only_when_asked(
 
 def test_the_exporter_core_never_imports_the_finalizer() -> None:
     """numpy/scipy/choix and exporter.finalizer load only when remediation is enabled."""
-    probe = ("import sys, exporter.cli, exporter.scheduler, exporter.collector, exporter.health,"
-             " exporter.demo, exporter.report; from exporter import cli;"
+    probe = ("import sys, exporter.cli, exporter.poll.scheduler, exporter.collector,"
+             " exporter.poll.query, exporter.service, exporter.demo.command,"
+             " exporter.commands.inspect, exporter.commands.install_view,"
+             " exporter.commands.remediate; from exporter import cli;"
              " cli.build_parser().parse_args(['serve']);"
              " bad = sorted(m for m in sys.modules if m.startswith('exporter.finalizer')"
              " or m.split('.')[0] in ('numpy', 'scipy', 'choix')); print(bad)")

@@ -14,14 +14,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from exporter import config
-from exporter.config import ConfigError, RemediationSettings, Settings
+from exporter.config import RemediationSettings, Settings
+from exporter.demo.scenarios import BatchSpec
+from exporter.errors import OperatorError
 from exporter.finalizer import audit, valves
 from exporter.finalizer.leader import LeaderLock
 from exporter.finalizer.metrics import RemediationMetrics
-from exporter.finalizer.model import APPLIED, DRY_RUN, NEEDS_PERSON, History
+from exporter.finalizer.model import History
 from exporter.finalizer.service import Remediator
 from exporter.finalizer.valves import Candidate
-from exporter.scenarios import BatchSpec
+from exporter.vocabulary import APPLIED, DRY_RUN, NEEDS_PERSON
 from tests.remediation_support import (
     RemediationDb,
     audit_rows,
@@ -41,7 +43,7 @@ def acting(url: str, **overrides: object) -> Settings:
 
 def remediator(url: str, **overrides: object) -> Remediator:
     settings = acting(url, **overrides)
-    return Remediator(settings, config.parse_dsn(url))
+    return Remediator(settings.finalizer(), config.parse_dsn(url))
 
 
 # --- authorization and configuration (no database) ------------------------------------------
@@ -57,7 +59,7 @@ def remediator(url: str, **overrides: object) -> Remediator:
 ])
 def test_unauthorized_configurations_refuse_and_say_why(remediation: RemediationSettings,
                                                         reason: str) -> None:
-    auth = valves.authorize(Settings(remediation=remediation))
+    auth = valves.authorize(Settings(remediation=remediation).finalizer())
     assert not auth.allowed and reason in auth.reason
     assert not auth.allows("refinalize")
 
@@ -66,7 +68,7 @@ def test_authorized_configuration(tmp_path: Path) -> None:
     dsn_file = tmp_path / "write.dsn"
     dsn_file.write_text("postgresql://writer:secret@db/cj\n")
     auth = valves.authorize(Settings(remediation=RemediationSettings(
-        enabled=True, write_dsn_file=str(dsn_file), actions=("refinalize",))))
+        enabled=True, write_dsn_file=str(dsn_file), actions=("refinalize",))).finalizer())
     assert auth.allowed and auth.reason == "dry run: refinalize"  # dry_run is the default
     assert auth.allows("refinalize") and not auth.allows("backfill_anchors")
     assert auth.write_url is not None and auth.write_url.password == "secret"
@@ -82,7 +84,7 @@ def test_authorized_configuration(tmp_path: Path) -> None:
 ])
 def test_invalid_remediation_settings_are_config_errors(env: dict[str, str],
                                                         message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(OperatorError, match=message):
         config.load(None, env, {})
 
 
@@ -247,7 +249,7 @@ def test_one_leader_at_a_time_and_a_lost_lock_is_noticed(remediation_db: Remedia
     try:
         assert first.ensure() and first.ensure()  # re-checked, still held (not re-entered)
         assert not second.ensure()
-        follower = Remediator(acting(remediation_db.url), url, leader=second)
+        follower = Remediator(acting(remediation_db.url).finalizer(), url, leader=second)
         before = snapshot(remediation_db.engine)
         assert not follower.run_cycle().leader
         assert snapshot(remediation_db.engine) == before

@@ -27,10 +27,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
-from exporter import scenarios
+from exporter.demo import scenarios
+from exporter.demo.scenarios import BatchSpec, Seeder
 from exporter.finalizer import audit
 from exporter.finalizer.leader import LOCK_KEY
-from exporter.scenarios import BatchSpec, Seeder
 
 from .conftest import Server, drop_database, new_database
 from .hardening_support import apply_roles, drop_roles, metric, wait_until

@@ -18,11 +18,12 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from exporter import config, db, scenarios
+from exporter import config, db
 from exporter.config import RemediationSettings, Settings
+from exporter.demo import scenarios
 from exporter.finalizer import audit
 from exporter.finalizer.service import Remediator
-from exporter.scheduler import Poller
+from exporter.poll.scheduler import Poller
 
 from .conftest import Server, drop_database, new_database
 from .hardening_support import apply_roles, drop_roles, libpq_url, metric
@@ -143,7 +144,8 @@ def test_finalizer_under_the_remediation_role(roles_db: RolesDb) -> None:
             enabled=True, write_dsn=roles_db.rw.render_as_string(hide_password=False),
             actions=("backfill_anchors", "refinalize"), dry_run=False, min_wedged_seconds=0,
             max_wedged_for_auto=100, max_actions_per_cycle=50, replica_id="roles-test"))
-    remediator = Remediator(settings, config.parse_dsn(settings.remediation.write_dsn or ""))
+    write_url = config.parse_dsn(settings.remediation.write_dsn or "")
+    remediator = Remediator(settings.finalizer(), write_url)
     try:
         report = remediator.run_cycle()
     finally:

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from exporter import health, scenarios, sqlfiles
+from exporter import sqlfiles
+from exporter.config import Settings
+from exporter.demo import scenarios
+from exporter.poll import query
 
 from .conftest import Server, drop_database, url_string
 
@@ -70,8 +73,7 @@ def test_views_indexes_and_a_poll_run_unchanged_on_each_variant(variant_db: Engi
         sqlfiles.install_views(conn)
         planted = scenarios.seed_demo(conn)
     sqlfiles.install_indexes(variant_db)
-    snap = health.poll(variant_db, statement_timeout=10, lock_timeout=2, lookback=7 * 86400,
-                       recent_window=3600, max_batches=5000)
+    snap = query.poll(variant_db, Settings())
     flagged = {b.cj_batch_id: b.problems for b in snap.batches}
     for batch_id, expected in planted.items():
         assert flagged.get(batch_id, frozenset()) == expected

@@ -26,9 +26,12 @@ import bcrypt
 import pytest
 from sqlalchemy import create_engine
 
-from exporter import scenarios, webconfig
-from exporter.config import ConfigError
-from exporter.webconfig import BasicAuth, WebSecurity, parse_basic
+from exporter.demo import scenarios
+from exporter.errors import OperatorError
+from exporter.web import config as webconfig
+from exporter.web import tls
+from exporter.web.auth import BasicAuth, parse_basic
+from exporter.web.reload import WebSecurity
 
 from .conftest import SeededDb, Server, drop_database, new_database, url_string
 from .hardening_support import Pki, make_leaf, make_pki, percentiles
@@ -342,7 +345,7 @@ def test_bad_web_config_exits_2_with_one_line_and_no_secret(tmp_path: Path,
     ("tls_server_config: [\n", "not valid YAML"),
 ])
 def test_web_config_errors(tmp_path: Path, body: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(OperatorError, match=message):
         webconfig.load(write_config(tmp_path, body))
 
 
@@ -373,7 +376,7 @@ basic_auth_users:
     assert config.headers == {"Strict-Transport-Security": "max-age=31536000"}
     assert inline_key.strip().splitlines()[1] not in repr(config)  # a private key: never shown
     assert HASH not in repr(config)
-    ctx = webconfig.build_ssl_context(config.tls)
+    ctx = tls.build_ssl_context(config.tls)
     assert ctx.verify_mode == ssl.CERT_OPTIONAL
     assert not ctx.options & ssl.OP_CIPHER_SERVER_PREFERENCE
     assert {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"} == {

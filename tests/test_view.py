@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from exporter.health import PROBLEMS
-from exporter.scenarios import GRADES, BatchSpec, Seeder
+from exporter.demo.scenarios import GRADES, BatchSpec, Seeder
+from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 
 from .conftest import SeededDb
 

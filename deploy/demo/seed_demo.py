@@ -18,7 +18,7 @@ import time
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from exporter import scenarios
+from exporter.demo import scenarios
 
 CONNECT_WAIT_SECONDS = 60.0
 

@@ -17,16 +17,8 @@ from sqlalchemy.exc import DBAPIError
 
 from exporter import db
 from exporter.finalizer import audit, store
-from exporter.finalizer.model import (
-    APPLIED,
-    BACKFILL_ANCHORS,
-    DEFAULT_LIMITS,
-    DRY_RUN,
-    FAILED,
-    SKIPPED,
-    Limits,
-    Result,
-)
+from exporter.finalizer.model import DEFAULT_LIMITS, Limits, Result
+from exporter.vocabulary import APPLIED, BACKFILL_ANCHORS, DRY_RUN, FAILED, SKIPPED
 
 _PENDING = text(
     "SELECT els_essay_id FROM cj_processed_essays WHERE cj_batch_id = :id"

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from exporter import sqlfiles
-from exporter.finalizer.model import APPLIED, FAILED, NEEDS_PERSON, History, Result
+from exporter.finalizer.model import History, Result
+from exporter.vocabulary import APPLIED, FAILED, NEEDS_PERSON
 
 DDL = "remediation/cj_health_remediations.sql"
 TABLE = "cj_health_remediations"

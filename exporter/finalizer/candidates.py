@@ -1,7 +1,6 @@
 """Which batches the finalizer may act on, read from the cj_batch_health view.
 
-Only the watched set is read (unfinished state machines, plus batches active within the
-lookback window), with the same index-friendly shape as the exporter's poll: the cost follows
+Only the watched set is read, with the poll's own SQL (exporter.poll.watched): the cost follows
 the active batches, not the years of history. Wedged and stuck-SCORING batches are refinalize
 candidates; batches with an essay whose metadata says anchor but whose column does not are
 backfill_anchors candidates (a reverse mismatch is never a candidate: nothing to backfill).
@@ -13,23 +12,19 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from exporter.finalizer.model import BACKFILL_ANCHORS, REFINALIZE
 from exporter.finalizer.valves import Candidate
+from exporter.poll.watched import WATCHED_CTE, is_watched
+from exporter.vocabulary import BACKFILL_ANCHORS, REFINALIZE
 
 _SQL = text(
-    "WITH watched AS ("
-    " SELECT batch_id AS id FROM cj_batch_states"
-    "  WHERE state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-    " UNION SELECT batch_id FROM cj_batch_states"
-    "  WHERE last_activity_at > now() - make_interval(secs => :lookback))"
+    f"{WATCHED_CTE}"
     " SELECT h.cj_batch_id, (h.is_wedged OR h.is_stuck_scoring) AS wedged,"
     "  h.state_age_seconds,"
     "  (h.has_anchor_mismatch AND EXISTS (SELECT 1 FROM cj_processed_essays AS e"
     "   WHERE e.cj_batch_id = h.cj_batch_id"
     "   AND lower(e.processing_metadata ->> 'is_anchor') = 'true'"
     "   AND e.is_anchor IS DISTINCT FROM true)) AS anchors_to_flag"
-    " FROM cj_batch_health AS h"
-    " WHERE h.cj_batch_id IN (SELECT id FROM watched)"
+    f" FROM cj_batch_health AS h WHERE {is_watched('h')}"
     "  AND (h.is_wedged OR h.is_stuck_scoring OR h.has_anchor_mismatch)"
     " ORDER BY h.state_age_seconds DESC, h.cj_batch_id"
 )

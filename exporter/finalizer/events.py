@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter import outbox_events as ev
 from exporter.finalizer.projection import Projection
 from exporter.finalizer.store import Batch
+from exporter.upstream import events as ev
 
 ANCHOR_PREFIX = "ANCHOR_"
 UNKNOWN = "unknown"  # model / provider when no comparison recorded one

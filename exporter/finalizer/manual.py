@@ -17,15 +17,17 @@ from typing import Any
 from sqlalchemy import Engine
 
 from exporter import config, db
-from exporter.config import ConfigError, Settings
+from exporter.config import FinalizerSettings
+from exporter.errors import OperatorError
 from exporter.finalizer import audit, valves
-from exporter.finalizer.model import APPLIED, DRY_RUN, SKIPPED, Result
+from exporter.finalizer.model import Result
 from exporter.finalizer.service import limits, replica_id, run_action
+from exporter.vocabulary import APPLIED, DRY_RUN, SKIPPED
 
 OK_OUTCOMES = (APPLIED, DRY_RUN, SKIPPED)
 
 
-def _write_engine(settings: Settings) -> Engine:
+def _write_engine(settings: FinalizerSettings) -> Engine:
     r = settings.remediation
     url = config.resolve_dsn(r.write_dsn, r.write_dsn_file, "write_dsn")
     return db.make_engine(url, settings.connect_timeout_seconds,
@@ -35,11 +37,12 @@ def _write_engine(settings: Settings) -> Engine:
 def _require_installed(engine: Engine) -> None:
     with engine.connect() as conn:
         if not audit.installed(conn):
-            raise ConfigError("the audit table cj_health_remediations is missing: run "
+            raise OperatorError("the audit table cj_health_remediations is missing: run "
                               "`cj-health-exporter install-view --remediation` first")
 
 
-def set_pause(settings: Settings, reason: str | None, out: Callable[[str], None] = print) -> int:
+def set_pause(settings: FinalizerSettings, reason: str | None,
+              out: Callable[[str], None] = print) -> int:
     """reason: pause with it; None: resume."""
     engine = _write_engine(settings)
     try:
@@ -56,15 +59,15 @@ def set_pause(settings: Settings, reason: str | None, out: Callable[[str], None]
     return 0
 
 
-def remediate(settings: Settings, batch_id: int, action: str, yes: bool,
+def remediate(settings: FinalizerSettings, batch_id: int, action: str, yes: bool,
               out: Callable[[str], None] = print) -> int:
     if not yes:
         return _preview(settings, batch_id, action, out)
     auth = valves.authorize(settings)
     if not auth.allowed:
-        raise ConfigError(f"refusing to remediate: {auth.reason}")
+        raise OperatorError(f"refusing to remediate: {auth.reason}")
     if action not in auth.actions:
-        raise ConfigError(f"refusing to remediate: action {action} is not in "
+        raise OperatorError(f"refusing to remediate: action {action} is not in "
                           f"remediation.actions ({', '.join(auth.actions)})")
     engine = _write_engine(settings)
     try:
@@ -85,7 +88,7 @@ def remediate(settings: Settings, batch_id: int, action: str, yes: bool,
     return 0 if result.outcome in OK_OUTCOMES else 1
 
 
-def _preview(settings: Settings, batch_id: int, action: str,
+def _preview(settings: FinalizerSettings, batch_id: int, action: str,
              out: Callable[[str], None]) -> int:
     r = settings.remediation
     if r.write_dsn or r.write_dsn_file:

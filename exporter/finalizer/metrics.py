@@ -11,12 +11,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from exporter.finalizer.model import ACTIONS, OUTCOMES, Result
-from exporter.finalizer.valves import REASONS
-
-CYCLE_RESULTS = ("ok", "follower", "error")
+from exporter.families import new
+from exporter.finalizer.model import Result
+from exporter.vocabulary import ACTIONS, BLOCK_REASONS, CYCLE_RESULTS, OUTCOMES
 
 
 class RemediationMetrics:
@@ -25,7 +24,7 @@ class RemediationMetrics:
         self._dry_run = dry_run
         self._actions = {(a, o): 0 for a in ACTIONS for o in OUTCOMES}
         self._cycles = dict.fromkeys(CYCLE_RESULTS, 0)
-        self._blocked = dict.fromkeys(REASONS, 0)
+        self._blocked = dict.fromkeys(BLOCK_REASONS, 0)
         self._leader = False
         self._paused = False
         self._wedged = 0
@@ -44,9 +43,9 @@ class RemediationMetrics:
             self._last_cycle = time.time()
             if not leader:
                 # A follower holds nothing back: it does not decide anything.
-                self._blocked = dict.fromkeys(REASONS, 0)
+                self._blocked = dict.fromkeys(BLOCK_REASONS, 0)
             if blocked is not None:
-                self._blocked = {r: int(blocked.get(r, 0)) for r in REASONS}
+                self._blocked = {r: int(blocked.get(r, 0)) for r in BLOCK_REASONS}
             if paused is not None:
                 self._paused = paused
             if wedged is not None:
@@ -59,37 +58,21 @@ class RemediationMetrics:
             blocked = dict(self._blocked)
             leader, paused, wedged, last = self._leader, self._paused, self._wedged, \
                 self._last_cycle
-        family = CounterMetricFamily(
-            "cj_health_remediations", "Finalizer actions by outcome (applied, dry_run, skipped,"
-            " needs_person, failed); every one has a row in cj_health_remediations.",
-            labels=["action", "outcome"])
+        family = new("cj_health_remediations")
         for (action, outcome), value in sorted(actions.items()):
             family.add_metric([action, outcome], value)
         yield family
-        runs = CounterMetricFamily("cj_health_remediation_cycles",
-                                   "Remediation cycles by result (follower: another replica"
-                                   " leads).", labels=["result"])
+        runs = new("cj_health_remediation_cycles")
         for result, value in cycles.items():
             runs.add_metric([result], value)
         yield runs
-        held = GaugeMetricFamily("cj_health_remediation_blocked",
-                                 "Candidate actions the safety valves held back in the last"
-                                 " cycle, by reason.", labels=["reason"])
+        held = new("cj_health_remediation_blocked")
         for reason, value in blocked.items():
             held.add_metric([reason], value)
         yield held
-        yield GaugeMetricFamily("cj_health_remediation_leader",
-                                "1 when this replica holds the remediation leader lock.",
-                                value=int(leader))
-        yield GaugeMetricFamily("cj_health_remediation_paused",
-                                "1 when remediation is paused (remediation.paused or the"
-                                " cj_health_remediation_pause row).", value=int(paused))
-        yield GaugeMetricFamily("cj_health_remediation_dry_run",
-                                "1 when the finalizer only plans (remediation.dry_run).",
-                                value=int(self._dry_run))
-        yield GaugeMetricFamily("cj_health_remediation_wedged_batches",
-                                "Batches wedged or stuck in SCORING seen by the last cycle.",
-                                value=wedged)
+        yield new("cj_health_remediation_leader", int(leader))
+        yield new("cj_health_remediation_paused", int(paused))
+        yield new("cj_health_remediation_dry_run", int(self._dry_run))
+        yield new("cj_health_remediation_wedged_batches", wedged)
         if last is not None:
-            yield GaugeMetricFamily("cj_health_remediation_last_cycle_timestamp_seconds",
-                                    "Unix time of the last remediation cycle.", value=last)
+            yield new("cj_health_remediation_last_cycle_timestamp_seconds", last)

@@ -1,21 +1,10 @@
-"""The vocabulary shared by the finalizer's modules: actions, outcomes and an action's result."""
+"""The finalizer's own types: an action's Result, a batch's History, transaction Limits."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from typing import Any
-
-BACKFILL_ANCHORS = "backfill_anchors"
-REFINALIZE = "refinalize"
-ACTIONS = (BACKFILL_ANCHORS, REFINALIZE)  # the order a cycle runs them in for one batch
-
-APPLIED = "applied"  # the database was changed
-DRY_RUN = "dry_run"  # planned and printed, nothing changed
-SKIPPED = "skipped"  # nothing to do: already finalized, locked by someone else, not wedged
-NEEDS_PERSON = "needs_person"  # refused on purpose (e.g. unusable anchors): a person decides
-FAILED = "failed"  # an error rolled the action back; retried after the cooldown
-OUTCOMES = (APPLIED, DRY_RUN, SKIPPED, NEEDS_PERSON, FAILED)
 
 
 @dataclass(frozen=True)

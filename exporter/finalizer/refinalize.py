@@ -31,18 +31,9 @@ from sqlalchemy.exc import DBAPIError
 
 from exporter import db
 from exporter.finalizer import audit, bt, events, scales, store
-from exporter.finalizer.model import (
-    APPLIED,
-    DEFAULT_LIMITS,
-    DRY_RUN,
-    FAILED,
-    NEEDS_PERSON,
-    REFINALIZE,
-    SKIPPED,
-    Limits,
-    Result,
-)
+from exporter.finalizer.model import DEFAULT_LIMITS, Limits, Result
 from exporter.finalizer.projection import Essay, Projection, project, resolve_anchor_grades
+from exporter.vocabulary import APPLIED, DRY_RUN, FAILED, NEEDS_PERSON, REFINALIZE, SKIPPED
 
 log = logging.getLogger(__name__)
 

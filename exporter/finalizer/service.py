@@ -19,22 +19,23 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from exporter import db
-from exporter.config import Settings
+from exporter.config import FinalizerSettings
 from exporter.finalizer import audit, candidates, valves
 from exporter.finalizer.anchors import backfill_anchors
 from exporter.finalizer.leader import LeaderLock
 from exporter.finalizer.metrics import RemediationMetrics
-from exporter.finalizer.model import BACKFILL_ANCHORS, REFINALIZE, Limits, Result
+from exporter.finalizer.model import Limits, Result
 from exporter.finalizer.refinalize import refinalize
+from exporter.vocabulary import BACKFILL_ANCHORS, REFINALIZE
 
 log = logging.getLogger(__name__)
 
 
-def replica_id(settings: Settings) -> str:
+def replica_id(settings: FinalizerSettings) -> str:
     return settings.remediation.replica_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def limits(settings: Settings) -> Limits:
+def limits(settings: FinalizerSettings) -> Limits:
     # A finalization reads and writes a whole batch: give it more room than a poll query.
     return Limits(statement_timeout=max(settings.statement_timeout_seconds, 30.0),
                   lock_timeout=settings.lock_timeout_seconds)
@@ -61,7 +62,7 @@ class CycleReport:
 class Remediator:
     """Owns the write engine and the leader connection; one instance per exporter process."""
 
-    def __init__(self, settings: Settings, write_url: URL, *,
+    def __init__(self, settings: FinalizerSettings, write_url: URL, *,
                  leader: LeaderLock | None = None, engine: Engine | None = None) -> None:
         self.settings = settings
         r = settings.remediation
@@ -142,7 +143,7 @@ class Remediator:
         self.engine.dispose()
 
 
-def start(settings: Settings) -> tuple[Remediator | None, str]:
+def start(settings: FinalizerSettings) -> tuple[Remediator | None, str]:
     """A Remediator when the settings authorize one, else None and the reason (logged)."""
     auth = valves.authorize(settings)
     if not auth.allowed or auth.write_url is None:

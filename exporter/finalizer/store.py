@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from exporter import outbox_events as ev
 from exporter.finalizer.bt import BTFit
 from exporter.finalizer.projection import AnchorRef, Essay, Projection
 from exporter.finalizer.scales import DEFAULT_SCALE
+from exporter.upstream import events as ev
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL
 
-from exporter.config import ConfigError, RemediationSettings, Settings, resolve_dsn
+from exporter.config import FinalizerSettings, RemediationSettings, resolve_dsn
+from exporter.errors import OperatorError
 from exporter.finalizer.model import History
-
-REASONS = ("paused", "too_many_wedged", "min_wedged_seconds", "max_attempts", "cooldown",
-           "cycle_limit")
+from exporter.vocabulary import BLOCK_REASONS
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Authorization:
         return self.allowed and action in self.actions
 
 
-def authorize(settings: Settings) -> Authorization:
+def authorize(settings: FinalizerSettings) -> Authorization:
     r = settings.remediation
     if not r.enabled:
         return Authorization(False, "remediation.enabled is false")
@@ -51,7 +50,7 @@ def authorize(settings: Settings) -> Authorization:
                                     "(backfill_anchors, refinalize)")
     try:
         url = resolve_dsn(r.write_dsn, r.write_dsn_file, "write_dsn")
-    except ConfigError as exc:
+    except OperatorError as exc:
         return Authorization(False, str(exc))
     mode = "dry run" if r.dry_run else "acting"
     return Authorization(True, f"{mode}: {', '.join(r.actions)}", url, r.actions)
@@ -73,7 +72,7 @@ class Decision:
 def decide(candidates: Sequence[Candidate], *, wedged: int, paused: bool,
            settings: RemediationSettings, history: Mapping[tuple[int, str], History],
            now: float) -> Decision:
-    blocked: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
+    blocked: Counter[str] = Counter(dict.fromkeys(BLOCK_REASONS, 0))
     if paused:
         blocked["paused"] = len(candidates)
         return Decision((), blocked)

@@ -1,39 +1,24 @@
-"""One poll of the views -> an immutable Snapshot. No Prometheus code here.
+"""The rows of one poll -> an immutable Snapshot: parsing, the exported set, the aggregates.
 
-The poll reads the *watched set* only: batches whose state machine or upload status is not
-finished, plus batches active within `lookback_seconds`. Each part of that set is an index scan
-(sql/views/indexes.sql), and the view's per-batch LATERAL facts are computed for those ids only,
-so the poll costs the same whether the database holds a thousand finished batches or millions.
+Pure (no database, no Prometheus): exporter.poll.query fetches the rows, exporter.collector
+turns a Snapshot into metric families. A row that does not fit the contract is skipped and
+counted, never fatal.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
-
-from exporter.db import read_only_snapshot
+from exporter.vocabulary import PROBLEM_COLUMNS
 
 log = logging.getLogger(__name__)
 
-# problem label -> boolean column of cj_batch_health
-PROBLEMS: Mapping[str, str] = {
-    "wedged": "is_wedged",
-    "stuck_scoring": "is_stuck_scoring",
-    "missing_projections": "missing_projections",
-    "anchor_mismatch": "has_anchor_mismatch",
-    "duplicate_completion": "has_duplicate_completion",
-    "duplicate_charge": "has_duplicate_charge",
-    "inconsistent_state": "inconsistent_state",
-    "metadata_incomplete": "metadata_incomplete",
-}
 NO_STATE = "NONE"  # label for a batch that has no cj_batch_states row yet
 
 
@@ -86,56 +71,6 @@ class Snapshot:
     outbox: OutboxFacts
 
 
-_VIEW_COLUMNS = [f.name for f in fields(BatchRow) if f.name not in
-                 ("last_activity", "completed_at", "problems")]
-_VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEMS.values()]
-# Times are fetched as epoch seconds: 'infinity' (a valid timestamptz) or a year past 9999 has no
-# Python datetime, and psycopg would fail the whole fetch on it, so one odd row would make every
-# poll fail. As a double it arrives as inf and only its own row is skipped (and counted).
-_EPOCH_COLUMNS = ("last_activity_at", "completed_at")
-
-
-def _select(column: str) -> str:
-    if column in _EPOCH_COLUMNS:
-        return f"extract(epoch FROM h.{column})::double precision AS {column}"
-    return f"h.{column}"
-
-
-POLL_SQL = text(
-    "WITH watched AS ("
-    " SELECT batch_id AS id FROM cj_batch_states"
-    "  WHERE state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-    " UNION SELECT batch_id FROM cj_batch_states"
-    "  WHERE last_activity_at > now() - make_interval(secs => :lookback)"
-    " UNION SELECT id FROM cj_batch_uploads"
-    "  WHERE status NOT IN ('COMPLETE_STABLE', 'COMPLETE_MAX_COMPARISONS',"
-    "   'COMPLETE_INSUFFICIENT_ESSAYS', 'COMPLETE_FORCED_RECOVERY', 'ERROR_PROCESSING',"
-    "   'ERROR_ESSAY_PROCESSING'))"
-    f" SELECT {', '.join(_select(c) for c in _VIEW_COLUMNS)}"
-    # = ANY(ARRAY(...)), not IN (SELECT ...): the ids become one array parameter, so the view's
-    # cj_batch_uploads is read by primary key. With IN, PostgreSQL hash-joins the watched ids
-    # against a sequential scan of every upload, a cost that grows with history
-    # (docs/performance.md).
-    " FROM cj_batch_health AS h WHERE h.cj_batch_id = ANY (ARRAY(SELECT id FROM watched))"
-)
-OUTBOX_SQL = text(
-    "SELECT unpublished_events, failed_events, oldest_unpublished_age_seconds"
-    " FROM cj_outbox_health"
-)
-
-
-def poll(engine: Engine, *, statement_timeout: float, lock_timeout: float,
-         lookback: float, recent_window: float, max_batches: int) -> Snapshot:
-    """Read the watched batches and the outbox in one read-only snapshot."""
-    started = time.monotonic()
-    with read_only_snapshot(engine, statement_timeout, lock_timeout) as conn:
-        rows = conn.execute(POLL_SQL, {"lookback": lookback}).mappings().all()
-        outbox = conn.execute(OUTBOX_SQL).mappings().one()
-    now = time.time()
-    return build_snapshot(rows, outbox, now=now, duration=time.monotonic() - started,
-                          recent_window=recent_window, max_batches=max_batches)
-
-
 def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any], *,
                    now: float, duration: float, recent_window: float,
                    max_batches: int) -> Snapshot:
@@ -152,7 +87,7 @@ def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any],
         dropped=max(len(exported) - max_batches, 0),
         malformed_rows=len(rows) - len(parsed),
         by_state=Counter((b.cj_state, b.upload_status) for b in parsed),
-        problem_counts={p: sum(p in b.problems for b in parsed) for p in PROBLEMS},
+        problem_counts={p: sum(p in b.problems for b in parsed) for p in PROBLEM_COLUMNS},
         duplicate_events=_duplicates(parsed),
         outbox=OutboxFacts(
             unpublished_events=int(outbox["unpublished_events"]),
@@ -207,7 +142,7 @@ def _parse_row(row: Mapping[Any, Any]) -> BatchRow | None:
             resource_events=int(row["resource_events"]),
             completion_event_burst=int(row["completion_event_burst"]),
             is_terminal=bool(row["is_terminal"]),
-            problems=frozenset(p for p, column in PROBLEMS.items() if row[column]),
+            problems=frozenset(p for p, column in PROBLEM_COLUMNS.items() if row[column]),
         )
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         log.warning("skipping malformed cj_batch_health row %r: %s",

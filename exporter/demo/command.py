@@ -14,9 +14,11 @@ import logging
 
 from sqlalchemy import create_engine, text
 
-from exporter import config, db, scenarios, sqlfiles
+from exporter import config, db, service, sqlfiles
 from exporter.config import RemediationSettings, Settings
-from exporter.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter.demo import scenarios
+from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter.vocabulary import ACTIONS
 
 DATABASE = "cj_demo"
 
@@ -54,17 +56,15 @@ def demo_remediation(dsn: str, poll_interval: float) -> RemediationSettings:
     """Acting (not a dry run) on both actions; a batch quiet for a minute counts as wedged
     (every planted wedge is far older), and a cycle runs as often as the poll."""
     return RemediationSettings(enabled=True, write_dsn=dsn,
-                               actions=("backfill_anchors", "refinalize"), dry_run=False,
+                               actions=ACTIONS, dry_run=False,
                                interval_seconds=poll_interval, min_wedged_seconds=60.0,
                                replica_id="demo")
 
 
 def run(listen_address: str, poll_interval: float, log_level: str,
         remediation: bool = False) -> int:
-    from exporter.cli import run_service, setup_logging
-
     host, port = config.parse_listen_address(listen_address)
-    setup_logging(log_level)
+    service.setup_logging(log_level)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # initdb chatter is not for users
     runtime_dir_env()
     pg = EmbeddedPostgres()
@@ -81,6 +81,6 @@ def run(listen_address: str, poll_interval: float, log_level: str,
         banner = ("cj-health-exporter demo: metrics at {url}\n"
                   f"inspect a batch: cj-health-exporter inspect ID --dsn '{settings.dsn}'\n"
                   "Ctrl-C stops the demo and deletes its database.")
-        return run_service(settings, engine, host, port, banner=banner)
+        return service.run(settings, engine, host, port, banner=banner)
     finally:
         pg.close()

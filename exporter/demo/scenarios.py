@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from exporter import outbox_events as ev
+from exporter.upstream import events as ev
+from exporter.vocabulary import problem_set
 
 SWEDISH_8 = ("F", "E", "D", "D+", "C", "C+", "B", "A")
 DEMO_ASSIGNMENT = "demo-assignment-essay-2026"
@@ -249,41 +250,41 @@ GRADES = ("E", "D", "C", "B", "A")
 # name -> (spec, problems the exporter must flag on exactly that batch)
 DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
     "healthy_with_anchors": (
-        BatchSpec(anchor_grades=GRADES, projections=True, completion_runs=1), frozenset()),
-    "healthy_without_anchors": (BatchSpec(completion_runs=1), frozenset()),
+        BatchSpec(anchor_grades=GRADES, projections=True, completion_runs=1), problem_set()),
+    "healthy_without_anchors": (BatchSpec(completion_runs=1), problem_set()),
     "healthy_forced_recovery": (
         BatchSpec(status="COMPLETE_FORCED_RECOVERY", completed=26, failed=0, submitted=26,
-                  completion_runs=1), frozenset()),
+                  completion_runs=1), problem_set()),
     "single_essay": (
         BatchSpec(status="COMPLETE_INSUFFICIENT_ESSAYS", students=1, budget=None, submitted=0,
-                  completed=0, request_metadata=False, completion_runs=1), frozenset()),
+                  completed=0, request_metadata=False, completion_runs=1), problem_set()),
     "in_flight": (
         BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12, failed=1,
                   finished=False, anchor_grades=GRADES, idle=timedelta(seconds=40)),
-        frozenset()),
+        problem_set()),
     "initializing": (
         BatchSpec(status="PENDING", state="INITIALIZING", budget=None, submitted=0, completed=0,
                   request_metadata=False, finished=False, idle=timedelta(seconds=5)),
-        frozenset()),
+        problem_set()),
     "batch20_wedge": (
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
                   anchors_flagged=False, idle=timedelta(hours=2)),
-        frozenset({"wedged", "anchor_mismatch", "missing_projections"})),
+        problem_set("wedged", "anchor_mismatch", "missing_projections")),
     "stuck_scoring": (
         BatchSpec(status="FETCHING_CONTENT", state="SCORING", finished=False,
                   idle=timedelta(minutes=50)),
-        frozenset({"stuck_scoring"})),
+        problem_set("stuck_scoring")),
     "runaway_completion": (
         BatchSpec(completion_runs=83, burst_spacing=timedelta(milliseconds=70)),
-        frozenset({"duplicate_completion", "duplicate_charge"})),
+        problem_set("duplicate_completion", "duplicate_charge")),
     "monitor_failed": (
         BatchSpec(status="FETCHING_CONTENT", state="FAILED", completed=10, finished=False,
                   idle=timedelta(minutes=15)),
-        frozenset({"inconsistent_state"})),
+        problem_set("inconsistent_state")),
     "no_budget_in_flight": (
         BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", budget=None,
                   completed=5, request_metadata=False, finished=False),
-        frozenset({"metadata_incomplete"})),
+        problem_set("metadata_incomplete")),
 }
 
 
@@ -296,7 +297,7 @@ def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozen
     rerun_bos = "7b0c1d2e-0000-4000-8000-0000000e0e0e"
     for _ in range(2):
         planted[seeder.insert_batch(BatchSpec(bos_batch_id=rerun_bos, completion_runs=1))] = (
-            frozenset())
+            problem_set())
     # Years of history are not watched: a batch finished long ago is never exported.
     seeder.insert_batch(BatchSpec(completion_runs=1, idle=timedelta(days=400)))
     seeder.outbox_backlog(pending=4, failed=3, oldest=timedelta(minutes=25))

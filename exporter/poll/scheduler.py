@@ -20,18 +20,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.core import Metric
 from sqlalchemy import Engine
 
-from exporter import health
-from exporter.collector import (
-    ERROR_REASONS,
-    SelfStats,
-    SnapshotCollector,
-    idle_remediation_families,
-    render,
-)
+from exporter.collector import SelfStats, SnapshotCollector, idle_remediation_families, render
 from exporter.config import Settings
 from exporter.db import InFlight, describe_error, error_reason
-from exporter.health import Snapshot
-from exporter.web import Page, Store
+from exporter.handoff import Page, Store
+from exporter.poll import query
+from exporter.poll.snapshot import Snapshot
+from exporter.vocabulary import POLL_ERROR_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +47,7 @@ class Poller:
         self._up = False
         self._last_duration: float | None = None
         self._polls = 0
-        self._errors = dict.fromkeys(ERROR_REASONS, 0)
+        self._errors = dict.fromkeys(POLL_ERROR_REASONS, 0)
         self._skipped = 0
         self._in_flight = InFlight(engine)
         self._idle = threading.Event()
@@ -80,11 +75,8 @@ class Poller:
 
     def _poll(self) -> None:
         started = time.monotonic()
-        s = self.settings
         try:
-            snap = health.poll(self.engine, statement_timeout=s.statement_timeout_seconds,
-                               lock_timeout=s.lock_timeout_seconds, lookback=s.lookback_seconds,
-                               recent_window=s.recent_window_seconds, max_batches=s.max_batches)
+            snap = query.poll(self.engine, self.settings)
         except Exception as exc:  # a poll must never kill the loop; every failure is counted
             reason = error_reason(exc)
             with self._lock:

@@ -6,25 +6,17 @@ BATCH is a cj_batch_id or a bos_batch_id (which may have several CJ runs: all ar
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-from exporter import outbox_events as ev
-from exporter.health import PROBLEMS
-
-EXPLAIN = {
-    "wedged": "upload says complete (or every callback is in) but the state machine never "
-              "finished: nobody will finalize it",
-    "stuck_scoring": "finalization failed in SCORING; upstream never retries it",
-    "missing_projections": "complete and projectable, yet no grade projections were written",
-    "anchor_mismatch": "is_anchor column disagrees with processing_metadata.is_anchor",
-    "duplicate_completion": "more than one completion/result event for this CJ run",
-    "duplicate_charge": "more resource-consumption events than finalized runs of the BOS batch",
-    "inconsistent_state": "state is final but the upload status is not",
-    "metadata_incomplete": "in flight without total_budget or request metadata",
-}
+from exporter import PROG
+from exporter.config import Settings
+from exporter.service import connect
+from exporter.upstream import events as ev
+from exporter.vocabulary import PROBLEM_COLUMNS, PROBLEMS
 
 _BATCHES = text(
     "SELECT * FROM cj_batch_health WHERE bos_batch_id = :key"
@@ -41,6 +33,20 @@ _EVENTS = text(
 )
 
 
+def run(settings: Settings, key: str, as_json_output: bool) -> int:
+    """The `inspect` command: exit 1 for an unknown batch."""
+    engine = connect(settings)
+    try:
+        found = find(engine, key)
+    finally:
+        engine.dispose()
+    if not found:
+        print(f"{PROG}: no CJ batch with cj_batch_id or bos_batch_id {key!r}", file=sys.stderr)
+        return 1
+    print(as_json(found) if as_json_output else as_text(found))
+    return 0
+
+
 def find(engine: Engine, key: str) -> list[dict[str, Any]]:
     num = key if key.isdigit() and len(key) <= 9 else "0"
     with engine.connect() as conn:
@@ -50,7 +56,7 @@ def find(engine: Engine, key: str) -> list[dict[str, Any]]:
                       "completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
                       "resource": ev.RESOURCE_EVENT}
             batch["outbox_events"] = [dict(r) for r in conn.execute(_EVENTS, params).mappings()]
-            batch["problems"] = [p for p, column in PROBLEMS.items() if batch[column]]
+            batch["problems"] = [p for p, column in PROBLEM_COLUMNS.items() if batch[column]]
     return batches
 
 
@@ -92,7 +98,7 @@ def _block(b: dict[str, Any]) -> str:
                                  f"(burst {b['completion_event_burst']}/60s)"),
     ]
     lines.append("  problems:" if b["problems"] else "  problems:              none")
-    lines += [f"    - {p}: {EXPLAIN[p]}" for p in b["problems"]]
+    lines += [f"    - {p}: {PROBLEMS[p].explanation}" for p in b["problems"]]
     if b["outbox_events"]:
         lines.append("  outbox events:")
         for e in b["outbox_events"][:20]:

@@ -7,67 +7,20 @@ read-only: anything but GET and HEAD gets 405.
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import socket
 import ssl
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from exporter.collector import Rendered
+from exporter.handoff import Store
+from exporter.web.negotiation import choose
+from exporter.web.pages import healthz, landing_page
 
 log = logging.getLogger(__name__)
-
-TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class Page:
-    """What the last poll published: the metrics bytes and a status for / and /healthz."""
-
-    metrics: Rendered
-    status: dict[str, Any]
-
-
-class Store:
-    """Holds the current Page; publishing swaps one reference, so readers never see a mix."""
-
-    def __init__(self, first: Page) -> None:
-        self._page = first
-
-    def publish(self, page: Page) -> None:
-        self._page = page
-
-    @property
-    def page(self) -> Page:
-        return self._page
-
-
-def choose(rendered: Rendered, accept: str, accept_encoding: str) -> tuple[bytes, str, bool]:
-    """Pick body, content type and whether it is gzip-encoded for the request headers."""
-    gzip_ok = any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
-    if "application/openmetrics-text" in accept:
-        body = rendered.openmetrics_gzip if gzip_ok else rendered.openmetrics
-        return body, OPENMETRICS_TYPE, gzip_ok
-    return (rendered.text_gzip if gzip_ok else rendered.text), TEXT_TYPE, gzip_ok
-
-
-def landing_page(status: dict[str, Any]) -> bytes:
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in status.items())
-    return (
-        "<!doctype html><html><head><title>cj-health-exporter</title></head><body>"
-        "<h1>cj-health-exporter</h1><p>Health of Comparative Judgement batches.</p>"
-        '<ul><li><a href="/metrics">Metrics</a></li><li><a href="/healthz">Health</a></li></ul>'
-        f"<table>{rows}</table></body></html>"
-    ).encode()
-
 
 # True lets the request through; False answers 401 with a Basic challenge.
 Authorizer = Callable[[BaseHTTPRequestHandler], bool]
@@ -80,7 +33,7 @@ CHALLENGE = 'Basic realm="cj-health-exporter", charset="UTF-8"'
 
 
 class TLSProvider(Protocol):
-    """What the server needs for TLS (exporter.webconfig.WebSecurity provides it)."""
+    """What the server needs for TLS (exporter.web.reload.WebSecurity provides it)."""
 
     def context(self) -> ssl.SSLContext:
         """The context for the next connection (may change when certificates are rotated)."""
@@ -150,10 +103,7 @@ def make_handler(store: Store, authorize: Authorizer | None = None,
             elif path == "/":
                 self._send(200, "text/html; charset=utf-8", landing_page(page.status), {}, head)
             elif path == "/healthz":
-                # Liveness only: a database outage is reported by cj_health_up, not by failing
-                # this probe (restarting the exporter would not bring the database back).
-                body = json.dumps({"status": "ok", **page.status}).encode()
-                self._send(200, "application/json", body, {}, head)
+                self._send(200, "application/json", healthz(page.status), {}, head)
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n", {}, head)
 

@@ -1,0 +1,2 @@
+"""The one-shot commands (`inspect`, `install-view`, `remediate`); `serve` is exporter.service
+and `demo` is exporter.demo."""

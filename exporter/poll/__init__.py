@@ -1,0 +1,1 @@
+"""The poll core: what is read (watched, query), what it means (snapshot), when (scheduler)."""

@@ -1,0 +1,1 @@
+"""What the CJ service (upstream) writes, as data shapes: its outbox events (events)."""
