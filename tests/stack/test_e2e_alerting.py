@@ -32,12 +32,12 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from exporter.demo import scenarios
-from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import Daemon, ExporterProcess, free_port, load_module
+from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.paths import ROOT
+from tests.support.process import Daemon, ExporterProcess, free_port, load_module
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "alerts"
 JOB = "cj-health-exporter"
 PAGE_DEADLINE_S = 60.0  # the bar: the page reaches the receiver in under a minute

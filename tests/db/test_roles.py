@@ -24,9 +24,8 @@ from exporter.demo import scenarios
 from exporter.finalizer import audit
 from exporter.finalizer.service import Remediator
 from exporter.poll.scheduler import Poller
-
-from .conftest import Server, drop_database, new_database
-from .hardening_support import apply_roles, drop_roles, libpq_url, metric
+from tests.support.database import Server, drop_database, new_database
+from tests.support.hardening import apply_roles, drop_roles, libpq_url, metric
 
 RO, RW, OP, PERSON = "cj_health_ro", "cj_health_remediator", "cj_health_operator", "cjh_person"
 RO_PASSWORD, RW_PASSWORD = "ro-test-pw-1", "rw-test-pw-2"  # test-only; docs say use \password

@@ -31,9 +31,8 @@ from sqlalchemy import create_engine, text
 from exporter import sqlfiles
 from exporter.demo.embedded import EmbeddedPostgres
 from exporter.demo.scenarios import BatchSpec, Seeder
-
-from .conftest import SeededDb, url_string
-from .hardening_support import (
+from tests.support.database import SeededDb, url_string
+from tests.support.hardening import (
     exporter_backends,
     fd_count,
     metric,
@@ -42,7 +41,7 @@ from .hardening_support import (
     thread_count,
     wait_until,
 )
-from .helpers import ExporterProcess, http_get
+from tests.support.process import ExporterProcess, http_get
 
 OUTAGE_CYCLES = 20
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import promql_parser
@@ -27,10 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from exporter.demo import scenarios
-from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import ExporterProcess, selectors
+from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.paths import ROOT
+from tests.support.process import ExporterProcess, selectors
 
-ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 # Series Prometheus makes itself, not the exporter.

@@ -29,12 +29,12 @@ import pytest
 from sqlalchemy import create_engine
 
 from exporter.demo import scenarios
-from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import Daemon, ExporterProcess, http_get, load_module
+from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.paths import ROOT
+from tests.support.process import Daemon, ExporterProcess, http_get, load_module
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
 JOB = "cj-health-exporter"  # the rule pack's job (alerts/params.yml) and deploy/prometheus.yml's

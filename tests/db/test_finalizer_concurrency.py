@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 from exporter.finalizer.model import Result
 from exporter.finalizer.refinalize import Hooks, refinalize
 from exporter.vocabulary import APPLIED, SKIPPED
-from tests.remediation_support import (
+from tests.support.remediation import (
     RemediationDb,
     audit_rows,
     events_of,

@@ -24,7 +24,7 @@ from exporter.finalizer.model import History
 from exporter.finalizer.service import Remediator
 from exporter.finalizer.valves import Candidate
 from exporter.vocabulary import APPLIED, DRY_RUN, NEEDS_PERSON
-from tests.remediation_support import (
+from tests.support.remediation import (
     RemediationDb,
     audit_rows,
     health,

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from exporter import cli
-from tests.helpers import ExporterProcess, free_port, http_get
-from tests.remediation_support import (
+from tests.support.process import ExporterProcess, free_port, http_get
+from tests.support.remediation import (
     RemediationDb,
     audit_rows,
     health,

@@ -13,9 +13,9 @@ from sqlalchemy import create_engine, text
 
 from exporter import sqlfiles
 from exporter.demo.embedded import EmbeddedPostgres
-
-from .conftest import SeededDb, Server, drop_database, new_database, url_string
-from .helpers import ExporterProcess, http_get
+from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.paths import ROOT
+from tests.support.process import ExporterProcess, http_get
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -124,7 +124,7 @@ def test_generate_dashboards_script_matches_the_committed_json(tmp_path: object)
     from pathlib import Path
 
     out = Path(str(tmp_path))
-    root = Path(__file__).resolve().parents[1] / "dashboards"
+    root = ROOT / "dashboards"
     script = [sys.executable, str(root / "generate.py")]
     result = subprocess.run([*script, "--out-dir", str(out)], capture_output=True, text=True,
                             timeout=60)

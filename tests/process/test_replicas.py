@@ -31,10 +31,9 @@ from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec, Seeder
 from exporter.finalizer import audit
 from exporter.finalizer.leader import LOCK_KEY
-
-from .conftest import Server, drop_database, new_database
-from .hardening_support import apply_roles, drop_roles, metric, wait_until
-from .helpers import ExporterProcess
+from tests.support.database import Server, drop_database, new_database
+from tests.support.hardening import apply_roles, drop_roles, metric, wait_until
+from tests.support.process import ExporterProcess
 
 INTERVAL = 0.5  # remediation cycle, seconds
 WEDGED = BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS",

@@ -25,9 +25,8 @@ from exporter.poll.scheduler import Poller, PollScheduler
 from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 from exporter.web.negotiation import OPENMETRICS_TYPE, TEXT_TYPE
 from exporter.web.server import MetricsServer
-
-from .conftest import SeededDb
-from .helpers import free_port, http_get
+from tests.support.database import SeededDb
+from tests.support.process import free_port, http_get
 
 
 def make_poller(url: str, **overrides: object) -> Poller:
@@ -176,7 +175,7 @@ def test_openmetrics_rendering_parses(poller: Poller) -> None:
 
 
 def test_failed_polls_keep_the_snapshot_then_go_stale(cj_db: str, pg_server: object) -> None:
-    from .conftest import drop_database
+    from tests.support.database import drop_database
 
     p = make_poller(cj_db, poll_interval_seconds=0.2, stale_after=2)
     engine = create_engine(cj_db)
@@ -290,7 +289,7 @@ def test_landing_health_and_read_only_endpoints(server: MetricsServer) -> None:
 
 def test_scrape_never_touches_the_database(server: MetricsServer, poller: Poller,
                                            seeded_db: SeededDb, pg_server: object) -> None:
-    from .conftest import drop_database
+    from tests.support.database import drop_database
 
     before = http_get(f"http://127.0.0.1:{server.port}/metrics")[2]
     poller.engine.dispose()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import free_port, http_get
+from tests.support.process import free_port, http_get
 
 
 def planted_from(summary: str) -> dict[int, set[str]]:

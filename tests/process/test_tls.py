@@ -32,10 +32,9 @@ from exporter.web import config as webconfig
 from exporter.web import tls
 from exporter.web.auth import BasicAuth, parse_basic
 from exporter.web.reload import WebSecurity
-
-from .conftest import SeededDb, Server, drop_database, new_database, url_string
-from .hardening_support import Pki, make_leaf, make_pki, percentiles
-from .helpers import ExporterProcess, free_port
+from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.hardening import Pki, make_leaf, make_pki, percentiles
+from tests.support.process import ExporterProcess, free_port
 
 PASSWORD = "scrape-pässword-1"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()

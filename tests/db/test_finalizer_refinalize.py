@@ -18,7 +18,7 @@ from exporter.finalizer.anchors import backfill_anchors
 from exporter.finalizer.refinalize import refinalize
 from exporter.upstream import events as ev
 from exporter.vocabulary import APPLIED, DRY_RUN, FAILED, NEEDS_PERSON, SKIPPED
-from tests.remediation_support import (
+from tests.support.remediation import (
     RemediationDb,
     audit_rows,
     events_of,

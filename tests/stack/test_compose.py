@@ -30,10 +30,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from exporter import config as exporter_config
-from tests.conftest import Server, drop_database, new_database, url_string
-from tests.helpers import ExporterProcess
+from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.paths import ROOT
+from tests.support.process import ExporterProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import load_module
+from tests.support.paths import ROOT
+from tests.support.process import load_module
 
-ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
 UIDS = {"overview.json": "cj-health-overview", "batch.json": "cj-health-batch"}

@@ -13,8 +13,7 @@ from sqlalchemy import Connection, create_engine, text
 
 from exporter.demo.scenarios import GRADES, BatchSpec, Seeder
 from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
-
-from .conftest import SeededDb
+from tests.support.database import SeededDb
 
 # The contract of DESIGN.md ("The view cj_batch_health"), in order of appearance there.
 DESIGN_COLUMNS = [

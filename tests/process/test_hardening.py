@@ -23,10 +23,9 @@ from sqlalchemy import create_engine, text
 
 from exporter.config import RemediationSettings, Settings
 from exporter.demo.embedded import EmbeddedPostgres
-
-from .conftest import seeded_own_postgres
-from .hardening_support import apply_roles, metric
-from .helpers import ExporterProcess, free_port, http_get
+from tests.support.database import seeded_own_postgres
+from tests.support.hardening import apply_roles, metric
+from tests.support.process import ExporterProcess, free_port, http_get
 
 # Characters that need URL-encoding, so both spellings are searched for.
 SECRET = "Sx9-p@ss:w/rd%7e-unique"

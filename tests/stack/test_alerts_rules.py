@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import load_module, selectors
+from tests.support.paths import ROOT
+from tests.support.process import load_module, selectors
 
-ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "alerts"
 RULES = ALERTS / "cj-batch-health.rules.yml"
 PARAMS = ALERTS / "params.yml"

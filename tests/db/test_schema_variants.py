@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -15,11 +14,10 @@ from exporter import sqlfiles
 from exporter.config import Settings
 from exporter.demo import scenarios
 from exporter.poll import query
+from tests.support.database import Server, drop_database, url_string
+from tests.support.paths import ALEMBIC_SCHEMA
 
-from .conftest import Server, drop_database, url_string
-
-ALEMBIC_DUMP = (Path(__file__).resolve().parents[2] / "shared" / "upstream"
-                / "cj_schema_alembic_head.sql")
+ALEMBIC_DUMP = ALEMBIC_SCHEMA
 ORM_STATUS_ORDER = ("PENDING", "FETCHING_CONTENT", "PERFORMING_COMPARISONS",
                     "COMPLETE_FORCED_RECOVERY", "COMPLETE_STABLE", "COMPLETE_MAX_COMPARISONS",
                     "COMPLETE_INSUFFICIENT_ESSAYS", "ERROR_PROCESSING", "ERROR_ESSAY_PROCESSING")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,9 +20,9 @@ from bench import seed as bench_seed
 from exporter import sqlfiles
 from exporter.config import Settings
 from exporter.poll import query
-from tests.conftest import Server, url_string
+from tests.support.database import Server, url_string
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = bench_seed.SeedParams(batches=60, in_flight=5, recent=10, faulty=12, seed=7)
 
 
