@@ -9,6 +9,7 @@ step of it is missing. No promtool here: tests/stack/test_alerts_rules.py runs t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -28,12 +29,18 @@ cjalerts = sys.modules["cjalerts"]  # the module generate.py imported (one regis
 SPECS = gen.specs()
 
 
+@functools.cache
 def params() -> Any:
     return gen.validate(gen.load_params(ALERTS / "params.yml"))
 
 
-def promtool_cases() -> Iterator[tuple[str, bool]]:
+@functools.cache
+def promtool_cases() -> tuple[tuple[str, bool], ...]:
     """(alertname, fires) of every alert_rule_test of alerts/tests/*.test.yml."""
+    return tuple(_cases())
+
+
+def _cases() -> Iterator[tuple[str, bool]]:
     for path in sorted((ALERTS / "tests").glob("*.test.yml")):
         for group in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
             for case in group.get("alert_rule_test", []):
