@@ -651,3 +651,111 @@ def test_notes_say_what_to_do_next() -> None:
     full = k8s.render(FULL)["cj-health-exporter/templates/NOTES.txt"]
     assert "Remediation is ENABLED and WRITES" in full and "TCP connects" in full
     assert "create secret" not in full
+
+
+# --- the probes against the real exporter, with TLS and basic auth on -----------------------
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    folder.mkdir(parents=True, exist_ok=True)
+    openssl = shutil.which("openssl")
+    assert openssl, "`openssl` is required: .ci/test.sh installs it"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def _kubelet_probe(probe: dict[str, Any], port: int) -> bool:
+    """What the kubelet does for a tcpSocket or httpGet probe (HTTPS without verifying the
+    certificate, no credentials; 200-399 is a success)."""
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    if "tcpSocket" in probe:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return True
+        except OSError:
+            return False
+    get = probe["httpGet"]
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    url = f"{get['scheme'].lower()}://127.0.0.1:{port}{get['path']}"
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return 200 <= int(response.status) < 400
+    except urllib.error.HTTPError as exc:
+        return 200 <= exc.code < 400
+    except OSError:
+        return False
+
+
+def test_probes_work_against_the_exporter_with_tls_and_basic_auth(tmp_path: Path,
+                                                                  cj_db: str) -> None:
+    import base64
+    import os
+    import ssl
+    import urllib.request
+
+    import bcrypt
+
+    from tests.helpers import free_port
+
+    password = "scrape-secret"
+    users = {"prometheus": bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()}
+    values = {
+        "database": {"existingSecret": "", "secretKey": "dsn", "dsn": cj_db},
+        "config": {"poll_interval_seconds": 1},
+        "webConfig": {"config": {
+            "tls_server_config": {"cert_file": "/etc/cj-health-exporter/tls/tls.crt",
+                                  "key_file": "/etc/cj-health-exporter/tls/tls.key"},
+            "basic_auth_users": users}, "tlsSecret": "cj-health-exporter-tls"},
+    }
+    objs = k8s.objects(values)
+    layout_pod(objs, tmp_path)
+    _self_signed(tmp_path / "etc" / "cj-health-exporter" / "tls")  # the tlsSecret's files
+    for rendered in (tmp_path / "etc").rglob("*.yml"):  # the pod's absolute paths, under tmp
+        rendered.write_text(rendered.read_text().replace(
+            "/etc/cj-health-exporter/", f"{tmp_path}/etc/cj-health-exporter/"))
+    deployment = k8s.one(objs, "Deployment")
+    c = container(deployment)
+    args = [a.replace("/etc/cj-health-exporter/", f"{tmp_path}/etc/cj-health-exporter/")
+            for a in c["args"]]
+    port = free_port()
+    log = (tmp_path / "exporter.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", *args,
+                             "--web.listen-address", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        context = ssl.create_default_context(
+            cafile=str(tmp_path / "etc" / "cj-health-exporter" / "tls" / "tls.crt"))
+        auth = base64.b64encode(f"prometheus:{password}".encode()).decode()
+        request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": f"Basic {auth}"})
+        deadline = time.monotonic() + 30
+        body = b""
+        while time.monotonic() < deadline and b"cj_health_up 1" not in body:
+            assert proc.poll() is None, (tmp_path / "exporter.log").read_text()
+            try:
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:
+                    body = response.read()
+            except OSError:
+                time.sleep(0.2)
+        assert b"cj_health_up 1" in body, (tmp_path / "exporter.log").read_text()
+
+        for name in ("livenessProbe", "readinessProbe"):
+            assert _kubelet_probe(c[name], port), name  # the chart's probes: TCP, succeed
+        # why not httpGet: without credentials /healthz answers 401, a failed probe
+        http_probe = {"httpGet": {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}}
+        assert not _kubelet_probe(http_probe, port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+    assert not _kubelet_probe(c["livenessProbe"], port)  # and it fails once the process is gone
