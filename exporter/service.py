@@ -39,7 +39,6 @@ SHUTDOWN_SECONDS = 4.0
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def connect(settings: Settings, check_view: bool = True) -> Engine:
@@ -105,7 +104,7 @@ def _start_remediator(settings: Settings) -> Remediator | None:
 
 def _poller(settings: Settings, engine: Engine, remediator: Remediator | None) -> Poller:
     if remediator:
-        return Poller(settings, engine, extra_metrics=remediator.metrics.collect,
+        return Poller(settings, engine, extra_metrics=remediator.collect,
                       remediation_enabled=remediator.acting)
     # the core exports cj_health_remediations_total at 0 (idle_remediation_families)
     return Poller(settings, engine)
