@@ -19,7 +19,8 @@ the lock is held depends on what lies between the exporter and PostgreSQL
   left mid-transaction) or is disconnected. The price: the leader's session shows as
   `idle in transaction` and keeps one server connection of the pool; it has no transaction id
   and no snapshot between statements, so it holds back neither vacuum nor CREATE INDEX
-  CONCURRENTLY. A pooler is recognised by the backend pid the connection announced at start-up
+  CONCURRENTLY. Its idle_in_transaction_session_timeout is set to three cycles (at least
+  30 s), so a leader that stops checking in loses the lock. A pooler is recognised by the backend pid the connection announced at start-up
   (BackendKeyData; PgBouncer makes up its own) not being `pg_backend_pid()`.
 - `none`: no election; every replica runs the cycle.
 
@@ -75,8 +76,12 @@ _HELD = (
 class LeaderLock:
     def __init__(self, url: URL, connect_timeout: int,
                  application_name: str = "cj-health-exporter-leader",
-                 election: str = AUTO_ELECTION) -> None:
+                 election: str = AUTO_ELECTION, cycle_seconds: float = 60.0) -> None:
         self._url = url
+        # How long the lock's transaction may sit idle before PostgreSQL ends it: a few missed
+        # cycles (a hung process) hand leadership over; sql/roles.sql's 60 s role default would
+        # end it between two cycles of the default 60 s.
+        self._idle_limit_ms = int(max(3 * cycle_seconds, 30.0) * 1000)
         self._connect_timeout = connect_timeout
         self._application_name = application_name
         self.election = election
@@ -104,6 +109,7 @@ class LeaderLock:
             return self.held
         except psycopg.Error as exc:
             log.warning("remediation leader lock unavailable: %s", str(exc).strip()[:200])
+            self.held = False  # nothing to release on a connection that just failed
             self.close()
             return False
 
@@ -135,6 +141,7 @@ class LeaderLock:
                 LOCK_KEY)
             return bool(took)
         conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY")
+        conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {self._idle_limit_ms}")
         took, self._backend = _one(conn, _TAKE_IN_TRANSACTION)
         if not took:  # a follower keeps no transaction open, and so no server connection
             conn.execute("ROLLBACK")
@@ -168,14 +175,17 @@ class LeaderLock:
 
     def close(self) -> None:
         """Closing the session releases the lock; another replica takes over next cycle."""
-        self.held = False
+        held, self.held = self.held, False
         if self._conn is not None:
             try:
-                if self._conn.info.transaction_status == pq.TransactionStatus.INTRANS:
-                    # Release the transaction lock now: through PgBouncer, closing alone ends
-                    # the server's transaction only when PgBouncer gets round to closing it.
-                    with contextlib.suppress(psycopg.Error):
+                # Release now: a closed socket ends the server's session (or, through PgBouncer,
+                # its transaction) only when the backend or PgBouncer gets round to it.
+                with contextlib.suppress(psycopg.Error):
+                    if self._conn.info.transaction_status == pq.TransactionStatus.INTRANS:
                         self._conn.execute("ROLLBACK")
+                    elif held and self.method == SESSION_LOCK:
+                        self._conn.execute("SELECT pg_advisory_unlock(%s::int4, %s::int4)",
+                                           LOCK_KEY)
                 self._conn.close()
             finally:
                 self._conn = None

@@ -75,7 +75,8 @@ class Remediator:
                                                application_name="cj-health-exporter-finalizer",
                                                pool_size=2)
         self.leader = leader if leader is not None else LeaderLock(
-            write_url, settings.connect_timeout_seconds, election=r.leader_election)
+            write_url, settings.connect_timeout_seconds, election=r.leader_election,
+            cycle_seconds=r.interval_seconds)
         self.metrics = RemediationMetrics(dry_run=r.dry_run)
         self.on_cycle_done: Callable[[], None] = lambda: None
 
