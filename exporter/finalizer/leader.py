@@ -20,8 +20,9 @@ the lock is held depends on what lies between the exporter and PostgreSQL
   `idle in transaction` and keeps one server connection of the pool; it has no transaction id
   and no snapshot between statements, so it holds back neither vacuum nor CREATE INDEX
   CONCURRENTLY. Its idle_in_transaction_session_timeout is set to three cycles (at least
-  30 s), so a leader that stops checking in loses the lock. A pooler is recognised by the backend pid the connection announced at start-up
-  (BackendKeyData; PgBouncer makes up its own) not being `pg_backend_pid()`.
+  30 s), so a leader that stops checking in loses the lock. A pooler is recognised by the
+  backend pid the connection announced at start-up (BackendKeyData; PgBouncer makes up its own)
+  not being `pg_backend_pid()`.
 - `none`: no election; every replica runs the cycle.
 
 Leadership only keeps the followers from doing useless work. Exactly-once never depends on it:
