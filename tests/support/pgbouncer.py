@@ -36,7 +36,7 @@ class PgBouncer:
 
     def __init__(self, backend: URL, pool_mode: str, pool_size: int = 4,
                  users: dict[str, str] | None = None, **extra: str | int) -> None:
-        binary = shutil.which("pgbouncer")
+        binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
         assert binary, "`pgbouncer` is required: .ci/test.sh installs the Debian package"
         self.binary = binary
         self.pool_mode = pool_mode
