@@ -14,8 +14,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy import create_engine, text
 
@@ -26,6 +24,7 @@ from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 from exporter.web.negotiation import OPENMETRICS_TYPE, TEXT_TYPE
 from exporter.web.server import MetricsServer
 from tests.support.database import SeededDb
+from tests.support.exposition import parse
 from tests.support.process import free_port, http_get
 
 
@@ -44,18 +43,18 @@ def poller(seeded_db: SeededDb) -> Iterator[Poller]:
 
 
 def samples(poller: Poller) -> list[Sample]:
-    body = poller.store.page.metrics.text.decode()
-    return [s for fam in text_string_to_metric_families(body) for s in fam.samples]
+    families = parse(poller.store.page.metrics.text).families.values()
+    return [s for family in families for s in family.samples]
 
 
 def named(poller: Poller, name: str) -> list[Sample]:
-    return [s for s in samples(poller) if s.name == name]
+    return parse(poller.store.page.metrics.text).samples(name)
 
 
 def value(poller: Poller, name: str, **labels: str) -> float:
-    found = [s.value for s in named(poller, name) if labels.items() <= s.labels.items()]
-    assert len(found) == 1, (name, labels, found)
-    return found[0]
+    found = parse(poller.store.page.metrics.text).value(name, **labels)
+    assert found is not None, (name, labels)
+    return found
 
 
 def test_problem_series_exactly_on_the_planted_batches(poller: Poller,
@@ -169,7 +168,7 @@ def test_promtool_check_metrics_accepts_the_output(poller: Poller) -> None:
 def test_openmetrics_rendering_parses(poller: Poller) -> None:
     body = poller.store.page.metrics.openmetrics.decode()
     assert body.endswith("# EOF\n")
-    families = {f.name: f for f in om_parse(body)}
+    families = parse(body, openmetrics=True).families
     assert families["cj_health_poll_errors"].type == "counter"
     assert families["cj_batch_problem"].samples
 

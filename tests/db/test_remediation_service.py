@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -24,6 +26,7 @@ from exporter.finalizer.model import History
 from exporter.finalizer.service import Remediator
 from exporter.finalizer.valves import Candidate
 from exporter.vocabulary import APPLIED, DRY_RUN, NEEDS_PERSON
+from tests.support.exposition import Exposition, parse
 from tests.support.remediation import (
     RemediationDb,
     audit_rows,
@@ -114,14 +117,15 @@ def test_valves_hold_back_in_order() -> None:
 # --- the cycle on a real database ----------------------------------------------------------
 
 
-def metric_lines(metrics: RemediationMetrics) -> set[str]:
+def exposed(metrics: RemediationMetrics) -> Exposition:
+    """The finalizer's families as a scrape reads them."""
     class One(Collector):
-        def collect(self):  # type: ignore[no-untyped-def]
+        def collect(self) -> Iterable[Metric]:
             return metrics.collect()
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(One())
-    return set(generate_latest(registry).decode().splitlines())
+    return parse(generate_latest(registry))
 
 
 def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
@@ -146,14 +150,15 @@ def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
         assert again.results == () and again.decision is not None
         assert sum(again.decision.blocked.values()) == 0
         assert len(audit_rows(db.engine)) == 3
-        lines = metric_lines(rem.metrics)
-        assert 'cj_health_remediations_total{action="refinalize",outcome="applied"} 2.0' in lines
-        assert ('cj_health_remediations_total{action="backfill_anchors",outcome="applied"} 1.0'
-                in lines)
-        assert 'cj_health_remediation_cycles_total{result="ok"} 2.0' in lines
-        assert "cj_health_remediation_leader 1.0" in lines
-        assert "cj_health_remediation_dry_run 0.0" in lines
-        assert 'cj_health_remediation_blocked{reason="too_many_wedged"} 0.0' in lines
+        metrics = exposed(rem.metrics)
+        assert metrics.value("cj_health_remediations_total", action="refinalize",
+                             outcome="applied") == 2
+        assert metrics.value("cj_health_remediations_total", action="backfill_anchors",
+                             outcome="applied") == 1
+        assert metrics.value("cj_health_remediation_cycles_total", result="ok") == 2
+        assert metrics.value("cj_health_remediation_leader") == 1
+        assert metrics.value("cj_health_remediation_dry_run") == 0
+        assert metrics.value("cj_health_remediation_blocked", reason="too_many_wedged") == 0
     finally:
         rem.close()
 
@@ -174,7 +179,7 @@ def test_dry_run_cycles_audit_the_plan_change_nothing_and_cool_down(
         assert second.results == () and second.decision is not None
         assert second.decision.blocked["cooldown"] == 3
         assert len(audit_rows(db.engine)) == 3
-        assert "cj_health_remediation_dry_run 1.0" in metric_lines(rem.metrics)
+        assert exposed(rem.metrics).value("cj_health_remediation_dry_run") == 1
     finally:
         rem.close()
 
@@ -188,7 +193,7 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
         assert report.decision.blocked["paused"] == 3
-        assert "cj_health_remediation_paused 1.0" in metric_lines(rem.metrics)
+        assert exposed(rem.metrics).value("cj_health_remediation_paused") == 1
         assert snapshot(db.engine) == before and audit_rows(db.engine) == []
         assert audit.resume(db.engine) and not audit.resume(db.engine)
         assert len(rem.run_cycle().results) == 3
@@ -209,9 +214,9 @@ def test_too_many_wedged_batches_is_a_persons_call(remediation_db: RemediationDb
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
         assert report.decision.blocked["too_many_wedged"] == 3
-        lines = metric_lines(rem.metrics)
-        assert 'cj_health_remediation_blocked{reason="too_many_wedged"} 3.0' in lines
-        assert "cj_health_remediation_wedged_batches 2.0" in lines
+        metrics = exposed(rem.metrics)
+        assert metrics.value("cj_health_remediation_blocked", reason="too_many_wedged") == 3
+        assert metrics.value("cj_health_remediation_wedged_batches") == 2
         assert snapshot(db.engine) == before
     finally:
         rem.close()
@@ -236,8 +241,8 @@ def test_unusable_anchors_are_reported_then_left_after_max_attempts(
         rows = [r for r in audit_rows(db.engine) if r["cj_batch_id"] == bad]
         assert [r["outcome"] for r in rows] == ["needs_person", "needs_person"]
         assert rows[0]["detail"]["grades"] == ["B"]
-        assert ('cj_health_remediations_total{action="refinalize",outcome="needs_person"} 2.0'
-                in metric_lines(rem.metrics))
+        assert exposed(rem.metrics).value("cj_health_remediations_total", action="refinalize",
+                                          outcome="needs_person") == 2
     finally:
         rem.close()
 
@@ -253,8 +258,8 @@ def test_one_leader_at_a_time_and_a_lost_lock_is_noticed(remediation_db: Remedia
         before = snapshot(remediation_db.engine)
         assert not follower.run_cycle().leader
         assert snapshot(remediation_db.engine) == before
-        assert 'cj_health_remediation_cycles_total{result="follower"} 1.0' in metric_lines(
-            follower.metrics)
+        assert exposed(follower.metrics).value("cj_health_remediation_cycles_total",
+                                               result="follower") == 1
         # The leader's session dies (server restart, network cut, a recycled connection).
         with remediation_db.engine.begin() as conn:
             killed = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -274,8 +279,8 @@ def test_a_database_without_the_audit_table_is_a_cycle_error(cj_db: str) -> None
     try:
         report = rem.run_cycle()
         assert report.error is not None and "install-view --remediation" in report.error
-        assert 'cj_health_remediation_cycles_total{result="error"} 1.0' in metric_lines(
-            rem.metrics)
+        assert exposed(rem.metrics).value("cj_health_remediation_cycles_total",
+                                          result="error") == 1
     finally:
         rem.close()
 
@@ -298,8 +303,8 @@ def test_a_failed_action_is_audited_and_counted(remediation_db: RemediationDb) -
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
         assert {(r["cj_batch_id"], r["outcome"]) for r in rows} >= {(stuck, "failed")}
-        assert ('cj_health_remediations_total{action="refinalize",outcome="failed"} 2.0'
-                in metric_lines(rem.metrics))  # Batch 20 fails the same way
+        assert exposed(rem.metrics).value(  # Batch 20 fails the same way
+            "cj_health_remediations_total", action="refinalize", outcome="failed") == 2
     finally:
         rem.close()
 

@@ -25,7 +25,8 @@ from exporter.finalizer import audit
 from exporter.finalizer.service import Remediator
 from exporter.poll.scheduler import Poller
 from tests.support.database import Server, drop_database, new_database
-from tests.support.hardening import apply_roles, drop_roles, libpq_url, metric
+from tests.support.exposition import sample_value
+from tests.support.hardening import apply_roles, drop_roles, libpq_url
 
 RO, RW, OP, PERSON = "cj_health_ro", "cj_health_remediator", "cj_health_operator", "cjh_person"
 RO_PASSWORD, RW_PASSWORD = "ro-test-pw-1", "rw-test-pw-2"  # test-only; docs say use \password
@@ -98,11 +99,11 @@ def test_poller_under_the_read_only_role_and_writes_refused(roles_db: RolesDb) -
     poller = Poller(settings, engine)
     poller.poll_once()
     body = poller.store.page.metrics.text
-    assert metric(body, "cj_health_up") == 1, poller.last_error
+    assert sample_value(body, "cj_health_up") == 1, poller.last_error
     for batch, problems in roles_db.planted.items():
         for problem in problems:
-            assert metric(body, "cj_batch_problem", cj_batch_id=str(batch),
-                          problem=problem) == 1, (batch, problem)
+            assert sample_value(body, "cj_batch_problem", cj_batch_id=str(batch),
+                                problem=problem) == 1, (batch, problem)
     errors = psycopg.errors
     # The role's transactions are read-only by default: a write grant given by mistake (a DBA
     # "fixing" a permission error) is still refused ...

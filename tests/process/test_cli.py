@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 from exporter import sqlfiles
 from exporter.demo.embedded import EmbeddedPostgres
 from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.exposition import parse, sample_value
 from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess, http_get
 
@@ -23,24 +24,17 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def metric_value(body: bytes, line_prefix: str) -> float:
-    for line in body.decode().splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{line_prefix} not in metrics")
-
-
 def test_serve_survives_a_database_outage(own_postgres: EmbeddedPostgres) -> None:
     dsn = url_string(own_postgres.url())
     with ExporterProcess(dsn, poll_interval=0.5, extra_args=["--stale-after", "100"]) as exp:
-        assert metric_value(exp.wait_for(lambda b: True, 5), "cj_health_up ") == 1
+        assert sample_value(exp.wait_for(lambda b: True, 5), "cj_health_up") == 1
         own_postgres.stop_server()
-        body = exp.wait_for(lambda b: b"cj_health_up 0.0" in b, 20)
-        assert metric_value(body, 'cj_health_poll_errors_total{reason="connection"}') >= 1
-        assert b"cj_batch_problem{" in body  # the last good snapshot is still served
+        body = parse(exp.wait_for(lambda b: sample_value(b, "cj_health_up") == 0, 20))
+        assert (body.value("cj_health_poll_errors_total", reason="connection") or 0) >= 1
+        assert body.samples("cj_batch_problem")  # the last good snapshot is still served
         own_postgres.start_server()
-        body = exp.wait_for(lambda b: b"cj_health_up 1.0" in b, 20)
-        assert b'problem="wedged"' in body
+        body = parse(exp.wait_for(lambda b: sample_value(b, "cj_health_up") == 1, 20))
+        assert body.samples("cj_batch_problem", problem="wedged")
         assert exp.proc is not None and exp.proc.poll() is None
         started = time.monotonic()
         assert exp.stop(signal.SIGTERM) == 0
@@ -55,7 +49,7 @@ def test_serve_endpoints(seeded_db: SeededDb) -> None:
         assert status == 200 and b"/metrics" in body
         status, _, body = http_get(f"{exp.url}/healthz")
         assert status == 200 and json.loads(body)["up"] is True
-        assert b"cj_health_build_info{" in http_get(f"{exp.url}/metrics")[2]
+        assert parse(http_get(f"{exp.url}/metrics")[2]).samples("cj_health_build_info")
 
 
 def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
@@ -139,9 +133,10 @@ def test_generate_dashboards_script_matches_the_committed_json(tmp_path: object)
 def test_serve_without_remediation_exports_the_idle_remediation_counter(
         seeded_db: SeededDb) -> None:
     with ExporterProcess(seeded_db.url) as exp:
-        body = exp.metrics()
-    assert 'cj_health_remediations_total{action="refinalize",outcome="failed"} 0.0' in body
-    assert "cj_health_remediation_enabled 0.0" in body
+        body = parse(exp.metrics())
+    assert body.value("cj_health_remediations_total", action="refinalize",
+                      outcome="failed") == 0.0
+    assert body.value("cj_health_remediation_enabled") == 0.0
 
 
 def test_install_view_upgrades_a_view_whose_column_types_changed(pg_server: Server) -> None:

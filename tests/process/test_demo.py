@@ -11,8 +11,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from tests.support.exposition import parse
 from tests.support.process import free_port, http_get
 
 
@@ -39,17 +38,14 @@ def test_demo_flags_exactly_the_planted_problems_and_cleans_up() -> None:
         assert f"metrics at http://127.0.0.1:{port}/metrics" in out
         planted = planted_from(out)
         assert len(planted) >= 10
-        body = b""
+        body = parse("")
         deadline = time.monotonic() + 20
-        while b"cj_batch_problem{" not in body and time.monotonic() < deadline:
-            body = http_get(f"http://127.0.0.1:{port}/metrics")[2]
+        while not body.samples("cj_batch_problem") and time.monotonic() < deadline:
+            body = parse(http_get(f"http://127.0.0.1:{port}/metrics")[2])
             time.sleep(0.2)
         flagged: dict[int, set[str]] = {}
-        for family in text_string_to_metric_families(body.decode()):
-            for s in family.samples:
-                if s.name == "cj_batch_problem":
-                    flagged.setdefault(int(s.labels["cj_batch_id"]), set()).add(
-                        s.labels["problem"])
+        for s in body.samples("cj_batch_problem"):
+            flagged.setdefault(int(s.labels["cj_batch_id"]), set()).add(s.labels["problem"])
         assert flagged == {b: p for b, p in planted.items() if p}
         match = re.search(r"host=([^'&]+)", out)
         assert match, out

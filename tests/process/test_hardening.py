@@ -24,7 +24,8 @@ from sqlalchemy import create_engine, text
 from exporter.config import RemediationSettings, Settings
 from exporter.demo.embedded import EmbeddedPostgres
 from tests.support.database import seeded_own_postgres
-from tests.support.hardening import apply_roles, metric
+from tests.support.exposition import sample_value
+from tests.support.hardening import apply_roles
 from tests.support.process import ExporterProcess, free_port, http_get
 
 # Characters that need URL-encoding, so both spellings are searched for.
@@ -111,7 +112,7 @@ def test_password_never_leaks(password_postgres: EmbeddedPostgres, tmp_path: Pat
         pg.start_server()
         # 3. The password is set back: the exporter recovers by itself.
         admin(pg, f"ALTER ROLE cj_health_ro PASSWORD '{SECRET}'")
-        exp.wait_for(lambda b: metric(b, "cj_health_up") == 1, 15)
+        exp.wait_for(lambda b: sample_value(b, "cj_health_up") == 1, 15)
         collect("recovered")
         for name in ("cmdline", "environ"):
             no_secret(Path(f"/proc/{exp.proc.pid}/{name}").read_bytes().decode(

@@ -33,6 +33,7 @@ from exporter.web import tls
 from exporter.web.auth import BasicAuth, parse_basic
 from exporter.web.reload import WebSecurity
 from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.exposition import parse
 from tests.support.hardening import Pki, make_leaf, make_pki, percentiles
 from tests.support.process import ExporterProcess, free_port
 
@@ -154,7 +155,7 @@ def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: TLSExporter, pk
         assert status == 200, path
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["X-Frame-Options"] == "deny"
-    assert b"cj_batch_problem{" in exp.get("/metrics")[2]
+    assert parse(exp.get("/metrics")[2]).samples("cj_batch_problem")
     assert https_get(f"{exp.url}/metrics", ctx, {"Authorization": basic("grafana",
                                                                         PASSWORD)})[0] == 200
     # Missing, wrong, unknown, malformed credentials: 401 with a Basic challenge, everywhere,

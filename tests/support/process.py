@@ -22,6 +22,8 @@ from typing import Any
 
 import promql_parser
 
+from tests.support.exposition import sample_value
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -59,7 +61,9 @@ class ExporterProcess:
     def __enter__(self) -> ExporterProcess:
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
-        self.wait_for(lambda body: b"cj_health_last_success_timestamp_seconds" in body, 30)
+        # Ready once the first poll succeeded (the family is absent until then).
+        self.wait_for(lambda body: sample_value(
+            body, "cj_health_last_success_timestamp_seconds") is not None, 30)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
