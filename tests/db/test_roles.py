@@ -20,11 +20,9 @@ from sqlalchemy.exc import DBAPIError
 
 from exporter import config, db
 from exporter.config import RemediationSettings, Settings
-from exporter.demo import scenarios
-from exporter.finalizer import audit
 from exporter.finalizer.service import Remediator
 from exporter.poll.scheduler import Poller
-from tests.support.database import Server, drop_database, new_database
+from tests.support.database import Server, database
 from tests.support.exposition import sample_value
 from tests.support.hardening import apply_roles, drop_roles, libpq_url
 
@@ -42,20 +40,14 @@ class RolesDb:
 
 @pytest.fixture
 def roles_db(pg_server: Server) -> Iterator[RolesDb]:
-    name = new_database(pg_server)
-    admin = pg_server.url(name)
-    engine = create_engine(admin)
-    with engine.begin() as conn:
-        planted = scenarios.seed_demo(conn)
-        audit.install(conn)
-    engine.dispose()
     try:
-        result = apply_roles(admin, ro_password=RO_PASSWORD, rw_password=RW_PASSWORD)
-        assert result.returncode == 0, result.stderr
-        yield RolesDb(admin, admin.set(username=RO, password=RO_PASSWORD),
-                      admin.set(username=RW, password=RW_PASSWORD), planted)
-    finally:
-        drop_database(pg_server, name)
+        with database(pg_server, demo=True, remediation=True) as db:
+            admin = pg_server.url(db.name)
+            result = apply_roles(admin, ro_password=RO_PASSWORD, rw_password=RW_PASSWORD)
+            assert result.returncode == 0, result.stderr
+            yield RolesDb(admin, admin.set(username=RO, password=RO_PASSWORD),
+                          admin.set(username=RW, password=RW_PASSWORD), db.planted)
+    finally:  # after the database: the roles own grants in it until it is dropped
         drop_roles(pg_server.url(), PERSON, OP, RO, RW)
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from exporter import sqlfiles
 from exporter.demo.embedded import EmbeddedPostgres
-from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.database import SeededDb, Server, database, url_string
 from tests.support.exposition import parse, sample_value
 from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess, http_get
@@ -53,14 +53,8 @@ def test_serve_endpoints(seeded_db: SeededDb) -> None:
 
 
 def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
-    admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS no_views"))
-        conn.execute(text("CREATE DATABASE no_views"))
-    admin.dispose()
-    result = cli("serve", "--dsn", url_string(pg_server.url("no_views")),
-                 "--web.listen-address", "127.0.0.1:0")
-    drop_database(pg_server, "no_views")
+    with database(pg_server, schema="none") as no_views:
+        result = cli("serve", "--dsn", no_views.url, "--web.listen-address", "127.0.0.1:0")
     assert result.returncode == 2
     assert "run `cj-health-exporter install-view`" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -92,24 +86,18 @@ def test_inspect_runaway_json(seeded_db: SeededDb) -> None:
 
 
 def test_install_view_is_idempotent(pg_server: Server) -> None:
-    name = new_database(pg_server, template="template0")
-    url = url_string(pg_server.url(name))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        sqlfiles.load_reference_schema(conn)
-    engine.dispose()
-    for _ in range(2):
-        result = cli("install-view", "--dsn", url)
-        assert result.returncode == 0, result.stderr
-        assert "views cj_batch_health and cj_outbox_health installed" in result.stdout
-        assert "index cj_health_outbox_completion_job_idx present" in result.stdout
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        indexes = conn.execute(text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE"
-                                    " 'cj\\_health\\_%'")).scalar_one()
-        assert conn.execute(text("SELECT count(*) FROM cj_batch_health")).scalar_one() == 0
-    engine.dispose()
-    drop_database(pg_server, name)
+    with database(pg_server, schema="reference") as db:
+        for _ in range(2):
+            result = cli("install-view", "--dsn", db.url)
+            assert result.returncode == 0, result.stderr
+            assert "views cj_batch_health and cj_outbox_health installed" in result.stdout
+            assert "index cj_health_outbox_completion_job_idx present" in result.stdout
+        engine = create_engine(db.url)
+        with engine.connect() as conn:
+            indexes = conn.execute(text("SELECT count(*) FROM pg_indexes WHERE indexname LIKE"
+                                        " 'cj\\_health\\_%'")).scalar_one()
+            assert conn.execute(text("SELECT count(*) FROM cj_batch_health")).scalar_one() == 0
+        engine.dispose()
     assert indexes == 5
 
 
@@ -142,29 +130,26 @@ def test_serve_without_remediation_exports_the_idle_remediation_counter(
 def test_install_view_upgrades_a_view_whose_column_types_changed(pg_server: Server) -> None:
     """CREATE OR REPLACE cannot change a column type: install-view re-creates the view and
     keeps its grants, so the polling role does not lose access on upgrade."""
-    name = new_database(pg_server, template="template0")
-    url = url_string(pg_server.url(name))
     old_view = sqlfiles.read("views/cj_batch_health.sql").replace(
         "s.submitted_comparisons::bigint", "s.submitted_comparisons").replace(
         "s.completed_comparisons::bigint", "s.completed_comparisons")
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        sqlfiles.load_reference_schema(conn)
-        sqlfiles.run_script(conn, old_view)
-        conn.execute(text("DROP ROLE IF EXISTS cjh_upgrade_reader"))
-        conn.execute(text("CREATE ROLE cjh_upgrade_reader"))
-        conn.execute(text("GRANT SELECT ON cj_batch_health TO cjh_upgrade_reader"))
-    column_type = text("SELECT data_type FROM information_schema.columns"
-                       " WHERE table_name = 'cj_batch_health' AND column_name = :c")
-    with engine.connect() as conn:
-        assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "integer"
-    result = cli("install-view", "--dsn", url, "--no-indexes")
-    assert result.returncode == 0, result.stderr
-    with engine.begin() as conn:
-        assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "bigint"
-        assert conn.execute(text("SELECT has_table_privilege('cjh_upgrade_reader',"
-                                 " 'cj_batch_health', 'SELECT')")).scalar_one()
-        conn.execute(text("DROP OWNED BY cjh_upgrade_reader"))
-        conn.execute(text("DROP ROLE cjh_upgrade_reader"))
-    engine.dispose()
-    drop_database(pg_server, name)
+    with database(pg_server, schema="reference") as db:
+        engine = create_engine(db.url)
+        with engine.begin() as conn:
+            sqlfiles.run_script(conn, old_view)
+            conn.execute(text("DROP ROLE IF EXISTS cjh_upgrade_reader"))
+            conn.execute(text("CREATE ROLE cjh_upgrade_reader"))
+            conn.execute(text("GRANT SELECT ON cj_batch_health TO cjh_upgrade_reader"))
+        column_type = text("SELECT data_type FROM information_schema.columns"
+                           " WHERE table_name = 'cj_batch_health' AND column_name = :c")
+        with engine.connect() as conn:
+            assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "integer"
+        result = cli("install-view", "--dsn", db.url, "--no-indexes")
+        assert result.returncode == 0, result.stderr
+        with engine.begin() as conn:
+            assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "bigint"
+            assert conn.execute(text("SELECT has_table_privilege('cjh_upgrade_reader',"
+                                     " 'cj_batch_health', 'SELECT')")).scalar_one()
+            conn.execute(text("DROP OWNED BY cjh_upgrade_reader"))
+            conn.execute(text("DROP ROLE cjh_upgrade_reader"))
+        engine.dispose()

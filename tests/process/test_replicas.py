@@ -29,9 +29,8 @@ from sqlalchemy.engine import URL
 
 from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec, Seeder
-from exporter.finalizer import audit
 from exporter.finalizer.leader import LOCK_KEY
-from tests.support.database import Server, drop_database, new_database
+from tests.support.database import Server, database
 from tests.support.exposition import sample_value
 from tests.support.hardening import apply_roles, drop_roles, wait_until
 from tests.support.process import ExporterProcess
@@ -52,19 +51,14 @@ class ReplicaDb:
 
 @pytest.fixture
 def replica_db(pg_server: Server) -> Iterator[ReplicaDb]:
-    name = new_database(pg_server)
-    admin = pg_server.url(name)
-    engine = create_engine(admin)
-    with engine.begin() as conn:
-        audit.install(conn)
-    engine.dispose()
     try:
-        result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
-        assert result.returncode == 0, result.stderr
-        yield ReplicaDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
-                        admin.set(username="cj_health_remediator", password="rw-pw"))
-    finally:
-        drop_database(pg_server, name)
+        with database(pg_server, remediation=True) as db:
+            admin = pg_server.url(db.name)
+            result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
+            assert result.returncode == 0, result.stderr
+            yield ReplicaDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
+                            admin.set(username="cj_health_remediator", password="rw-pw"))
+    finally:  # after the database: the roles own grants in it until it is dropped
         drop_roles(pg_server.url(), "cj_health_operator", "cj_health_ro",
                    "cj_health_remediator")
 

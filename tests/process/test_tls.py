@@ -24,15 +24,13 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from sqlalchemy import create_engine
 
-from exporter.demo import scenarios
 from exporter.errors import OperatorError
 from exporter.web import config as webconfig
 from exporter.web import tls
 from exporter.web.auth import BasicAuth, parse_basic
 from exporter.web.reload import WebSecurity
-from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.database import SeededDb, Server, database
 from tests.support.exposition import parse
 from tests.support.hardening import Pki, make_leaf, make_pki, percentiles
 from tests.support.process import ExporterProcess, free_port
@@ -110,16 +108,8 @@ def write_config(folder: Path, body: str, name: str = "web.yml") -> Path:
 @pytest.fixture(scope="module")
 def module_db(pg_server: Server) -> Iterator[str]:
     """A seeded database shared by this module's read-only TLS tests (one process for all)."""
-    name = new_database(pg_server)
-    url = url_string(pg_server.url(name))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        scenarios.seed_demo(conn)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        drop_database(pg_server, name)
+    with database(pg_server, demo=True) as db:
+        yield db.url
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from exporter import config as exporter_config
-from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.database import Server, database, url_string
 from tests.support.exposition import parse
 from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess
@@ -379,9 +379,8 @@ def psql_dir() -> Path:
 
 @pytest.fixture
 def empty_db(pg_server: Server) -> Iterator[URL]:
-    name = new_database(pg_server, template="template0")
-    yield make_url(url_string(pg_server.url(name)))
-    drop_database(pg_server, name)
+    with database(pg_server, schema="none") as db:
+        yield make_url(db.url)
 
 
 def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db: URL) -> None:

@@ -26,10 +26,8 @@ from types import TracebackType
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
 
-from exporter.demo import scenarios
-from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.database import Server, database
 from tests.support.paths import ROOT
 from tests.support.process import Daemon, ExporterProcess, http_get, load_module
 
@@ -136,16 +134,11 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(pg_server: Server) -> Iterator[Stack]:
     """One seeded database, exporter and Prometheus for every test of this module."""
-    database = new_database(pg_server)
-    url = url_string(pg_server.url(database))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        planted = scenarios.seed_demo(conn)
-    engine.dispose()
-    problem_batches = {b for b, problems in planted.items() if problems}
-    try:
+    with database(pg_server, demo=True) as db:
+        planted = db.planted
+        problem_batches = {b for b, problems in planted.items() if problems}
         with (
-            ExporterProcess(url, poll_interval=SCRAPE_INTERVAL_S) as exporter,
+            ExporterProcess(db.url, poll_interval=SCRAPE_INTERVAL_S) as exporter,
             Prometheus(exporter.port, [RULES]) as prometheus,
         ):
             instance = f"127.0.0.1:{exporter.port}"
@@ -164,8 +157,6 @@ def stack(pg_server: Server) -> Iterator[Stack]:
 
             prometheus.wait(ready, 25, "the planted problems, a firing alert, 3 samples")
             yield Stack(prometheus, instance, planted)
-    finally:
-        drop_database(pg_server, database)
 
 
 def dashboard(name: str) -> dict[str, Any]:

@@ -31,8 +31,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from exporter.demo import scenarios
-from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.database import Server, database
 from tests.support.paths import ROOT
 from tests.support.process import Daemon, ExporterProcess, free_port, load_module
 
@@ -170,14 +169,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(pg_server: Server) -> Iterator[Stack]:
-    database = new_database(pg_server)
-    url = url_string(pg_server.url(database))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        planted = scenarios.seed_demo(conn)
-        bos = {int(row.id): str(row.bos_batch_id) for row in conn.execute(
-            text("SELECT id, bos_batch_id FROM cj_batch_uploads"))}
-    engine.dispose()
     folder = Path(tempfile.mkdtemp(prefix="cjh-e2e-alerting-"))
     rules_text = short_rules()
     (folder / "rules.yml").write_text(rules_text)
@@ -187,7 +178,8 @@ def stack(pg_server: Server) -> Iterator[Stack]:
             if "alert" in rule:
                 rules.setdefault(rule["alert"], rule)
     try:
-        with Webhook() as webhook, ExporterProcess(url, poll_interval=1.0) as exporter:
+        with (database(pg_server, demo=True) as db, Webhook() as webhook,
+              ExporterProcess(db.url, poll_interval=1.0) as exporter):
             (folder / "alertmanager.yml").write_text(json.dumps(alertmanager_config(webhook)))
             alertmanager = Daemon("prometheus-alertmanager", folder, lambda port, d: [
                 f"--config.file={d / 'alertmanager.yml'}",
@@ -219,10 +211,19 @@ def stack(pg_server: Server) -> Iterator[Stack]:
                     "--log.level=warn",
                 ])
                 with prometheus:
-                    yield Stack(started, planted, bos, rules, prometheus, alertmanager, webhook)
+                    yield Stack(started, db.planted, bos_batch_ids(db.url), rules, prometheus,
+                                alertmanager, webhook)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        drop_database(pg_server, database)
+
+
+def bos_batch_ids(url: str) -> dict[int, str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        bos = {int(row.id): str(row.bos_batch_id) for row in conn.execute(
+            text("SELECT id, bos_batch_id FROM cj_batch_uploads"))}
+    engine.dispose()
+    return bos
 
 
 # --- the tests -------------------------------------------------------------------------------
