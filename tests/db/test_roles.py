@@ -7,8 +7,6 @@ so each test drops them again; their grants die with the test's database.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +23,7 @@ from exporter.poll.scheduler import Poller
 from tests.support.database import Server, database
 from tests.support.exposition import sample_value
 from tests.support.hardening import apply_roles, drop_roles, libpq_url
+from tests.support.process import run_cli
 
 RO, RW, OP, PERSON = "cj_health_ro", "cj_health_remediator", "cj_health_operator", "cjh_person"
 RO_PASSWORD, RW_PASSWORD = "ro-test-pw-1", "rw-test-pw-2"  # test-only; docs say use \password
@@ -186,15 +185,11 @@ def test_operator_role_for_people(roles_db: RolesDb) -> None:
     dsn = person.render_as_string(hide_password=False)
     wedged = next(b for b, p in roles_db.planted.items() if "wedged" in p)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                              text=True, timeout=60)
-
-    shown = cli("inspect", str(wedged), "--dsn", dsn, "--json")
+    shown = run_cli("inspect", str(wedged), "--dsn", dsn, "--json")
     assert shown.returncode == 0, shown.stderr
-    paused = cli("remediate", "--pause", "roles test", "--dsn", dsn, "--write-dsn", dsn)
+    paused = run_cli("remediate", "--pause", "roles test", "--dsn", dsn, "--write-dsn", dsn)
     assert paused.returncode == 0, paused.stderr
-    resumed = cli("remediate", "--resume", "--dsn", dsn, "--write-dsn", dsn)
+    resumed = run_cli("remediate", "--resume", "--dsn", dsn, "--write-dsn", dsn)
     assert resumed.returncode == 0, resumed.stderr
     # psql works with the same URL form the docs give.
     assert libpq_url(person).startswith("postgresql://")

@@ -16,12 +16,7 @@ from exporter.demo.embedded import EmbeddedPostgres
 from tests.support.database import SeededDb, Server, database, url_string
 from tests.support.exposition import parse, sample_value
 from tests.support.paths import ROOT
-from tests.support.process import ExporterProcess, http_get
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, timeout=60)
+from tests.support.process import ExporterProcess, http_get, run_cli
 
 
 def test_serve_survives_a_database_outage(own_postgres: EmbeddedPostgres) -> None:
@@ -54,7 +49,7 @@ def test_serve_endpoints(seeded_db: SeededDb) -> None:
 
 def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
     with database(pg_server, schema="none") as no_views:
-        result = cli("serve", "--dsn", no_views.url, "--web.listen-address", "127.0.0.1:0")
+        result = run_cli("serve", "--dsn", no_views.url, "--web.listen-address", "127.0.0.1:0")
     assert result.returncode == 2
     assert "run `cj-health-exporter install-view`" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -62,25 +57,26 @@ def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
 
 def test_inspect_by_id_by_bos_and_unknown(seeded_db: SeededDb) -> None:
     wedged = next(b for b, p in seeded_db.planted.items() if "wedged" in p)
-    result = cli("inspect", str(wedged), "--dsn", seeded_db.url)
+    result = run_cli("inspect", str(wedged), "--dsn", seeded_db.url)
     assert result.returncode == 0, result.stderr
     assert f"CJ batch {wedged}" in result.stdout
     assert "WAITING_CALLBACKS / COMPLETE_STABLE" in result.stdout
     assert "- wedged:" in result.stdout and "- anchor_mismatch:" in result.stdout
 
-    result = cli("inspect", "7b0c1d2e-0000-4000-8000-0000000e0e0e", "--dsn", seeded_db.url,
+    result = run_cli("inspect", "7b0c1d2e-0000-4000-8000-0000000e0e0e", "--dsn", seeded_db.url,
                  "--json")
     runs = json.loads(result.stdout)
     assert len(runs) == 2 and all(r["problems"] == [] for r in runs)
     assert all(len(r["outbox_events"]) == 4 for r in runs)  # own completed+result, 2 resource
 
-    result = cli("inspect", "424242", "--dsn", seeded_db.url)
+    result = run_cli("inspect", "424242", "--dsn", seeded_db.url)
     assert result.returncode == 1 and "no CJ batch" in result.stderr
 
 
 def test_inspect_runaway_json(seeded_db: SeededDb) -> None:
     runaway = next(b for b, p in seeded_db.planted.items() if "duplicate_completion" in p)
-    report = json.loads(cli("inspect", str(runaway), "--dsn", seeded_db.url, "--json").stdout)[0]
+    result = run_cli("inspect", str(runaway), "--dsn", seeded_db.url, "--json")
+    report = json.loads(result.stdout)[0]
     assert report["completion_events"] == 83 and report["completion_event_burst"] == 83
     assert set(report["problems"]) == {"duplicate_completion", "duplicate_charge"}
 
@@ -88,7 +84,7 @@ def test_inspect_runaway_json(seeded_db: SeededDb) -> None:
 def test_install_view_is_idempotent(pg_server: Server) -> None:
     with database(pg_server, schema="reference") as db:
         for _ in range(2):
-            result = cli("install-view", "--dsn", db.url)
+            result = run_cli("install-view", "--dsn", db.url)
             assert result.returncode == 0, result.stderr
             assert "views cj_batch_health and cj_outbox_health installed" in result.stdout
             assert "index cj_health_outbox_completion_job_idx present" in result.stdout
@@ -144,7 +140,7 @@ def test_install_view_upgrades_a_view_whose_column_types_changed(pg_server: Serv
                            " WHERE table_name = 'cj_batch_health' AND column_name = :c")
         with engine.connect() as conn:
             assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "integer"
-        result = cli("install-view", "--dsn", db.url, "--no-indexes")
+        result = run_cli("install-view", "--dsn", db.url, "--no-indexes")
         assert result.returncode == 0, result.stderr
         with engine.begin() as conn:
             assert conn.execute(column_type, {"c": "pending_callbacks"}).scalar_one() == "bigint"

@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
 
 from tests.support.exposition import parse
-from tests.support.process import free_port, http_get
+from tests.support.process import DemoProcess
 
 
 def planted_from(summary: str) -> dict[int, set[str]]:
@@ -23,25 +20,15 @@ def planted_from(summary: str) -> dict[int, set[str]]:
 
 
 def test_demo_flags_exactly_the_planted_problems_and_cleans_up() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", "--web.listen-address", f"127.0.0.1:{port}",
-         "--poll-interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = []
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        out = "".join(lines)
-        assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+    with DemoProcess() as demo:
+        out = demo.summary
+        assert f"metrics at {demo.url}/metrics" in out
         planted = planted_from(out)
         assert len(planted) >= 10
         body = parse("")
         deadline = time.monotonic() + 20
         while not body.samples("cj_batch_problem") and time.monotonic() < deadline:
-            body = parse(http_get(f"http://127.0.0.1:{port}/metrics")[2])
+            body = parse(demo.metrics())
             time.sleep(0.2)
         flagged: dict[int, set[str]] = {}
         for s in body.samples("cj_batch_problem"):
@@ -51,8 +38,5 @@ def test_demo_flags_exactly_the_planted_problems_and_cleans_up() -> None:
         assert match, out
         data_dir = Path(urllib.parse.unquote(match.group(1)))
         assert data_dir.exists()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(20)
-    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert demo.returncode == 0, demo.stderr
     assert not data_dir.exists() and not data_dir.parent.exists()

@@ -4,7 +4,6 @@ remediation enabled (and refused), and `demo --remediation` healing its Batch 20
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from exporter import cli
 from tests.support.exposition import parse, sample_value
-from tests.support.process import ExporterProcess, free_port, http_get
+from tests.support.process import DemoProcess, ExporterProcess
 from tests.support.remediation import (
     RemediationDb,
     audit_rows,
@@ -191,27 +190,15 @@ def test_serve_refuses_unauthorized_remediation_but_keeps_exporting(
 
 
 def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", "--remediation", "--web.listen-address",
-         f"127.0.0.1:{port}", "--poll-interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        summary = "".join(lines)
+    with DemoProcess("--remediation") as demo:
+        summary = demo.summary
         b20 = int(re.search(r"^\s+(\d+): anchor_mismatch, missing_projections, wedged$",
                             summary, re.MULTILINE).group(1))  # type: ignore[union-attr]
         # By the time two cycles have run, every action is done: exactly one per action.
         body = parse("")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            body = parse(http_get(url)[2])
+            body = parse(demo.metrics())
             if (body.value("cj_health_remediation_cycles_total", result="ok") or 0) >= 2:
                 break
             time.sleep(0.1)
@@ -221,7 +208,7 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
                           outcome="applied") == 2.0  # Batch 20 and the batch stuck in SCORING
         # ... and the next poll shows Batch 20 healthy.
         while time.monotonic() < deadline:
-            body = parse(http_get(url)[2])
+            body = parse(demo.metrics())
             if not body.samples("cj_batch_problem", cj_batch_id=str(b20)):
                 break
             time.sleep(0.2)
@@ -236,7 +223,4 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
                                                           (b20, "refinalize")]
         finally:
             engine.dispose()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(20)
-    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert demo.returncode == 0, demo.stderr

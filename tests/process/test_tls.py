@@ -14,12 +14,11 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
@@ -33,7 +32,7 @@ from exporter.web.reload import WebSecurity
 from tests.support.database import SeededDb, Server, database
 from tests.support.exposition import parse
 from tests.support.hardening import Pki, make_leaf, make_pki, percentiles
-from tests.support.process import ExporterProcess, free_port
+from tests.support.process import ExporterProcess, free_port, http_get, run_cli
 
 PASSWORD = "scrape-pässword-1"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
@@ -51,52 +50,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def https_get(url: str, ctx: ssl.SSLContext | None, headers: dict[str, str] | None = None,
-              method: str = "GET", timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=ctx) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+              method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    return http_get(url, headers, context=ctx, method=method)
 
 
-class TLSExporter(ExporterProcess):
-    """ExporterProcess speaking HTTPS, with credentials and/or a client certificate."""
-
-    def __init__(self, dsn: str, web_config: Path, ctx: ssl.SSLContext,
-                 authorization: str | None = None, **kwargs: object) -> None:
-        super().__init__(dsn, extra_args=["--web.config.file", str(web_config)],
-                         **kwargs)  # type: ignore[arg-type]
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.ctx = ctx
-        self.auth = {"Authorization": authorization} if authorization else {}
-
-    def __enter__(self) -> TLSExporter:
-        super().__enter__()
-        return self
-
-    def get(self, path: str, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
-        return https_get(f"{self.url}{path}", self.ctx, self.auth, **kwargs)  # type: ignore
-
-    def metrics(self) -> str:
-        status, _, body = self.get("/metrics")
-        assert status == 200, status
-        return body.decode()
-
-    def wait_for(self, predicate: Callable[[bytes], bool], timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                status, _, body = self.get("/metrics", timeout=2)
-                if status == 200 and predicate(body):
-                    return body
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for the exporter:\n{self.output()[-3000:]}")
+def tls_exporter(dsn: str, web_config: Path, ctx: ssl.SSLContext,
+                 authorization: str | None = None) -> ExporterProcess:
+    """`serve --web.config.file`, reached over HTTPS with `ctx` (and credentials, if given)."""
+    return ExporterProcess(dsn, extra_args=["--web.config.file", str(web_config)],
+                           poll_interval=0.5, scheme="https", ssl_context=ctx,
+                           headers={"Authorization": authorization} if authorization else None)
 
 
 def write_config(folder: Path, body: str, name: str = "web.yml") -> Path:
@@ -114,7 +77,7 @@ def module_db(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tls_auth_exporter(pki: Pki, module_db: str,
-                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSExporter]:
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
     tmp_path = tmp_path_factory.mktemp("tls")
     # Relative file names resolve against the config's folder, as in exporter-toolkit.
     shutil.copy(pki.server.cert, tmp_path / "server.crt")
@@ -132,12 +95,12 @@ basic_auth_users:
   prometheus: '{HASH}'
   grafana: '{HASH_2Y}'
 """)
-    with TLSExporter(module_db, config, pki.client_context(),
-                     basic("prometheus", PASSWORD), poll_interval=0.5) as exp:
+    with tls_exporter(module_db, config, pki.client_context(),
+                      basic("prometheus", PASSWORD)) as exp:
         yield exp
 
 
-def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: TLSExporter, pki: Pki) -> None:
+def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: ExporterProcess, pki: Pki) -> None:
     exp = tls_auth_exporter
     ctx = pki.client_context()
     for path in ("/metrics", "/", "/healthz"):
@@ -166,20 +129,20 @@ def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: TLSExporter, pk
     assert exp.get("/metrics", method="DELETE")[0] == 405
 
 
-def test_plain_http_and_old_tls_are_refused(tls_auth_exporter: TLSExporter, pki: Pki) -> None:
+def test_plain_http_and_old_tls_are_refused(tls_auth_exporter: ExporterProcess, pki: Pki) -> None:
     exp = tls_auth_exporter
     with pytest.raises((OSError, urllib.error.URLError)):
         urllib.request.urlopen(f"http://127.0.0.1:{exp.port}/metrics", timeout=5)
     tls12 = pki.client_context(max_version=ssl.TLSVersion.TLSv1_2)
     with pytest.raises((ssl.SSLError, urllib.error.URLError)):
-        https_get(f"{exp.url}/metrics", tls12, exp.auth)
+        https_get(f"{exp.url}/metrics", tls12, exp.headers)
     untrusting = ssl.create_default_context()  # does not know the test CA
     with pytest.raises((ssl.SSLError, urllib.error.URLError)):
-        https_get(f"{exp.url}/metrics", untrusting, exp.auth)
+        https_get(f"{exp.url}/metrics", untrusting, exp.headers)
     assert exp.get("/metrics")[0] == 200  # the server shrugs all that off
 
 
-def test_a_silent_client_does_not_block_others(tls_auth_exporter: TLSExporter) -> None:
+def test_a_silent_client_does_not_block_others(tls_auth_exporter: ExporterProcess) -> None:
     """The handshake runs in the connection's thread: a client that connects and never
     speaks TLS must not hold up the accept loop."""
     exp = tls_auth_exporter
@@ -193,7 +156,7 @@ def test_a_silent_client_does_not_block_others(tls_auth_exporter: TLSExporter) -
             sock.close()
 
 
-def test_scrape_storm_over_tls_with_basic_auth(tls_auth_exporter: TLSExporter) -> None:
+def test_scrape_storm_over_tls_with_basic_auth(tls_auth_exporter: ExporterProcess) -> None:
     """200 concurrent authenticated HTTPS scrapes: bcrypt (~70 ms at cost 10) must run about
     once, not 200 times (that alone would be 14 s of CPU)."""
     exp = tls_auth_exporter
@@ -221,7 +184,7 @@ def test_certificate_rotation_needs_no_restart(pki: Pki, seeded_db: SeededDb,
     shutil.copy(pki.server.key, tmp_path / "server.key")
     config = write_config(tmp_path, "tls_server_config:\n  cert_file: server.crt\n"
                                     "  key_file: server.key\n")
-    with TLSExporter(seeded_db.url, config, pki.client_context(), poll_interval=0.5) as exp:
+    with tls_exporter(seeded_db.url, config, pki.client_context()) as exp:
         assert serial_of_server(exp.port, pki) == serial_of_file(pki.server.cert)
         rotated = make_leaf(pki.folder, pki.ca, "server-rotated", "IP:127.0.0.1",
                             "serverAuth")
@@ -265,7 +228,7 @@ tls_server_config:
   client_allowed_sans: [prometheus.monitoring.svc]
 """)
     good = pki.client_context(pki.client)
-    with TLSExporter(seeded_db.url, config, good, poll_interval=0.5) as exp:
+    with tls_exporter(seeded_db.url, config, good) as exp:
         assert exp.get("/metrics")[0] == 200
         refused = {
             "no client certificate": pki.client_context(),
@@ -293,10 +256,8 @@ def test_bad_web_config_exits_2_with_one_line_and_no_secret(tmp_path: Path,
     }
     for body, expected in cases.items():
         config = write_config(tmp_path, body)
-        result = subprocess.run(
-            [sys.executable, "-m", "exporter", "serve", "--dsn", "postgresql://u:pw@h/db",
-             "--web.config.file", str(config), "--web.listen-address",
-             f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+        result = run_cli("serve", "--dsn", "postgresql://u:pw@h/db", "--web.config.file",
+                         str(config), "--web.listen-address", f"127.0.0.1:{free_port()}")
         assert result.returncode == 2, (body, result.stderr)
         assert expected in result.stderr, (expected, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exporter import config
 from exporter.errors import OperatorError
+from tests.support.process import run_cli
 
 
 def load(tmp_path: Path, yaml_text: str | None = None, env: dict[str, str] | None = None,
@@ -89,11 +88,6 @@ def test_dsn_file(tmp_path: Path) -> None:
     assert config.resolve_dsn(None, str(path)).password == "secret"
     with pytest.raises(OperatorError, match="cannot read dsn file"):
         config.resolve_dsn(None, str(tmp_path / "missing"))
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **(env or {})})
 
 
 def test_cli_unknown_key_exits_2_with_one_line(tmp_path: Path) -> None:
