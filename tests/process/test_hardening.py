@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from exporter.config import RemediationSettings, Settings
 from exporter.demo.embedded import EmbeddedPostgres
 from tests.support.database import seeded_own_postgres
 from tests.support.exposition import sample_value
@@ -136,12 +135,6 @@ def test_startup_errors_never_show_the_password(password_postgres: EmbeddedPostg
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "***" in result.stderr or "cannot" in result.stderr
         no_secret(result.stdout + result.stderr, f"the startup error of {args[0]}")
-
-
-def test_settings_repr_hides_dsns() -> None:
-    settings = Settings(dsn=f"postgresql://u:{SECRET}@h/d", remediation=RemediationSettings(
-        write_dsn=f"postgresql://w:{SECRET}@h/d"))
-    no_secret(repr(settings), "repr(Settings)")
 
 
 def test_dsn_file_beats_nothing_and_conflicts_with_dsn(tmp_path: Path) -> None:

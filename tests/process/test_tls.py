@@ -3,12 +3,11 @@
 The certificates are made by `openssl` in the test (a CA, a server certificate for 127.0.0.1,
 client certificates from that CA and from a rogue one); passwords are bcrypt-hashed here. The
 web config parser and the bcrypt cache are also tested in-process, where their inner counts can
-be seen.
+be seen: tests/unit/test_web_config.py and tests/unit/test_basic_auth.py.
 """
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import shutil
 import socket
@@ -24,24 +23,17 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from exporter.errors import OperatorError
 from exporter.web import config as webconfig
 from exporter.web import tls
-from exporter.web.auth import BasicAuth, parse_basic
-from exporter.web.reload import WebSecurity
 from tests.support.database import SeededDb, Server, database
 from tests.support.exposition import parse
-from tests.support.hardening import Pki, make_leaf, make_pki, percentiles
+from tests.support.hardening import Pki, basic, make_leaf, make_pki, percentiles
 from tests.support.process import ExporterProcess, free_port, http_get, run_cli
 
 PASSWORD = "scrape-pässword-1"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
 # htpasswd -B writes $2y$; Python's bcrypt and Go's accept it: the file must too.
 HASH_2Y = "$2y$" + HASH[4:]
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -264,40 +256,7 @@ def test_bad_web_config_exits_2_with_one_line_and_no_secret(tmp_path: Path,
         assert plaintext not in result.stderr
 
 
-# -- in-process: the parser and the bcrypt cache ---------------------------------------------
-
-@pytest.mark.parametrize(("body", "message"), [
-    ("rate_limit:\n  interval: 1s\n  burst: 5\n", "rate_limit is not supported"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: "
-     "RequireAnyClientCert\n  client_ca_file: c\n", "nobody verified"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
-     "without a client_auth_type"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: "
-     "RequireAndVerifyClientCert\n", "needs client_ca_file"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n",
-     "client_allowed_sans requires"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS14\n",
-     "unknown TLS version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n"
-     "  max_version: TLS12\n", "above max_version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [RC4]\n",
-     "unknown cipher: RC4"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [X25519]\n",
-     "curve_preferences is not supported"),
-    ("tls_server_config:\n  cert: x\n  cert_file: a\n  key_file: b\n", "not both"),
-    ("tls_server_config:\n  key_file: b\n", "missing one of cert or cert_file"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  certfile: c\n",
-     "unknown setting tls_server_config.certfile"),
-    ("http_server_config:\n  headers:\n    Server: x\n", "can not be configured"),
-    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "invalid value"),
-    ("basic_auth_users:\n  yes: '$2b$10$" + "a" * 53 + "'\n", "quote it"),
-    ("basic_auth_users:\n  alice: '$2b$99$" + "a" * 53 + "'\n", "cost out of range"),
-    ("- a list\n", "must be a mapping"),
-    ("tls_server_config: [\n", "not valid YAML"),
-])
-def test_web_config_errors(tmp_path: Path, body: str, message: str) -> None:
-    with pytest.raises(OperatorError, match=message):
-        webconfig.load(write_config(tmp_path, body))
+# -- the toolkit format in full (in-process, but it needs the openssl-made certificates) ------
 
 
 def test_web_config_accepts_the_toolkit_format(tmp_path: Path, pki: Pki) -> None:
@@ -339,68 +298,3 @@ basic_auth_users:
 
 def _indent(text: str, spaces: int) -> str:
     return "\n".join(" " * spaces + line for line in text.strip().splitlines())
-
-
-def test_bcrypt_runs_once_for_a_storm_of_identical_credentials() -> None:
-    auth = BasicAuth({"prometheus": HASH.encode()})
-    barrier = threading.Barrier(100)
-
-    def check(_: int) -> bool:
-        barrier.wait()
-        return auth.check(basic("prometheus", PASSWORD))
-
-    with concurrent.futures.ThreadPoolExecutor(100) as pool:
-        assert all(pool.map(check, range(100)))
-    assert auth.bcrypt_calls == 1
-
-
-def test_wrong_passwords_cannot_evict_the_good_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    cheap = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))
-    monkeypatch.setattr(BasicAuth, "FAIL_CACHE", 8)
-    auth = BasicAuth({"prometheus": cheap})
-    assert auth.check(basic("prometheus", PASSWORD))
-    for i in range(40):  # a guessing flood, far beyond both caches
-        assert not auth.check(basic("prometheus", f"guess-{i}"))
-    calls = auth.bcrypt_calls
-    assert auth.check(basic("prometheus", PASSWORD))
-    assert auth.bcrypt_calls == calls, "the good entry was evicted by failures"
-    assert not auth.check(basic("prometheus", "guess-39"))  # failures are cached too
-    assert auth.bcrypt_calls == calls
-
-
-def test_unknown_users_cost_a_bcrypt_like_known_ones() -> None:
-    """No timing oracle for user names: an unknown user is checked against a dummy hash of the
-    same cost, so it costs the same bcrypt as a wrong password for a real user."""
-    auth = BasicAuth({"prometheus": HASH.encode()})
-    started = time.monotonic()
-    assert not auth.check(basic("prometheus", "wrong"))
-    known = time.monotonic() - started
-    auth.check(basic("mallory", "warm-up"))  # the dummy hash is made once, on first use
-    started = time.monotonic()
-    assert not auth.check(basic("mallory", "wrong"))
-    unknown = time.monotonic() - started
-    assert auth.bcrypt_calls == 3
-    assert unknown > known / 3, (known, unknown)
-
-
-def test_parse_basic() -> None:
-    assert parse_basic(basic("a", "b:c")) == ("a", b"b:c")
-    assert parse_basic("basic " + base64.b64encode(b"a:").decode()) == ("a", b"")
-    for bad in (None, "", "Basic", "Basic !!", "Digest abc",
-                "Basic " + base64.b64encode(b"no-colon").decode(),
-                "Basic " + base64.b64encode(b"\xff:x").decode()):
-        assert parse_basic(bad) is None, bad
-
-
-def test_security_without_users_lets_everyone_in(tmp_path: Path) -> None:
-    security = WebSecurity(write_config(tmp_path, "http_server_config:\n  http2: false\n"))
-    assert not security.tls_enabled and not security.auth_enabled
-    assert security.describe() == "TLS off, no basic auth"
-
-
-def test_passwords_longer_than_72_bytes_never_match() -> None:
-    """bcrypt reads 72 bytes; an older bcrypt would accept any suffix of a 72-byte password."""
-    long = "p" * 72
-    auth = BasicAuth({"u": bcrypt.hashpw(long.encode(), bcrypt.gensalt(rounds=4))})
-    assert auth.check(basic("u", long))
-    assert not auth.check(basic("u", long + "-anything"))

@@ -6,6 +6,7 @@ package is not a dependency of this project), as a real operator would make them
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import ssl
@@ -20,6 +21,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from exporter.db import APPLICATION_NAME
+
+
+def basic(user: str, password: str) -> str:
+    """An Authorization header for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def thread_count(pid: int) -> int:
