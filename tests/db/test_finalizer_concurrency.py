@@ -16,6 +16,7 @@ import time
 
 from sqlalchemy import create_engine
 
+from exporter.demo.scenarios import STUDENTS
 from exporter.finalizer.model import Result
 from exporter.finalizer.refinalize import Hooks, refinalize
 from exporter.vocabulary import APPLIED, SKIPPED
@@ -59,7 +60,7 @@ def test_eight_concurrent_finalizers_write_each_event_once(remediation_db: Remed
     assert outcomes == [APPLIED] + [SKIPPED] * (FINALIZERS - 1), [r.line() for r in results]
     found = events_of(remediation_db.engine, b20)
     assert {k: len(v) for k, v in found.items()} == {"completed": 1, "result": 1, "resource": 1}
-    assert health(remediation_db.engine, b20)["grade_projections"] == 6
+    assert health(remediation_db.engine, b20)["grade_projections"] == STUDENTS
     assert [r["outcome"] for r in audit_rows(remediation_db.engine)] == ["applied"]
     # Then one more wave after the commit: all skip on the guard.
     late = [refinalize(remediation_db.engine, b20, replica="late", dry_run=False)

@@ -77,10 +77,10 @@ def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
         again = rem.run_cycle()
         assert again.results == () and again.decision is not None
         assert sum(again.decision.blocked.values()) == 0
-        assert len(audit_rows(db.engine)) == 3
+        assert len(audit_rows(db.engine)) == db.planned_actions()
         metrics = exposed(rem.metrics)
         assert metrics.value("cj_health_remediations_total", action="refinalize",
-                             outcome="applied") == 2
+                             outcome="applied") == len(db.wedged())
         assert metrics.value("cj_health_remediations_total", action="backfill_anchors",
                              outcome="applied") == 1
         assert metrics.value("cj_health_remediation_cycles_total", result="ok") == 2
@@ -98,15 +98,17 @@ def test_dry_run_cycles_audit_the_plan_change_nothing_and_cool_down(
     rem = remediator(db.url, dry_run=True)
     try:
         first = rem.run_cycle()
-        assert {r.outcome for r in first.results} == {DRY_RUN} and len(first.results) == 3
+        assert {r.outcome for r in first.results} == {DRY_RUN}
+        assert len(first.results) == db.planned_actions()
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
-        assert len(rows) == 3 and all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows)
+        assert len(rows) == db.planned_actions()
+        assert all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows)
         assert rows[1]["detail"]["plan"][0].startswith("lock cj_batch_uploads")
         second = rem.run_cycle()  # the plan is not repeated every cycle: cooldown
         assert second.results == () and second.decision is not None
-        assert second.decision.blocked["cooldown"] == 3
-        assert len(audit_rows(db.engine)) == 3
+        assert second.decision.blocked["cooldown"] == db.planned_actions()
+        assert len(audit_rows(db.engine)) == db.planned_actions()
         assert exposed(rem.metrics).value("cj_health_remediation_dry_run") == 1
     finally:
         rem.close()
@@ -120,11 +122,11 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
     try:
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
-        assert report.decision.blocked["paused"] == 3
+        assert report.decision.blocked["paused"] == db.planned_actions()
         assert exposed(rem.metrics).value("cj_health_remediation_paused") == 1
         assert snapshot(db.engine) == before and audit_rows(db.engine) == []
         assert audit.resume(db.engine) and not audit.resume(db.engine)
-        assert len(rem.run_cycle().results) == 3
+        assert len(rem.run_cycle().results) == db.planned_actions()
     finally:
         rem.close()
     paused_by_setting = remediator(db.url, paused=True)
@@ -137,14 +139,16 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
 def test_too_many_wedged_batches_is_a_persons_call(remediation_db: RemediationDb) -> None:
     db = remediation_db
     before = snapshot(db.engine)
-    rem = remediator(db.url, max_wedged_for_auto=1)  # the demo has two wedged batches
+    assert len(db.wedged()) == 2
+    rem = remediator(db.url, max_wedged_for_auto=1)
     try:
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
-        assert report.decision.blocked["too_many_wedged"] == 3
+        assert report.decision.blocked["too_many_wedged"] == db.planned_actions()
         metrics = exposed(rem.metrics)
-        assert metrics.value("cj_health_remediation_blocked", reason="too_many_wedged") == 3
-        assert metrics.value("cj_health_remediation_wedged_batches") == 2
+        assert metrics.value("cj_health_remediation_blocked",
+                             reason="too_many_wedged") == db.planned_actions()
+        assert metrics.value("cj_health_remediation_wedged_batches") == len(db.wedged())
         assert snapshot(db.engine) == before
     finally:
         rem.close()
@@ -232,6 +236,7 @@ def test_a_failed_action_is_audited_and_counted(remediation_db: RemediationDb) -
         rows = audit_rows(db.engine)
         assert {(r["cj_batch_id"], r["outcome"]) for r in rows} >= {(stuck, "failed")}
         assert exposed(rem.metrics).value(  # Batch 20 fails the same way
-            "cj_health_remediations_total", action="refinalize", outcome="failed") == 2
+            "cj_health_remediations_total", action="refinalize",
+            outcome="failed") == len(db.wedged())
     finally:
         rem.close()

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from exporter import sqlfiles
 from exporter.config import Settings
+from exporter.demo.scenarios import OUTBOX_FAILED
 from exporter.poll import query
 from tests.support.database import (
     SeededDb,
@@ -38,7 +39,7 @@ def test_views_indexes_and_a_poll_run_unchanged_on_each_variant(variant_db: Seed
     for batch_id, expected in variant_db.planted.items():
         assert flagged.get(batch_id, frozenset()) == expected
     assert snap.malformed_rows == 0
-    assert snap.outbox.failed_events == 3
+    assert snap.outbox.failed_events == OUTBOX_FAILED
 
 
 CATALOG_QUERIES = {

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from exporter import sqlfiles
 from exporter.demo.embedded import EmbeddedPostgres
+from exporter.demo.scenarios import RERUN_BOS_BATCH_ID, RERUNS, RUNAWAY_COMPLETION_RUNS
 from tests.support.database import SeededDb, Server, database, url_string
 from tests.support.exposition import parse, sample_value
 from tests.support.paths import ROOT
@@ -63,11 +64,11 @@ def test_inspect_by_id_by_bos_and_unknown(seeded_db: SeededDb) -> None:
     assert "WAITING_CALLBACKS / COMPLETE_STABLE" in result.stdout
     assert "- wedged:" in result.stdout and "- anchor_mismatch:" in result.stdout
 
-    result = run_cli("inspect", "7b0c1d2e-0000-4000-8000-0000000e0e0e", "--dsn", seeded_db.url,
-                 "--json")
+    result = run_cli("inspect", RERUN_BOS_BATCH_ID, "--dsn", seeded_db.url, "--json")
     runs = json.loads(result.stdout)
-    assert len(runs) == 2 and all(r["problems"] == [] for r in runs)
-    assert all(len(r["outbox_events"]) == 4 for r in runs)  # own completed+result, 2 resource
+    assert len(runs) == RERUNS and all(r["problems"] == [] for r in runs)
+    # each run's own completed and result events, and the BOS batch's resource event per run
+    assert all(len(r["outbox_events"]) == 2 + RERUNS for r in runs)
 
     result = run_cli("inspect", "424242", "--dsn", seeded_db.url)
     assert result.returncode == 1 and "no CJ batch" in result.stderr
@@ -77,7 +78,8 @@ def test_inspect_runaway_json(seeded_db: SeededDb) -> None:
     runaway = next(b for b, p in seeded_db.planted.items() if "duplicate_completion" in p)
     result = run_cli("inspect", str(runaway), "--dsn", seeded_db.url, "--json")
     report = json.loads(result.stdout)[0]
-    assert report["completion_events"] == 83 and report["completion_event_burst"] == 83
+    assert report["completion_events"] == RUNAWAY_COMPLETION_RUNS
+    assert report["completion_event_burst"] == RUNAWAY_COMPLETION_RUNS
     assert set(report["problems"]) == {"duplicate_completion", "duplicate_charge"}
 
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from exporter import cli
+from exporter.demo.scenarios import STUDENTS
 from tests.support.exposition import parse, sample_value
 from tests.support.process import DemoProcess, ExporterProcess
 from tests.support.remediation import (
@@ -40,7 +41,8 @@ def test_remediate_without_yes_is_a_dry_run(remediation_db: RemediationDb,
     assert out.startswith("DRY RUN: nothing is changed; add --yes to apply.")
     assert f"refinalize batch {b20}: dry_run" in out
     assert "  - lock cj_batch_uploads/cj_batch_states rows" in out
-    assert "  - insert 6 grade projection(s) (swedish_8_anchor, context assignment)" in out
+    assert (f"  - insert {STUDENTS} grade projection(s) (swedish_8_anchor, context assignment)"
+            in out)
     assert snapshot(db.engine) == before and audit_rows(db.engine) == []
 
 
@@ -163,7 +165,7 @@ def test_serve_with_remediation_heals_and_exports_it(remediation_db: Remediation
                     and not metrics.samples("cj_batch_problem", cj_batch_id=str(stuck)))
 
         healed = parse(exporter.wait_for(healed_and_exported, 20))
-        assert healed.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == 6.0
+        assert healed.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == STUDENTS
         assert healed.value("cj_batches_problem", problem="wedged") == 0.0
         assert healed.value("cj_batches_problem", problem="stuck_scoring") == 0.0
     rows = audit_rows(db.engine)
@@ -213,7 +215,7 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
                 break
             time.sleep(0.2)
         assert not body.samples("cj_batch_problem", cj_batch_id=str(b20))
-        assert body.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == 6.0
+        assert body.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == STUDENTS
         assert body.value("cj_batches_problem", problem="wedged") == 0.0
         dsn = re.search(r"--dsn '([^']+)'", summary).group(1)  # type: ignore[union-attr]
         engine = create_engine(dsn)

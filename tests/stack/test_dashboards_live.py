@@ -27,6 +27,14 @@ from typing import Any
 
 import pytest
 
+from exporter.demo.scenarios import (
+    BATCH20_IDLE,
+    OUTBOX_FAILED,
+    OUTBOX_OLDEST,
+    OUTBOX_UNPUBLISHED,
+    RUNAWAY_COMPLETION_RUNS,
+    RUNAWAY_DUPLICATES,
+)
 from tests.support.database import Server, database
 from tests.support.paths import ROOT
 from tests.support.process import Daemon, ExporterProcess, http_get, load_module
@@ -214,7 +222,7 @@ def test_variables_offer_the_live_job_instance_and_batches(stack: Stack) -> None
         board = dashboard(name)
         assert label_values(stack, board, "job") == {JOB}
         assert label_values(stack, board, "instance") == {stack.instance}
-    # every exported batch: the planted ones (all recent), not the 400-day-old history batch
+    # every exported batch: the planted ones (all recent), not the HISTORY_IDLE-old one
     offered = label_values(stack, dashboard("batch.json"), "cj_batch_id")
     assert offered == {str(b) for b in stack.planted}
 
@@ -244,7 +252,8 @@ def test_overview_every_query_runs_and_the_planted_problems_show(stack: Stack) -
 
     wedged = panel("Wedged batches")
     assert {s["metric"]["cj_batch_id"] for s in wedged} == stack.batches_with("wedged")
-    assert all(s["metric"]["bos_batch_id"] and value(s) > 3600 for s in wedged)  # idle 2 h
+    idle = BATCH20_IDLE.total_seconds()
+    assert all(s["metric"]["bos_batch_id"] and value(s) > idle - 120 for s in wedged)
     assert {(s["metric"]["cj_state"], s["metric"]["upload_status"]) for s in wedged} == {
         ("WAITING_CALLBACKS", "COMPLETE_STABLE")
     }
@@ -259,18 +268,20 @@ def test_overview_every_query_runs_and_the_planted_problems_show(stack: Stack) -
     assert {s["metric"]["cj_batch_id"] for s in duplicates} == stack.batches_with(
         "duplicate_completion"
     )
-    assert {value(s) for s in duplicates} == {83.0}  # the runaway loop's completion/result events
+    # the runaway loop's completion and result events
+    assert {value(s) for s in duplicates} == {float(RUNAWAY_COMPLETION_RUNS)}
     bursts = panel("Completion event bursts")
     assert {s["metric"]["cj_batch_id"] for s in bursts} == stack.batches_with(
         "duplicate_completion"
     )
     assert {s["metric"]["event"]: value(s) for s in panel("Duplicate outbox events")}[
         "completed"
-    ] >= 82
+    ] >= RUNAWAY_DUPLICATES
 
-    assert [value(s) for s in panel("Failed outbox events")] == [3.0]
-    assert value(panel("Unpublished outbox events")[0]) >= 7  # 4 pending + 3 given up
-    assert value(panel("Oldest unpublished event")[0]) >= 25 * 60 - 5
+    assert [value(s) for s in panel("Failed outbox events")] == [float(OUTBOX_FAILED)]
+    # the pending ones and those the relay gave up on
+    assert value(panel("Unpublished outbox events")[0]) >= OUTBOX_UNPUBLISHED
+    assert value(panel("Oldest unpublished event")[0]) >= OUTBOX_OLDEST.total_seconds() - 5
     assert len(panel("Outbox backlog")) == 2 and len(panel("Oldest unpublished outbox event")) == 1
 
     states = {
@@ -310,8 +321,9 @@ def test_batch_drilldown_every_query_runs_and_shows_the_wedged_batch(stack: Stac
     assert row["metric"]["cj_batch_id"] == wedged
     assert (row["metric"]["cj_state"], row["metric"]["upload_status"]) == (
         "WAITING_CALLBACKS", "COMPLETE_STABLE")  # fmt: skip
-    assert abs(value(row) / 1000 - (time.time() - 2 * 3600)) < 120  # a timestamp in ms
-    assert value(panel("Time since last activity")[0]) > 3600
+    idle = BATCH20_IDLE.total_seconds()
+    assert abs(value(row) / 1000 - (time.time() - idle)) < 120  # a timestamp in ms
+    assert value(panel("Time since last activity")[0]) > idle - 120
     assert {s["metric"]["problem"] for s in panel("Problems")} == stack.planted[int(wedged)]
     assert [value(s) for s in panel("Grade projections")] == [0.0]
     kinds = {s["metric"]["kind"] for s in panel("Comparisons")}
@@ -319,7 +331,8 @@ def test_batch_drilldown_every_query_runs_and_shows_the_wedged_batch(stack: Stac
     anchors = panel("Anchors")
     assert any("source" not in s["metric"] and value(s) > 0 for s in anchors)  # mismatches
     assert len(panel("State and status over time")) == 1
-    assert value(panel("Progress")[0]) == 1.0  # 30 of a budget of 30 done, never finalized
+    # all COMPARISONS of its budget done, never finalized
+    assert value(panel("Progress")[0]) == 1.0
 
 
 def test_batch_drilldown_shows_the_alert_of_its_batch(stack: Stack) -> None:
@@ -346,4 +359,4 @@ def test_batch_drilldown_shows_the_alert_of_its_batch(stack: Stack) -> None:
         s["metric"].get("event"): value(s)
         for s in by_title(board, results, "Outbox events for this batch")
     }
-    assert events["completed"] == events["result"] == 83.0
+    assert events["completed"] == events["result"] == RUNAWAY_COMPLETION_RUNS

@@ -291,7 +291,8 @@ def test_prometheus_fires_exactly_the_planted_problems_and_nothing_on_healthy_ba
     assert not {a["labels"]["cj_batch_id"] for a in firing if "cj_batch_id" in a["labels"]} & (
         stack.healthy())
     others = {a["labels"]["alertname"] for a in firing if "cj_batch_id" not in a["labels"]}
-    # the demo's outbox: 3 rows given up, 4 more waiting behind them for 25 minutes
+    # the demo's outbox: OUTBOX_FAILED rows given up, OUTBOX_PENDING more waiting behind them
+    # for OUTBOX_OLDEST (exporter.demo.scenarios)
     assert others == {"CJOutboxEventsFailed", "CJOutboxBacklog"}
     assert not any(a["labels"]["alertname"].startswith("CJHealth") for a in firing)
 
