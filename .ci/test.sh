@@ -27,5 +27,5 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
 echo "== ruff";   .venv/bin/ruff check .
-echo "== mypy";   .venv/bin/mypy exporter
+echo "== mypy";   .venv/bin/mypy exporter tests
 echo "== pytest"; .venv/bin/pytest -q "$@"

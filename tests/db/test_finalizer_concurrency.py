@@ -80,9 +80,13 @@ def test_a_transaction_begun_before_the_winner_committed_still_skips(
     b_began, a_committed = threading.Event(), threading.Event()
     outcome: dict[str, Result] = {}
 
+    def begin_then_wait_for_a() -> None:
+        b_began.set()
+        a_committed.wait(30)
+
     def finalizer_b() -> None:
         engine = create_engine(remediation_db.url, pool_size=1)
-        hooks = Hooks(after_begin=lambda: (b_began.set(), a_committed.wait(30)))
+        hooks = Hooks(after_begin=begin_then_wait_for_a)
         outcome["b"] = refinalize(engine, stuck, replica="b", dry_run=False, hooks=hooks)
         engine.dispose()
 

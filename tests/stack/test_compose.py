@@ -372,7 +372,7 @@ def libpq_env(url: URL) -> dict[str, str]:
 
 def psql_dir() -> Path:
     """A psql client: the one pgserver bundles (always installed with the test extras)."""
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     return Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
 
