@@ -8,8 +8,15 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from exporter.vocabulary import FAMILIES
 from tests.support.exposition import parse
 from tests.support.process import DemoProcess
+
+# The families only a running finalizer exports (exporter/finalizer/metrics.py).
+FINALIZER_ONLY = {"cj_health_remediation_cycles", "cj_health_remediation_blocked",
+                  "cj_health_remediation_leader", "cj_health_remediation_paused",
+                  "cj_health_remediation_dry_run", "cj_health_remediation_wedged_batches",
+                  "cj_health_remediation_last_cycle_timestamp_seconds"}
 
 
 def planted_from(summary: str) -> dict[int, set[str]]:
@@ -34,6 +41,13 @@ def test_demo_flags_exactly_the_planted_problems_and_cleans_up() -> None:
         for s in body.samples("cj_batch_problem"):
             flagged.setdefault(int(s.labels["cj_batch_id"]), set()).add(s.labels["problem"])
         assert flagged == {b: p for b, p in planted.items() if p}
+        # every declared family but the finalizer's own, which only a running finalizer
+        # exports (its actions counter is there, at 0; tests/stack/test_alerts_contract.py
+        # sees all of them with the finalizer on)
+        assert set(FAMILIES) >= FINALIZER_ONLY
+        assert set(body.families) == set(FAMILIES) - FINALIZER_ONLY
+        assert body.value("cj_health_remediations_total", action="refinalize",
+                          outcome="applied") == 0
         match = re.search(r"host=([^'&]+)", out)
         assert match, out
         data_dir = Path(urllib.parse.unquote(match.group(1)))
