@@ -175,8 +175,7 @@ def superseded_by(conn: Connection, batch: Batch) -> list[int]:
 def db_clock(conn: Connection) -> datetime:
     """The database's clock, read inside the transaction: every time the finalizer writes
     comes from here, never from the exporter host (whose clock may be off)."""
-    at = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-    assert isinstance(at, datetime)
+    at: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     return at
 
 

@@ -1,7 +1,7 @@
 -- cj-health-exporter's finalizer: its audit trail and its maintenance switch.
 --
 -- Created by `cj-health-exporter install-view --remediation` only: a database whose exporter
--- never remediates gets no table of ours besides the views. Both statements are idempotent.
+-- never remediates gets no table of ours besides the views. Every statement is idempotent.
 -- Grants (sql/roles.sql): the finalizer's write role may SELECT/INSERT the audit rows (never
 -- UPDATE/DELETE them) and only read the pause switch; people pause and resume.
 --
