@@ -48,7 +48,8 @@ PROBLEM_KINDS: tuple[ProblemKind, ...] = (
         "warning", "CJAnchorFlagMismatch"),
     ProblemKind(
         "duplicate_completion", "has_duplicate_completion",
-        "more than one completion/result event for this CJ run",
+        "more than one completion event for this CJ run (a second result alone is a"
+        " correction)",
         "warning", "CJDuplicateCompletionEvents"),
     ProblemKind(
         "duplicate_charge", "has_duplicate_charge",
