@@ -44,7 +44,7 @@ class Poller:
         self.extra_metrics = extra_metrics
         self.remediation_enabled = remediation_enabled
         self.snapshot: Snapshot | None = None
-        self._last_good: float | None = None  # time.monotonic() of the last good poll
+        self.last_good_at: float | None = None  # time.monotonic() of the last good poll
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()  # a skip and a poll must not publish out of order
@@ -102,7 +102,7 @@ class Poller:
                 self._up = True
                 self._last_duration = snap.duration_seconds
                 self.snapshot = snap
-                self._last_good = time.monotonic()
+                self.last_good_at = time.monotonic()
                 self.last_error = None
                 recovered, self._failures_in_a_row = self._failures_in_a_row, 0
             if recovered:
@@ -120,7 +120,7 @@ class Poller:
     def is_stale(self) -> bool:
         """Monotonic seconds since the last good poll beyond stale_after (never the wall clock:
         its steps would hide staleness, or invent it)."""
-        last = self._last_good
+        last = self.last_good_at
         return last is not None and time.monotonic() - last > self.settings.stale_after_seconds
 
     def check_stale(self) -> None:
