@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, create_engine, text
 
 from exporter import config, db
 from exporter.finalizer.leader import LOCK_KEY, LeaderLock
-from tests.support.hardening import metric
+from tests.support.exposition import sample_value
 
 LOCKS = text("SELECT l.pid, a.state, a.backend_xid IS NULL AS no_xid,"
              " a.backend_xmin IS NULL AS no_xmin FROM pg_locks AS l"
@@ -38,8 +40,10 @@ def holders(admin: Engine) -> list[tuple[int, str, bool, bool]]:
 
 
 def exposition(lock: LeaderLock) -> str:
-    return "".join(f'{s.name}{{method="{s.labels["method"]}"}} {s.value}\n'
-                   for family in lock.collect() for s in family.samples)
+    """The lock's families as /metrics renders them."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SimpleNamespace(collect=lock.collect))  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
 
 
 def test_directly_connected_auto_uses_the_session_lock(cj_db: str, admin: Engine) -> None:
@@ -47,7 +51,7 @@ def test_directly_connected_auto_uses_the_session_lock(cj_db: str, admin: Engine
     lock = LeaderLock(url, 5)
     try:
         assert lock.ensure() and lock.method == "session_lock"
-        assert metric(exposition(lock), "cj_health_remediation_leader_election",
+        assert sample_value(exposition(lock), "cj_health_remediation_leader_election",
                       method="session_lock") == 1
         [(_, state, _, _)] = holders(admin)
         assert state == "idle"  # a session lock needs no open transaction
@@ -108,7 +112,7 @@ def test_no_election_means_every_replica_acts_and_no_lock(cj_db: str, admin: Eng
     locks = [LeaderLock(url, 5, election="none") for _ in range(2)]
     assert all(lock.ensure() for lock in locks)
     assert holders(admin) == []
-    assert metric(exposition(locks[0]), "cj_health_remediation_leader_election",
+    assert sample_value(exposition(locks[0]), "cj_health_remediation_leader_election",
                   method="none") == 1
 
 

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support.database import SeededDb
-from tests.support.hardening import metric
+from tests.support.exposition import sample_value
 from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess
 
@@ -62,10 +62,10 @@ def stepped(seeded_db: SeededDb, tmp_path: Path) -> Iterator[tuple[ExporterProce
 
 def sample(exp: ExporterProcess) -> dict[str, float]:
     body = exp.metrics()
-    return {"polls": metric(body, "cj_health_polls_total") or 0.0,
-            "up": metric(body, "cj_health_up") or 0.0,
-            "stale": metric(body, "cj_health_snapshot_stale") or 0.0,
-            "last_success": metric(body, "cj_health_last_success_timestamp_seconds") or 0.0,
+    return {"polls": sample_value(body, "cj_health_polls_total") or 0.0,
+            "up": sample_value(body, "cj_health_up") or 0.0,
+            "stale": sample_value(body, "cj_health_snapshot_stale") or 0.0,
+            "last_success": sample_value(body, "cj_health_last_success_timestamp_seconds") or 0.0,
             "batch_series": float(body.count("cj_batch_problem{"))}
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -34,13 +32,13 @@ from sqlalchemy.engine import URL
 
 from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec, Seeder
-from exporter.finalizer import audit
 from exporter.finalizer.leader import LOCK_KEY
 from exporter.vocabulary import POLL_ERROR_REASONS
-from tests.support.database import Server, drop_database, new_database, url_string
-from tests.support.hardening import apply_roles, drop_roles, metric, wait_until
+from tests.support.database import Server, database, url_string
+from tests.support.exposition import sample_value
+from tests.support.hardening import apply_roles, drop_roles, wait_until
 from tests.support.pgbouncer import Neighbours, PgBouncer, poison_pool
-from tests.support.process import ExporterProcess
+from tests.support.process import ExporterProcess, run_cli
 
 POOL_SIZE = 4
 POLLS = 40
@@ -70,21 +68,15 @@ class RolesDb:
 @pytest.fixture
 def roles_db(pg_server: Server) -> Iterator[RolesDb]:
     """The demo scenarios, the audit tables, and the roles of sql/roles.sql."""
-    name = new_database(pg_server)
-    admin = pg_server.url(name)
-    engine = create_engine(admin)
-    with engine.begin() as conn:
-        scenarios.seed_demo(conn)
-        audit.install(conn)
-    engine.dispose()
-    try:
-        result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
-        assert result.returncode == 0, result.stderr
-        yield RolesDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
-                      admin.set(username="cj_health_remediator", password="rw-pw"))
-    finally:
-        drop_database(pg_server, name)
-        drop_roles(pg_server.url(), *ROLES)
+    with database(pg_server, demo=True, remediation=True) as db:
+        admin = pg_server.url(db.name)
+        try:
+            result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
+            assert result.returncode == 0, result.stderr
+            yield RolesDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
+                          admin.set(username="cj_health_remediator", password="rw-pw"))
+        finally:
+            drop_roles(pg_server.url(), *ROLES)
 
 
 def bouncer(db: RolesDb, mode: str, pool_size: int = POOL_SIZE) -> PgBouncer:
@@ -104,13 +96,8 @@ def share_pools(stack: ExitStack, pgb: PgBouncer, mode: str, *urls: URL) -> list
     return neighbours
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, timeout=90)
-
-
 def errors(body: str) -> dict[str, float]:
-    return {r: metric(body, "cj_health_poll_errors_total", reason=r) or 0.0
+    return {r: sample_value(body, "cj_health_poll_errors_total", reason=r) or 0.0
             for r in POLL_ERROR_REASONS}
 
 
@@ -131,21 +118,21 @@ def test_poll_inspect_and_install_view_through_pgbouncer(roles_db: RolesDb, mode
         pgb = stack.enter_context(bouncer(db, mode))
         neighbours = share_pools(stack, pgb, mode, db.ro, db.admin)
         exp = stack.enter_context(ExporterProcess(url_string(pgb.url(db.ro)), poll_interval=0.2))
-        first = metric(exp.metrics(), "cj_health_polls_total") or 0
+        first = sample_value(exp.metrics(), "cj_health_polls_total") or 0
         scrapes = down = 0
         deadline = time.monotonic() + 60
         body = exp.metrics()
-        while (metric(body, "cj_health_polls_total") or 0) < first + POLLS:
+        while (sample_value(body, "cj_health_polls_total") or 0) < first + POLLS:
             assert time.monotonic() < deadline, f"fewer than {POLLS} polls in 60 s"
             body = exp.metrics()
             scrapes += 1
-            down += metric(body, "cj_health_up") != 1
+            down += sample_value(body, "cj_health_up") != 1
             if scrapes == 5:  # the one-shot commands, while the poller and neighbours run
                 # (as the owner: the polling role may not read the outbox inspect shows)
-                shown = cli("inspect", str(planted), "--dsn", url_string(pgb.url(db.admin)))
-                installed = cli("install-view", "--dsn", url_string(pgb.url(db.admin)))
+                shown = run_cli("inspect", str(planted), "--dsn", url_string(pgb.url(db.admin)))
+                installed = run_cli("install-view", "--dsn", url_string(pgb.url(db.admin)))
             time.sleep(0.1)
-        polls = (metric(body, "cj_health_polls_total") or 0) - first
+        polls = (sample_value(body, "cj_health_polls_total") or 0) - first
         print(f"\nPgBouncer {mode} mode, pool {POOL_SIZE}: {polls:.0f} polls, errors"
               f" {errors(body)}, up=0 in {down} of {scrapes} scrapes; neighbours"
               f" {sum(n.transactions for n in neighbours)} transactions")
@@ -185,7 +172,7 @@ def replica(db: RolesDb, pgb: PgBouncer, name: str, election: str) -> ExporterPr
 
 
 def gauge(exp: ExporterProcess, name: str, **labels: str) -> float:
-    value = metric(exp.metrics(), name, **labels)
+    value = sample_value(exp.metrics(), name, **labels)
     return -1.0 if value is None else value
 
 
@@ -256,7 +243,7 @@ def test_two_replicas_through_pgbouncer(roles_db: RolesDb, mode: str, election: 
         replicas = {n: stack.enter_context(replica(db, pgb, n, election)) for n in "ab"}
         method = "none" if election == "none" else "transaction_lock"
         for r in replicas.values():
-            r.wait_for(lambda body: metric(body, "cj_health_remediation_leader_election",
+            r.wait_for(lambda body: sample_value(body, "cj_health_remediation_leader_election",
                                            method=method) == 1, 15)
         if election == "none":
             wait_until(lambda: leaders(replicas) == {"a", "b"}, 10, "every replica to act")
@@ -292,7 +279,7 @@ def test_two_replicas_through_pgbouncer(roles_db: RolesDb, mode: str, election: 
         for r in survivors:
             body = r.metrics()
             assert errors(body) == dict.fromkeys(POLL_ERROR_REASONS, 0.0), r.output()[-2000:]
-            assert metric(body, "cj_health_remediation_cycles_total", result="error") == 0, \
+            assert sample_value(body, "cj_health_remediation_cycles_total", result="error") == 0, \
                 r.output()[-2000:]
         for r in survivors:
             assert r.stop(signal.SIGTERM) == 0
