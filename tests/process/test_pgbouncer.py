@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
+from exporter import db as exporter_db
 from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec, Seeder
 from exporter.finalizer.leader import LOCK_KEY
@@ -37,7 +40,7 @@ from exporter.vocabulary import POLL_ERROR_REASONS
 from tests.support.database import Server, database, url_string
 from tests.support.exposition import sample_value
 from tests.support.hardening import apply_roles, drop_roles, wait_until
-from tests.support.pgbouncer import Neighbours, PgBouncer, poison_pool
+from tests.support.pgbouncer import Neighbours, PgBouncer, conninfo, poison_pool
 from tests.support.process import ExporterProcess, run_cli
 
 POOL_SIZE = 4
@@ -68,20 +71,20 @@ class RolesDb:
 @pytest.fixture
 def roles_db(pg_server: Server) -> Iterator[RolesDb]:
     """The demo scenarios, the audit tables, and the roles of sql/roles.sql."""
-    with database(pg_server, demo=True, remediation=True) as db:
-        admin = pg_server.url(db.name)
-        try:
+    try:
+        with database(pg_server, demo=True, remediation=True) as db:
+            admin = pg_server.url(db.name)
             result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
             assert result.returncode == 0, result.stderr
             yield RolesDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
                           admin.set(username="cj_health_remediator", password="rw-pw"))
-        finally:
-            drop_roles(pg_server.url(), *ROLES)
+    finally:  # after the database (and the grants in it) is gone
+        drop_roles(pg_server.url(), *ROLES)
 
 
-def bouncer(db: RolesDb, mode: str, pool_size: int = POOL_SIZE) -> PgBouncer:
+def bouncer(db: RolesDb, mode: str, pool_size: int = POOL_SIZE, **extra: str | int) -> PgBouncer:
     return PgBouncer(db.admin, mode, pool_size=pool_size,
-                     users={"cj_health_ro": "ro-pw", "cj_health_remediator": "rw-pw"})
+                     users={"cj_health_ro": "ro-pw", "cj_health_remediator": "rw-pw"}, **extra)
 
 
 def share_pools(stack: ExitStack, pgb: PgBouncer, mode: str, *urls: URL) -> list[Neighbours]:
@@ -150,6 +153,37 @@ def test_poll_inspect_and_install_view_through_pgbouncer(roles_db: RolesDb, mode
                            names=built)
         assert invalid == [] and present == [(len(built),)]
         assert "Traceback" not in exp.output()
+
+
+def test_timeouts_and_session_state_through_transaction_pooling(roles_db: RolesDb) -> None:
+    """The poll's timeouts are transaction-local and hold through the pooler; nothing of a poll
+    (timeouts, READ ONLY) stays on the server connection for the next transaction or client;
+    PgBouncer needs no ignore_startup_parameters for our connections."""
+    db = roles_db
+    with bouncer(db, "transaction", pool_size=1, ignore_startup_parameters="") as pgb:
+        engine = exporter_db.make_engine(pgb.url(db.admin), 5)
+        try:
+            started = time.monotonic()
+            with pytest.raises(DBAPIError) as failed, \
+                    exporter_db.read_only_snapshot(engine, 0.5, 0.5) as conn:
+                conn.execute(text("SELECT pg_sleep(3)"))
+            took = time.monotonic() - started
+            assert exporter_db.error_reason(failed.value) == "timeout" and took < 2.0, took
+            with exporter_db.read_only_snapshot(engine, 0.5, 0.5) as conn:
+                conn.execute(text("SELECT 1 FROM cj_batch_health LIMIT 1"))
+            # Pool of one server connection: the next client gets the very same backend.
+            with psycopg.connect(conninfo(pgb.url(db.admin)), prepare_threshold=None,
+                                 autocommit=True) as other:
+                row = other.execute("SELECT current_setting('statement_timeout'),"
+                                    " current_setting('lock_timeout'),"
+                                    " current_setting('transaction_read_only')").fetchone()
+            assert row == ("0", "0", "off"), row
+            with engine.begin() as conn:  # the exporter's own next transaction: writable again
+                assert conn.execute(text("SHOW transaction_read_only")).scalar_one() == "off"
+        finally:
+            engine.dispose()
+    print(f"\nthrough transaction pooling: a 3 s statement cancelled after {took:.2f}s"
+          " (statement_timeout 0.5 s); nothing left on the server connection")
 
 
 # --- remediation: two replicas, the leader lock through the pooler --------------------------
