@@ -89,7 +89,7 @@ def test_the_transaction_lock_holds_no_snapshot_and_blocks_no_index_build(
         assert (state, no_xid, no_xmin) == ("idle in transaction", True, True)
         # A follower keeps no transaction (and so, behind PgBouncer, no server connection).
         with admin.connect() as conn:
-            states = dict(conn.execute(text(
+            states: dict[str, str] = dict(conn.execute(text(
                 "SELECT application_name, state FROM pg_stat_activity"
                 " WHERE application_name LIKE 'cjh-test-leader-%'")).all())
         assert states == {"cjh-test-leader-1": "idle in transaction",

@@ -109,7 +109,7 @@ def hang_phase(exp: ExporterProcess, url: str) -> str:
     assert locked.wait(10)
     held_at = time.monotonic()
     try:
-        seen = []
+        seen: list[dict[str, float]] = []
         while not seen or seen[-1]["stale"] != 1:
             assert time.monotonic() - held_at < 10, f"never stale: {seen[-3:]}"
             seen.append(sample(exp))

@@ -47,20 +47,20 @@ def _install(path: str) -> None:
 
     class datetime(_datetime.datetime):
         @classmethod
-        def now(cls, tz: _datetime.tzinfo | None = None) -> datetime:  # type: ignore[override]
+        def now(cls, tz: _datetime.tzinfo | None = None) -> datetime:
             return cls.fromtimestamp(time(), tz)
 
         @classmethod
-        def utcnow(cls) -> datetime:  # type: ignore[override]
+        def utcnow(cls) -> datetime:
             return cls.fromtimestamp(time(), _datetime.UTC).replace(tzinfo=None)
 
         @classmethod
-        def today(cls) -> datetime:  # type: ignore[override]
+        def today(cls) -> datetime:
             return cls.fromtimestamp(time())
 
     class date(_datetime.date):
         @classmethod
-        def today(cls) -> date:  # type: ignore[override]
+        def today(cls) -> date:
             return cls.fromtimestamp(time())
 
     _time.time = time
