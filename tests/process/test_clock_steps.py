@@ -28,7 +28,7 @@ from tests.support.process import ExporterProcess
 SHIM = ROOT / "tests" / "support" / "clockshim"
 INTERVAL = 0.5
 STALE_AFTER = 3  # intervals: stale 1.5 s after the last good poll
-OBSERVE = 4.0  # seconds per phase
+OBSERVE = 3.0  # seconds per phase
 
 
 class Clock:
