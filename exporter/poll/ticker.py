@@ -35,6 +35,9 @@ class Ticker:
         self.first_delay = first_delay
         self.on_missed = on_missed
         self._stop = threading.Event()
+        self._wake = threading.Event()  # stop() or sooner(): look at the deadline again
+        self._lock = threading.Lock()
+        self._due = 0.0  # time.monotonic() of the next tick
         self._go = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -50,20 +53,38 @@ class Ticker:
     def stop(self) -> None:
         """No run starts after this; a run in progress goes on (the caller cancels it)."""
         self._stop.set()
+        self._wake.set()
         self._go.set()  # wakes an idle worker, which then ends
 
+    def sooner(self, delay: float) -> None:
+        """Bring the next tick forward to `delay` seconds from now, if that is earlier (a retry
+        after a failure); the fixed rate goes on from there."""
+        with self._lock:
+            at = time.monotonic() + delay
+            if at < self._due:
+                self._due = at
+                self._wake.set()
+
     def _tick(self) -> None:
-        due = time.monotonic() + self.first_delay
-        while not self._stop.wait(max(due - time.monotonic(), 0.0)):
+        with self._lock:
+            self._due = time.monotonic() + self.first_delay
+        while not self._stop.is_set():
+            with self._lock:
+                wait = self._due - time.monotonic()
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue  # stopped, brought forward, or simply due: look again
             if self._idle.is_set():
                 self._idle.clear()
                 self._go.set()
             elif self.on_missed is not None:
                 self.on_missed()
-            due += self.seconds
-            behind = time.monotonic() - due
-            if behind > self.seconds:  # this thread itself was held up: one tick, not a burst
-                due += (behind // self.seconds) * self.seconds
+            with self._lock:
+                self._due += self.seconds
+                behind = time.monotonic() - self._due
+                if behind > self.seconds:  # this thread itself was held up: no burst
+                    self._due += (behind // self.seconds) * self.seconds
 
     def _work(self) -> None:
         while True:

@@ -57,3 +57,17 @@ def test_a_failing_job_does_not_stop_the_schedule() -> None:
     time.sleep(0.3)
     ticker.stop()
     assert len(runs) >= 3
+
+
+def test_sooner_brings_the_next_run_forward_and_the_rate_goes_on_from_there() -> None:
+    runs: list[float] = []
+    ticker = Ticker("t", 10.0, lambda: runs.append(time.monotonic()))
+    ticker.start()
+    time.sleep(0.1)
+    assert len(runs) == 1  # the first tick is at once, the next 10 s later
+    asked = time.monotonic()
+    ticker.sooner(0.1)
+    ticker.sooner(5.0)  # later than the next tick now: no change
+    time.sleep(0.4)
+    ticker.stop()
+    assert len(runs) == 2 and 0.05 <= runs[1] - asked <= 0.3, (runs, asked)
