@@ -11,6 +11,7 @@ on a table lock the test holds), and is never invented by a forward step.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -61,7 +62,12 @@ def stepped(seeded_db: SeededDb, tmp_path: Path) -> Iterator[tuple[ExporterProce
 
 
 def sample(exp: ExporterProcess) -> dict[str, float]:
+    """What /metrics says, checked against what /healthz says about staleness."""
     body = exp.metrics()
+    status, _, health = exp.get("/healthz")
+    assert status == 200
+    stale = sample_value(body, "cj_health_snapshot_stale")
+    assert bool(json.loads(health)["stale"]) == bool(stale), (health, stale)
     return {"polls": sample_value(body, "cj_health_polls_total") or 0.0,
             "up": sample_value(body, "cj_health_up") or 0.0,
             "stale": sample_value(body, "cj_health_snapshot_stale") or 0.0,
