@@ -55,8 +55,10 @@ class _Job:
 
 
 class Gate:
-    PER_CLIENT = 4
-    TOTAL = 32
+    # Small on purpose: a queued check waits up to TOTAL bcrypt runs (~0.8 s at cost 10), and a
+    # new client's first check at most one turn per client already queued (TOTAL at most).
+    PER_CLIENT = 2
+    TOTAL = 16
 
     def __init__(self, post: Post) -> None:
         """`post` hands a callable to the serving thread (answers are delivered there)."""

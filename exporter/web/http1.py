@@ -73,6 +73,8 @@ def head_end(buffer: bytes | bytearray) -> int | None:
             raise BadRequest(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
         _check_partial_line(buffer[start:])
         return None
+    if line_end - start > MAX_REQUEST_LINE:
+        raise BadRequest(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
     check_request_line(bytes(buffer[start:line_end]).rstrip(b"\r"))
     found = _HEAD_END.search(buffer, line_end - 1 if line_end > start else start)
     if found is None:
