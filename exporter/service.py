@@ -244,7 +244,7 @@ def _hangup(security: WebSecurity | None, dsn: ReadDsn) -> None:
 def _announce(settings: Settings, host: str, port: int, security: WebSecurity | None,
               banner: str | None) -> None:
     scheme = "https" if security and security.tls_enabled else "http"
-    url = f"{scheme}://{_display_host(host)}:{port}/metrics"
+    url = f"{scheme}://{_display_host(host)}:{port}{settings.telemetry_path}"
     if security:
         log.info("web config %s: %s", settings.web_config_file, security.describe())
         if security.auth_enabled and not security.tls_enabled:

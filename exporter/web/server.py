@@ -74,6 +74,7 @@ STUCK_WRITE_SECONDS = 5.0  # a response not sent after this may be closed to mak
 SWEEP_SECONDS = 0.25
 PRESSURE_LOG_SECONDS = 30.0
 ACCEPTS_PER_WAKE = 64
+REQUESTS_PER_TURN = 32
 _RECV = 64 * 1024
 _SEND = 64 * 1024
 _LINGER_BYTES = 256 * 1024
@@ -137,6 +138,7 @@ class _Conn:
         self.discard = 0  # body bytes still to read and drop
         self.request: Request | None = None
         self.served = 0
+        self.driving = False
 
     # -- events -----------------------------------------------------------------------------
 
@@ -197,17 +199,34 @@ class _Conn:
     # -- reading ----------------------------------------------------------------------------
 
     def _drive(self) -> None:
-        """Parse what is buffered; read more while a request is incomplete."""
-        while self.state in (READ, BODY):
-            if self._parse():
-                return  # dispatched, answered or closed
-            room = self.discard if self.state == BODY else MAX_HEAD_BYTES + 1 - len(self.buf)
-            got = self._recv(min(max(room, 1), _RECV))
-            if got is None:
-                return
-            if not got:
-                self.loop.want(self, selectors.EVENT_READ)
-                return
+        """Parse what is buffered, answer, read more while a request is incomplete.
+
+        A loop, not recursion: an answer sent at once brings the connection back to READ, and
+        the next pipelined request is parsed by the same loop (200 pipelined requests once
+        recursed past Python's limit). After REQUESTS_PER_TURN answers the connection yields
+        to the others and resumes on the next turn of the event loop.
+        """
+        if self.driving:
+            return  # called from inside the loop below (an answer that went out at once)
+        self.driving = True
+        try:
+            answered = 0
+            while self.state in (READ, BODY):
+                if self._parse():
+                    answered += 1
+                    if answered >= REQUESTS_PER_TURN and self.state in (READ, BODY):
+                        self.loop.call_soon(self._drive)
+                        return
+                    continue
+                room = self.discard if self.state == BODY else MAX_HEAD_BYTES + 1 - len(self.buf)
+                got = self._recv(min(max(room, 1), _RECV))
+                if got is None:
+                    return
+                if not got:
+                    self.loop.want(self, selectors.EVENT_READ)
+                    return
+        finally:
+            self.driving = False
 
     def _recv(self, size: int) -> bytes | None:
         """Bytes read now (b"" when none are there yet), None when the connection ended."""
@@ -231,7 +250,7 @@ class _Conn:
         return data
 
     def _parse(self) -> bool:
-        """Advance on the buffer; True once the request left the reading states."""
+        """Advance on the buffer; True once a request was dispatched or refused."""
         if self.state == READ:
             if not self.buf:
                 return False

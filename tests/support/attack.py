@@ -40,8 +40,12 @@ class LimitedExporter(ExporterProcess):
     1024), optionally speaking HTTPS with credentials."""
 
     def __init__(self, dsn: str, nofile: int = 1024, tls: ssl.SSLContext | None = None,
-                 authorization: str | None = None, **kwargs: object) -> None:
+                 authorization: str | None = None, telemetry_path: str = "/metrics",
+                 **kwargs: object) -> None:
         super().__init__(dsn, **kwargs)  # type: ignore[arg-type]
+        if telemetry_path != "/metrics":
+            self.args += ["--web.telemetry-path", telemetry_path]
+        self.telemetry_path = telemetry_path
         self.nofile = nofile
         self.tls = tls
         self.authorization = authorization
@@ -62,9 +66,9 @@ class LimitedExporter(ExporterProcess):
         assert self.proc is not None
         return self.proc.pid
 
-    def get(self, path: str = "/metrics", timeout: float = 5.0,
+    def get(self, path: str | None = None, timeout: float = 5.0,
             source: str | None = None) -> tuple[int, bytes]:
-        return request(self.port, path, tls=self.tls, authorization=self.authorization,
+        return request(self.port, path or self.telemetry_path, tls=self.tls, authorization=self.authorization,
                        timeout=timeout, source=source)
 
 
