@@ -82,15 +82,17 @@ def serve(settings: Settings) -> int:
 
 
 def _exit_lingering(code: int) -> None:
-    """A job that ignored the cancel (say, a connect to a black-holed host) would make the
-    interpreter wait for its thread at exit. Every database change is one transaction, which
-    Postgres rolls back when the connection drops, so leaving now is safe."""
+    """A job that ignored the cancel (say, a connect to a black-holed host, or a finalizer
+    action inside its transaction) would make the interpreter wait for its thread at exit:
+    concurrent.futures joins its workers at exit even though APScheduler's are daemon threads
+    (SIGTERM inside a finalizer transaction once waited for the whole remediation cycle). Every
+    database change is one transaction, which Postgres rolls back when the connection drops, so
+    leaving now is safe; os._exit unwinds nothing, so no native code is interrupted mid-call."""
     end = time.monotonic() + 1.0
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
-    lingering = [t.name for t in threading.enumerate()
-                 if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    for thread in others:
+        thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
+    lingering = [t.name for t in others if t.is_alive()]
     if lingering:
         log.warning("exiting with %s still running", ", ".join(lingering))
         logging.shutdown()

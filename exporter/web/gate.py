@@ -4,9 +4,10 @@ A wrong guess costs ~50 ms of CPU (bcrypt cost 10) and arrives for free, so what
 unauthenticated client can make the exporter do must be bounded, and Prometheus must still get
 its turn during a flood, even before its credential is cached (at start):
 
-- one bcrypt at a time, on one non-daemon thread: a flood costs at most one core, and the
-  interpreter never exits while bcrypt's native code runs (a daemon thread killed inside it
-  aborted the process: "FATAL: exception not rethrown"); `stop()` joins it;
+- one bcrypt at a time, on one thread: a flood costs at most one core. The interpreter never
+  exits while that thread is inside bcrypt's native code (a daemon thread killed there at exit
+  aborted the process: "FATAL: exception not rethrown"): `stop()` joins it, and runs at exit
+  (atexit, before daemon threads are killed) if nobody called it;
 - single flight: a credential already queued or running is not queued again, its requests wait
   for the one answer (200 simultaneous scrapes cost one bcrypt);
 - bounded: at most PER_CLIENT checks queued per client address and TOTAL in all. Past that the
@@ -22,6 +23,7 @@ bcrypt has run: then Prometheus's check waits in that address's share like any o
 
 from __future__ import annotations
 
+import atexit
 import enum
 import functools
 import logging
@@ -69,17 +71,19 @@ class Gate:
         self._queued = 0
         self._stopping = False
         self.shed = 0  # checks refused so far (logged by the server)
-        self._thread = threading.Thread(target=self._run, name="bcrypt")
+        self._thread = threading.Thread(target=self._run, name="bcrypt", daemon=True)
 
     def start(self) -> None:
+        atexit.register(self.stop)
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         """No new checks; wait for the running bcrypt (tens of ms at the usual costs)."""
+        atexit.unregister(self.stop)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def submit(self, auth: BasicAuth, pending: Pending, client: str,

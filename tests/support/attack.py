@@ -68,8 +68,8 @@ class LimitedExporter(ExporterProcess):
 
     def get(self, path: str | None = None, timeout: float = 5.0,
             source: str | None = None) -> tuple[int, bytes]:
-        return request(self.port, path or self.telemetry_path, tls=self.tls, authorization=self.authorization,
-                       timeout=timeout, source=source)
+        return request(self.port, path or self.telemetry_path, tls=self.tls,
+                       authorization=self.authorization, timeout=timeout, source=source)
 
 
 def wait_until_serving(exp: LimitedExporter, timeout: float) -> None:
