@@ -173,3 +173,33 @@ def test_a_flood_from_prometheus_own_address_and_a_reload(cold_exporter: ColdExp
     wait_until(lambda: exp.get(timeout=10)[0] == 401, 10, "the old password refused")
     exp.authorization = basic("prometheus", OTHER_PASSWORD)
     assert first_success(exp) < 5
+
+
+def test_half_finished_tls_handshakes_under_the_open_file_limit(cold_exporter: ColdExporter
+                                                                ) -> None:
+    """2,000 connections that send 3 bytes of a ClientHello and stop (NOFILE 1024): before,
+    4 of 8 scrapes failed and the process burnt a core; handshakes are now non-blocking steps
+    of the loop, cut at the request deadline or closed to make room."""
+    from tests.support.attack import Slowloris, raise_own_nofile, sockets_held
+
+    exp = cold_exporter
+    raise_own_nofile(4500)
+    first_success(exp)
+    sampler = Sampler(exp.pid)
+    sampler.start()
+    attack = Slowloris(exp.port, 2000, mode="tls", reopen_per_second=2000)
+    attack.start()
+    assert attack.ready.wait(20)
+    scraper = Scraper(lambda: exp.get(timeout=5), every=0.5)
+    scraper.start()
+    time.sleep(12)
+    scrapes = scraper.stop()
+    held = sockets_held(exp.pid)
+    attack.stop()
+    peak = sampler.stop()
+    print(f"\nhalf TLS handshakes x 2000 (NOFILE 1024), {attack.opened - 2000} reopened: "
+          f"scrapes {scrapes.summary()}; held {held} sockets, peak fds {peak.fds}, threads "
+          f"{peak.threads}, RSS {peak.rss_mb:.0f} MB")
+    assert not scrapes.failures, scrapes.failures[:5]
+    assert scrapes.figures()["max"] < 2.5, scrapes.summary()
+    assert peak.fds < 1024 and peak.threads <= 8 and peak.rss_mb < 150
