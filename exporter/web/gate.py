@@ -13,10 +13,12 @@ its turn during a flood, even before its credential is cached (at start):
 - bounded: at most PER_CLIENT checks queued per client address and TOTAL in all. Past that the
   request is shed at once, 429 for a client over its share, 503 when everything is full,
   instead of holding a connection and memory for seconds;
-- fair: clients take turns (round robin over addresses), and when the queue is full a client
-  with fewer checks queued displaces the newest check of the greediest one. A flood from
-  other addresses therefore delays a new client's first check by at most one turn per
-  flooding address, never by the flood's length.
+- fair: the next check is from the address served longest ago (never served: first), so
+  flooding addresses take turns among themselves while a newcomer, such as Prometheus at
+  start-up, gets the very next turn; and when the queue is full a client with fewer checks
+  queued displaces the newest check of the greediest one. A flood from other addresses
+  therefore delays a new client's first check by about one bcrypt (the one running), however
+  many addresses flood.
 A flood from Prometheus's own address (a shared NAT, a proxy) cannot be told apart before
 bcrypt has run: then Prometheus's check waits in that address's share like any other.
 """
@@ -44,6 +46,7 @@ class Outcome(enum.Enum):
     SHED = "shed"  # the whole queue is full: 503
 
 
+SERVED_MEMORY = 4096  # addresses whose last turn is remembered (a forgotten one counts as new)
 Done = Callable[[Outcome], None]
 Post = Callable[[Callable[[], None]], None]
 
@@ -66,7 +69,9 @@ class Gate:
         """`post` hands a callable to the serving thread (answers are delivered there)."""
         self._post = post
         self._cond = threading.Condition()
-        self._queues: OrderedDict[str, deque[bytes]] = OrderedDict()  # turn order
+        self._queues: dict[str, deque[bytes]] = {}  # by client, in order of arrival
+        self._served: OrderedDict[str, int] = OrderedDict()  # client -> turn it was last served
+        self._turn = 0
         self._jobs: dict[bytes, _Job] = {}  # queued or running, by cache key
         self._queued = 0
         self._stopping = False
@@ -134,13 +139,18 @@ class Gate:
                 self._cond.wait()
             if self._stopping:
                 return None
-            client, queue = next(iter(self._queues.items()))
+            # Served longest ago first; never served is -1; ties keep the order of arrival.
+            client = min(self._queues, key=lambda c: self._served.get(c, -1))
+            queue = self._queues[client]
             key = queue.popleft()
-            if queue:
-                self._queues.move_to_end(client)  # the next client's turn
-            else:
+            if not queue:
                 del self._queues[client]
             self._queued -= 1
+            self._turn += 1
+            self._served[client] = self._turn
+            self._served.move_to_end(client)
+            if len(self._served) > SERVED_MEMORY:
+                self._served.popitem(last=False)
             return key, self._jobs[key]
 
     def _run(self) -> None:

@@ -491,14 +491,18 @@ class _Loop:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
         next_sweep = time.monotonic() + SWEEP_SECONDS
         while not self._stopping:
-            for key, _ in self.selector.select(SWEEP_SECONDS):
-                self._handle(key.data)
-            while self._calls:
-                self._safely(self._calls.popleft())
-            now = time.monotonic()
-            if now >= next_sweep:
-                next_sweep = now + SWEEP_SECONDS
-                self._sweep(now)
+            try:
+                for key, _ in self.selector.select(SWEEP_SECONDS):
+                    self._handle(key.data)
+                while self._calls:
+                    self._safely(self._calls.popleft())
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_SECONDS
+                    self._sweep(now)
+            except Exception:  # a bug outside any one connection: log it, keep serving
+                log.error("HTTP loop error", exc_info=True)
+                time.sleep(0.1)
         self._close_all()
 
     def stop(self) -> None:

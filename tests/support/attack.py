@@ -9,16 +9,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import json
 import os
 import resource
 import selectors
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.support.hardening import percentiles
 from tests.support.process import ExporterProcess
@@ -421,7 +425,58 @@ class Flood:
         return sum(self.statuses.values()) / self.seconds
 
 
+class FloodProcess:
+    """A Flood in a process of its own: its 100+ client threads and TLS handshakes must not
+    share the scraper's interpreter (the test's GIL would slow the scraper, not the exporter)."""
+
+    def __init__(self, port: int, rate: float, seconds: float, sources: tuple[str, ...],
+                 ca_file: Path | None = None, workers: int = 200, timeout: float = 5.0) -> None:
+        self.seconds = seconds
+        self.args = [sys.executable, "-m", "tests.support.attack", str(port), str(rate),
+                     str(seconds), ",".join(sources), str(ca_file or ""), str(workers),
+                     str(timeout)]
+        self.proc: subprocess.Popen[str] | None = None
+        self.statuses: dict[str, int] = {}
+        self.latencies: list[float] = []
+
+    def start(self) -> FloodProcess:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True,
+                                     cwd=Path(__file__).resolve().parents[2])
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        assert self.proc is not None
+        out, _ = self.proc.communicate(timeout=timeout or self.seconds + 60)
+        result = json.loads(out.strip().splitlines()[-1])
+        self.statuses, self.latencies = result["statuses"], result["latencies"]
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # the flood stops, reports what it had
+        self.join(30)
+
+    def achieved(self) -> float:
+        return sum(self.statuses.values()) / self.seconds
+
+
+def _flood_main(argv: list[str]) -> None:
+    port, rate, seconds, sources, ca, workers, timeout = argv
+    tls = ssl.create_default_context(cafile=ca) if ca else None
+    flood = Flood(int(port), float(rate), float(seconds), tuple(sources.split(",")), tls=tls,
+                  workers=int(workers), timeout=float(timeout)).start()
+    try:
+        flood.join()
+    except KeyboardInterrupt:
+        flood.stop()
+    print(json.dumps({"statuses": flood.statuses, "latencies": flood.latencies}), flush=True)
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+if __name__ == "__main__":
+    _flood_main(sys.argv[1:])
