@@ -29,7 +29,8 @@ from tests.support.attack import (
     unfinished_headers,
 )
 from tests.support.database import SeededDb
-from tests.support.hardening import metric, wait_until
+from tests.support.exposition import sample_value
+from tests.support.hardening import wait_until
 
 NOFILE = 1024
 SLOW_CONNECTIONS = 2000
@@ -45,7 +46,7 @@ def exporter(seeded_db: SeededDb) -> Iterator[LimitedExporter]:
 
 
 def polls(exp: LimitedExporter) -> float:
-    return metric(exp.get()[1], "cj_health_polls_total") or 0
+    return sample_value(exp.get()[1], "cj_health_polls_total") or 0
 
 
 @pytest.mark.parametrize("mode", ["silent", "trickle"])

@@ -23,7 +23,8 @@ from sqlalchemy import create_engine, text
 
 from tests.support.attack import Flood, LimitedExporter, basic, request
 from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
-from tests.support.hardening import Pki, exporter_backends, make_pki, metric, wait_until
+from tests.support.exposition import sample_value
+from tests.support.hardening import Pki, exporter_backends, make_pki, wait_until
 from tests.support.remediation import RemediationDb
 
 PASSWORD = "scrape-password-1"
@@ -183,7 +184,7 @@ def test_sighup_rereads_the_web_config_and_the_dsn_file(seeded_db: SeededDb, sec
     del exp.args[at:at + 2]
     with exp:
         assert exp.proc is not None
-        batches = metric(exp.get()[1], "cj_health_exported_batches")
+        batches = sample_value(exp.get()[1], "cj_health_exported_batches")
         assert batches and batches > 0
         # 1. The web config changes in a way its fingerprint (inode, mtime, size) cannot see:
         #    only SIGHUP makes the exporter read it.
@@ -201,7 +202,7 @@ def test_sighup_rereads_the_web_config_and_the_dsn_file(seeded_db: SeededDb, sec
         # 2. The DSN file now names another database: polls go there after SIGHUP.
         dsn_file.write_text(second_db + "\n")
         os.kill(exp.proc.pid, signal.SIGHUP)
-        wait_until(lambda: metric(exp.get()[1], "cj_health_exported_batches") == 0, 10,
+        wait_until(lambda: sample_value(exp.get()[1], "cj_health_exported_batches") == 0, 10,
                    "polls of the database the new DSN names")
         second = second_db.rsplit("/", 1)[1].split("?")[0]
         assert exporter_backends(second_db, second)
@@ -211,7 +212,7 @@ def test_sighup_rereads_the_web_config_and_the_dsn_file(seeded_db: SeededDb, sec
         wait_until(lambda: "SIGHUP: keeping the DSN in use" in exp.output(), 5, "the error")
         time.sleep(1)
         body = exp.get()[1]
-        assert metric(body, "cj_health_up") == 1 and exp.proc.poll() is None
+        assert sample_value(body, "cj_health_up") == 1 and exp.proc.poll() is None
         code, seconds = sigterm(exp)
     output = exp.output()
     print(f"\nSIGHUP x3: web config reloaded, DSN reloaded, broken DSN file kept the old one; "

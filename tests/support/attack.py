@@ -6,7 +6,6 @@ and up, to look like other hosts), with bounded connection counts, rates and dur
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -24,12 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.hardening import percentiles
+from tests.support.hardening import basic, percentiles
 from tests.support.process import ExporterProcess
 
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+__all__ = ["basic"]  # re-exported: the attack tests take it from here with the rest
 
 
 def raise_own_nofile(at_least: int) -> None:
