@@ -93,7 +93,7 @@ def first_success(exp: LimitedExporter, timeout: float = 30) -> tuple[float, int
     while time.monotonic() - started < timeout:
         attempts += 1
         try:
-            if exp.get(timeout=10)[0] == 200:
+            if exp.scrape(timeout=10)[0] == 200:
                 return time.monotonic() - started, attempts
         except OSError:
             pass
@@ -126,7 +126,7 @@ def test_flood_from_other_hosts_cold_then_warm(cold_exporter: ColdExporter, pki:
                          workers=100).start()
     time.sleep(2)  # the gate is saturated before Prometheus's first scrape
     cold, attempts = first_success(exp)
-    scraper = Scraper(lambda: exp.get(timeout=10), every=0.5)
+    scraper = Scraper(lambda: exp.scrape(timeout=10), every=0.5)
     scraper.start()
     flood.join()
     cpu = cpu_seconds(exp.pid) - cpu_before
@@ -163,7 +163,7 @@ def test_a_flood_from_prometheus_own_address_and_a_reload(cold_exporter: ColdExp
     flood = FloodProcess(exp.port, RATE, SECONDS, ("127.0.0.1",), ca_file=pki.ca.cert,
                          workers=100).start()
     time.sleep(2)
-    scraper = Scraper(lambda: exp.get(timeout=10), every=0.3)
+    scraper = Scraper(lambda: exp.scrape(timeout=10), every=0.3)
     scraper.start()
     time.sleep(3)
     config = tmp_path / "web.yml"
@@ -182,7 +182,7 @@ def test_a_flood_from_prometheus_own_address_and_a_reload(cold_exporter: ColdExp
     # The hash changes: the carried-over success must not let the old password in.
     config.write_text(config.read_text().replace(HASH, OTHER_HASH))
     os.utime(config)
-    wait_until(lambda: exp.get(timeout=10)[0] == 401, 10, "the old password refused")
+    wait_until(lambda: exp.scrape(timeout=10)[0] == 401, 10, "the old password refused")
     exp.authorization = basic("prometheus", OTHER_PASSWORD)
     assert first_success(exp)[0] < PROMETHEUS_TIMEOUT
 
@@ -202,7 +202,7 @@ def test_half_finished_tls_handshakes_under_the_open_file_limit(cold_exporter: C
     attack = Slowloris(exp.port, 2000, mode="tls", reopen_per_second=2000)
     attack.start()
     assert attack.ready.wait(20)
-    scraper = Scraper(lambda: exp.get(timeout=5), every=0.5)
+    scraper = Scraper(lambda: exp.scrape(timeout=5), every=0.5)
     scraper.start()
     time.sleep(12)
     scrapes = scraper.stop()

@@ -46,7 +46,7 @@ def exporter(seeded_db: SeededDb) -> Iterator[LimitedExporter]:
 
 
 def polls(exp: LimitedExporter) -> float:
-    return sample_value(exp.get()[1], "cj_health_polls_total") or 0
+    return sample_value(exp.scrape()[1], "cj_health_polls_total") or 0
 
 
 @pytest.mark.parametrize("mode", ["silent", "trickle"])
@@ -60,7 +60,7 @@ def test_a_scraper_is_answered_under_2000_slow_connections(exporter: LimitedExpo
                        reopen_per_second=2000)
     attack.start()
     assert attack.ready.wait(20), "the attacker could not open its connections"
-    scraper = Scraper(lambda: exp.get(timeout=5), every=0.5)
+    scraper = Scraper(lambda: exp.scrape(timeout=5), every=0.5)
     scraper.start()
     time.sleep(12)  # longer than the request deadline: every first wave has timed out once
     scrapes = scraper.stop()
@@ -95,7 +95,7 @@ def test_closing_thousands_of_connections_at_once_is_not_an_outage(
     latencies = []
     for _ in range(10):
         started = time.monotonic()
-        status, _ = exp.get(timeout=5)
+        status, _ = exp.scrape(timeout=5)
         assert status == 200
         latencies.append(time.monotonic() - started)
     print(f"\nmass close of {SLOW_CONNECTIONS} ({held} held by the exporter): the next 10 "
@@ -109,7 +109,7 @@ def test_unfinished_heads_cannot_grow_memory(exporter: LimitedExporter) -> None:
     before = rss_mb(exp.pid)
     sampler = Sampler(exp.pid, every=0.1)
     sampler.start()
-    scraper = Scraper(lambda: exp.get(timeout=5), every=0.5)
+    scraper = Scraper(lambda: exp.scrape(timeout=5), every=0.5)
     scraper.start()
     started = time.monotonic()
     taken = unfinished_headers(exp.port, 200)

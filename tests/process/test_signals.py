@@ -184,7 +184,7 @@ def test_sighup_rereads_the_web_config_and_the_dsn_file(seeded_db: SeededDb, sec
     del exp.args[at:at + 2]
     with exp:
         assert exp.proc is not None
-        batches = sample_value(exp.get()[1], "cj_health_exported_batches")
+        batches = sample_value(exp.scrape()[1], "cj_health_exported_batches")
         assert batches and batches > 0
         # 1. The web config changes in a way its fingerprint (inode, mtime, size) cannot see:
         #    only SIGHUP makes the exporter read it.
@@ -194,15 +194,15 @@ def test_sighup_rereads_the_web_config_and_the_dsn_file(seeded_db: SeededDb, sec
         os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert config.stat().st_size == stat.st_size
         time.sleep(1.5)  # past the once-a-second check: still the old password
-        assert exp.get()[0] == 200
+        assert exp.scrape()[0] == 200
         os.kill(exp.proc.pid, signal.SIGHUP)
-        wait_until(lambda: exp.get()[0] == 401, 5, "the old password refused after SIGHUP")
+        wait_until(lambda: exp.scrape()[0] == 401, 5, "the old password refused after SIGHUP")
         exp.authorization = basic("prometheus", NEW_PASSWORD)
-        assert exp.get()[0] == 200
+        assert exp.scrape()[0] == 200
         # 2. The DSN file now names another database: polls go there after SIGHUP.
         dsn_file.write_text(second_db + "\n")
         os.kill(exp.proc.pid, signal.SIGHUP)
-        wait_until(lambda: sample_value(exp.get()[1], "cj_health_exported_batches") == 0, 10,
+        wait_until(lambda: sample_value(exp.scrape()[1], "cj_health_exported_batches") == 0, 10,
                    "polls of the database the new DSN names")
         second = second_db.rsplit("/", 1)[1].split("?")[0]
         assert exporter_backends(second_db, second)
@@ -211,7 +211,7 @@ def test_sighup_rereads_the_web_config_and_the_dsn_file(seeded_db: SeededDb, sec
         os.kill(exp.proc.pid, signal.SIGHUP)
         wait_until(lambda: "SIGHUP: keeping the DSN in use" in exp.output(), 5, "the error")
         time.sleep(1)
-        body = exp.get()[1]
+        body = exp.scrape()[1]
         assert sample_value(body, "cj_health_up") == 1 and exp.proc.poll() is None
         code, seconds = sigterm(exp)
     output = exp.output()
@@ -229,7 +229,7 @@ def test_sighup_without_a_web_config_or_dsn_file_is_harmless(seeded_db: SeededDb
         for _ in range(3):
             os.kill(exp.proc.pid, signal.SIGHUP)
             time.sleep(0.2)
-        assert exp.get()[0] == 200 and exp.proc.poll() is None
+        assert exp.scrape()[0] == 200 and exp.proc.poll() is None
         assert request(exp.port, "/healthz")[0] == 200
         code, _ = sigterm(exp)
     assert code == 0

@@ -67,7 +67,7 @@ class LimitedExporter(ExporterProcess):
         assert self.proc is not None
         return self.proc.pid
 
-    def get(self, path: str | None = None, timeout: float = 5.0,
+    def scrape(self, path: str | None = None, timeout: float = 5.0,
             source: str | None = None) -> tuple[int, bytes]:
         return request(self.port, path or self.telemetry_path, tls=self.tls,
                        authorization=self.authorization, timeout=timeout, source=source)
@@ -80,7 +80,7 @@ def wait_until_serving(exp: LimitedExporter, timeout: float) -> None:
         if exp.proc.poll() is not None:
             raise AssertionError(f"exporter exited {exp.proc.returncode}:\n{exp.output()}")
         try:
-            status, body = exp.get(timeout=2)
+            status, body = exp.scrape(timeout=2)
             if status == 200 and b"cj_health_last_success_timestamp_seconds" in body:
                 return
         except OSError:
