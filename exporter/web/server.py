@@ -8,9 +8,10 @@ bounded by design:
 
 - at most `connection_limit()` connections (MAX_CONNECTIONS, and always FD_RESERVE below the
   open-file limit, so the poll, the database and the reload keep theirs). When the limit is
-  reached a new connection still gets in: the one that has waited longest without finishing a
-  request is closed (then the longest idle keep-alive one), so slow clients cannot lock out a
-  scraper that sends its request at once;
+  reached a new connection still gets in: among the connections that have not finished a
+  request, one that made no progress for longest is closed (preferring the address holding
+  the most connections), then the longest idle keep-alive one; so slow clients cannot lock out
+  a scraper that sends its request at once;
 - a whole-request deadline: REQUEST_SECONDS from accept (TLS handshake included), or from the
   first byte of a keep-alive request, to the end of the head and of a declared body, however the
   bytes trickle in; IDLE_SECONDS between keep-alive requests; WRITE_SECONDS to send a response;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import resource
 import selectors
@@ -34,7 +36,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -70,7 +72,8 @@ LINGER_SECONDS = 2.0  # after the last answer: read what the client still sends,
 MAX_CONNECTIONS = 512
 FD_RESERVE = 64
 MAX_BODY = 64 * 1024
-STUCK_WRITE_SECONDS = 5.0  # a response not sent after this may be closed to make room
+STUCK_WRITE_SECONDS = 5.0
+EVICTION_WINDOW = 16  # a response not sent after this may be closed to make room
 SWEEP_SECONDS = 0.25
 PRESSURE_LOG_SECONDS = 30.0
 ACCEPTS_PER_WAKE = 64
@@ -151,6 +154,7 @@ class _Conn:
 
     def on_event(self) -> None:
         if self.state == HANDSHAKE:
+            self.loop.touch(self)  # bytes of the handshake arrived
             self._handshake()
         elif self.state in (READ, BODY):
             self._drive()
@@ -247,6 +251,7 @@ class _Conn:
             self.loop.enter(self, self.loop.fresh)  # idle keep-alive -> a new request
             self.deadline = time.monotonic() + REQUEST_SECONDS
         self.buf += data
+        self.loop.touch(self)
         return data
 
     def _parse(self) -> bool:
@@ -418,6 +423,7 @@ class _Loop:
         self.stats = Stats()
         self.selector = selectors.DefaultSelector()
         self.conns: set[_Conn] = set()
+        self.per_client: Counter[str] = Counter()
         # Eviction order: lingering first, then unfinished requests, then idle keep-alive,
         # each oldest first; a response stuck for STUCK_WRITE_SECONDS last.
         self.linger: OrderedDict[_Conn, None] = OrderedDict()
@@ -458,6 +464,11 @@ class _Loop:
         self._untier(conn)
         tier[conn] = None
 
+    def touch(self, conn: _Conn) -> None:
+        """`conn` made progress (bytes arrived): to the young end of its tier."""
+        if conn in self.fresh:
+            self.fresh.move_to_end(conn)
+
     def enter_writing(self, conn: _Conn) -> None:
         self._untier(conn)
         self.writing[conn] = time.monotonic()
@@ -475,7 +486,11 @@ class _Loop:
 
     def forget(self, conn: _Conn) -> None:
         self.leave(conn)
-        self.conns.discard(conn)
+        if conn in self.conns:
+            self.conns.discard(conn)
+            self.per_client[conn.client] -= 1
+            if not self.per_client[conn.client]:
+                del self.per_client[conn.client]
 
     def call_soon(self, func: Callable[[], None]) -> None:
         """From any thread: run `func` on the loop thread."""
@@ -562,13 +577,14 @@ class _Loop:
             return
         conn = _Conn(self, sock, client)
         self.conns.add(conn)
+        self.per_client[client] += 1
         self._safely(conn.start, conn)
 
     def _evict(self) -> bool:
         for tier in (self.linger, self.fresh, self.idle):
             if tier:
                 self.stats.evicted += 1
-                next(iter(tier)).close("closed to make room for a new connection")
+                self._victim(tier).close("closed to make room for a new connection")
                 return True
         if self.writing:
             conn, since = next(iter(self.writing.items()))
@@ -577,6 +593,13 @@ class _Loop:
                 conn.close("closed to make room for a new connection")
                 return True
         return False
+
+    def _victim(self, tier: OrderedDict[_Conn, None]) -> _Conn:
+        """Of the EVICTION_WINDOW connections that progressed least recently, the one whose
+        address holds the most connections: a flood from a few hosts pays, not the scraper
+        whose handshake is one round trip from done."""
+        oldest = list(itertools.islice(tier, EVICTION_WINDOW))
+        return max(oldest, key=lambda c: self.per_client[c.client])  # ties: the oldest
 
     def _out_of_descriptors(self) -> None:
         """The process ran out of file descriptors elsewhere: make room, and stop accepting

@@ -213,7 +213,7 @@ class Scraper(threading.Thread):
 
 class Slowloris(threading.Thread):
     """`count` connections kept open, each reopened when the server closes it (at most
-    `reopen_per_second`, and never after `stop()`).
+    `reopen_per_second`, and never after `stop()`), from `sources` in turn.
 
     mode "silent": connect and send nothing. "trickle": a request line, then one header byte
     every `trickle_every` seconds. "tls": the first 3 bytes of a TLS ClientHello, then nothing.
@@ -223,8 +223,10 @@ class Slowloris(threading.Thread):
     CLIENT_HELLO = b"\x16\x03\x01"
 
     def __init__(self, port: int, count: int, mode: str = "silent",
-                 trickle_every: float = 2.0, reopen_per_second: float = 1000.0) -> None:
+                 trickle_every: float = 2.0, reopen_per_second: float = 1000.0,
+                 sources: tuple[str, ...] = ("127.0.0.1",)) -> None:
         super().__init__(daemon=True)
+        self.sources = sources
         self.port, self.count, self.mode = port, count, mode
         self.trickle_every = trickle_every
         self.reopen_per_second = reopen_per_second
@@ -240,6 +242,7 @@ class Slowloris(threading.Thread):
         sock = socket.socket()
         sock.setblocking(False)
         try:
+            sock.bind((self.sources[self.opened % len(self.sources)], 0))
             sock.connect(("127.0.0.1", self.port))
         except BlockingIOError:
             pass
