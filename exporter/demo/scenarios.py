@@ -403,14 +403,6 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", budget=None,
                   completed=5, request_metadata=False, finished=False),
         problem_set("metadata_incomplete")),
-    # Essay metadata holding a NUL (json.dumps writes \u0000), which PostgreSQL stores but
-    # ->/->> cannot read: the batch is exported with cj_batch_unreadable_documents, and every
-    # other batch as usual (docs/metrics.md, "Unreadable documents").
-    "unreadable_essay_metadata": (
-        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=8,
-                  finished=False, essay_metadata={"is_anchor": False,
-                                                  "note": "pasted from a PDF\x00"}),
-        problem_set()),
 }
 
 
