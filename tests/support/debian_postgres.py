@@ -19,9 +19,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from exporter import sqlfiles
+from tests.support.database import TEMPLATE, populate
 
 BIN = Path("/usr/lib/postgresql/15/bin")
-TEMPLATE = "cj_template"
 
 
 class DebianPostgres:
@@ -61,9 +61,8 @@ class DebianPostgres:
             conn.execute(text(f"CREATE DATABASE {TEMPLATE}"))
         admin.dispose()
         template = create_engine(self.url(TEMPLATE))
-        with template.begin() as conn:
-            sqlfiles.load_reference_schema(conn)
-            sqlfiles.install_views(conn)
+        with template.begin() as conn:  # what the session server's template holds
+            populate(conn, schema=True, views=True)
         sqlfiles.install_indexes(template)
         template.dispose()
 
