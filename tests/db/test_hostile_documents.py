@@ -251,8 +251,8 @@ def test_unreadable_documents_cost_only_their_batch(engine: Engine,
     assert after[event_batch]["unreadable_completion_events"] == 1
     assert after[event_batch]["completion_events"] == 1  # the readable one
     assert outbox["unreadable_completion_events"] == 1
-    for batch_id, row in before.items():  # every other batch reads as before
-        assert after[batch_id] == row, batch_id
+    for batch_id, seen in before.items():  # every other batch reads as before
+        assert after[batch_id] == seen, batch_id
     assert problems(after[state_batch]) == problems(fixed[state_batch])
     assert {b: problems(r) for b, r in after.items() if b in seeded_db.planted} == {
         b: set(p) for b, p in seeded_db.planted.items()}

@@ -175,7 +175,8 @@ def essay_documents(draw: st.DrawFn, ref_ids: list[int]) -> Doc:
                           st.sampled_from(HAND_WRITTEN)))
 
 
-REQUEST_VALUES = st.one_of(st.just({"language": "sv"}), st.sampled_from([[], "x", None, 1]))
+REQUEST_VALUES: st.SearchStrategy[Any] = st.one_of(st.just({"language": "sv"}),
+                                                   st.sampled_from([[], "x", None, 1]))
 
 
 @st.composite
@@ -312,7 +313,8 @@ def prepare(url: Any) -> FuzzDb:
         essays = [Essay(i, a) for i, a in conn.execute(text(
             "SELECT els_essay_id, is_anchor FROM cj_processed_essays WHERE cj_batch_id = :b"
             " ORDER BY els_essay_id"), {"b": target})]
-        refs = dict(conn.execute(text("SELECT id, grade FROM anchor_essay_references")).all())
+        refs: dict[int, str] = {int(i): str(g) for i, g in conn.execute(
+            text("SELECT id, grade FROM anchor_essay_references"))}
         version = conn.execute(text("SHOW server_version")).scalar_one()
         stack = conn.execute(text("SELECT pg_size_bytes(current_setting('max_stack_depth'))")
                              ).scalar_one()
@@ -440,7 +442,7 @@ def run_example(db: FuzzDb, essay_docs: list[Doc], state: Doc,
 
         rows = view_rows(conn)  # never raises: the first property
         outbox = conn.execute(text("SELECT * FROM cj_outbox_health")).mappings().one()
-        read = dict(conn.execute(text(
+        read: dict[str, bool] = dict(conn.execute(text(
             "SELECT els_essay_id, processing_metadata IS NULL"
             " OR cj_health_json(processing_metadata) IS NOT NULL FROM cj_processed_essays"
             " WHERE cj_batch_id = :b UNION ALL"

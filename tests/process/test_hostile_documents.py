@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from exporter.demo.scenarios import BatchSpec, Seeder
 from tests.support.database import SeededDb
-from tests.support.hardening import metric
+from tests.support.exposition import sample_value as metric
 from tests.support.process import ExporterProcess
 
 POLLS = 30  # at 0.2 s; the reminders come every 20 polls
