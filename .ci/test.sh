@@ -9,6 +9,9 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
+# PostgreSQL 15 (upstream's version) next to pgserver's 16: the hostile-JSON property test runs
+# on both (tests/support/debian_postgres.py); only the binaries are used, no cluster is started.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v npm >/dev/null || missing+=(nodejs npm)   # tsc and the schema packages of .ci/node
 # tests/process/test_pgbouncer.py (fails, never skips, without it); /usr/sbin is not on every PATH
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)

@@ -16,17 +16,21 @@ from exporter import PROG
 from exporter.config import Settings
 from exporter.service import connect
 from exporter.upstream import events as ev
-from exporter.vocabulary import PROBLEM_COLUMNS, PROBLEMS
+from exporter.vocabulary import PROBLEM_COLUMNS, PROBLEMS, UNREADABLE_DOCUMENT_COLUMNS
 
 _BATCHES = text(
     "SELECT * FROM cj_batch_health WHERE bos_batch_id = :key"
     " OR (:key ~ '^[0-9]{1,9}$' AND cj_batch_id = CAST(:num AS integer))"
     " ORDER BY cj_batch_id"
 )
+# Completion events by the BOS batch's aggregate, then by job id, read through cj_health_json
+# (sql/views/cj_health_json.sql): a document ->/->> cannot read would fail the whole query. One
+# whose job id cannot be read is listed too (it may be this run's).
 _EVENTS = text(
     "SELECT event_type, aggregate_id, created_at, published_at, retry_count, last_error"
-    " FROM event_outbox WHERE (event_type = :completed"
-    "  AND event_data -> 'data' ->> 'cj_assessment_job_id' = :id)"
+    " FROM event_outbox WHERE (event_type = :completed AND aggregate_id = :bos"
+    "  AND COALESCE(cj_health_json(event_data) -> 'data' ->> 'cj_assessment_job_id' = :id,"
+    "   cj_health_json(event_data) IS NULL))"
     " OR (event_type = :result AND aggregate_id = :id)"
     " OR (event_type = :resource AND aggregate_id = :bos)"
     " ORDER BY created_at LIMIT 200"
@@ -97,6 +101,10 @@ def _block(b: dict[str, Any]) -> str:
                                  f"{b['result_events']}, resource {b['resource_events']} "
                                  f"(burst {b['completion_event_burst']}/60s)"),
     ]
+    unreadable = [f"{doc} {b[column]}" for doc, column in UNREADABLE_DOCUMENT_COLUMNS.items()
+                  if b.get(column)]
+    if unreadable:  # their facts are unknown: the lines above count without them
+        lines.append(row("unreadable JSON", ", ".join(unreadable) + " (see docs/metrics.md)"))
     lines.append("  problems:" if b["problems"] else "  problems:              none")
     lines += [f"    - {p}: {PROBLEMS[p].explanation}" for p in b["problems"]]
     if b["outbox_events"]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from exporter.vocabulary import PROBLEM_COLUMNS
+from exporter.vocabulary import PROBLEM_COLUMNS, UNREADABLE_DOCUMENT_COLUMNS
 
 NOW = 1_750_000_000.0  # the `now` of every unit-test snapshot: Unix seconds, June 2025
 EMPTY_OUTBOX = {"unpublished_events": 0, "failed_events": 0,
-                "oldest_unpublished_age_seconds": 0.0}
+                "oldest_unpublished_age_seconds": 0.0, "undated_unpublished_events": 0}
 
 
 def view_row(cj_batch_id: int, /, *, problems: Iterable[str] = (), idle: float = 60.0,
@@ -33,6 +33,7 @@ def view_row(cj_batch_id: int, /, *, problems: Iterable[str] = (), idle: float =
     wanted = set(problems)
     assert wanted <= set(PROBLEM_COLUMNS), wanted - set(PROBLEM_COLUMNS)
     row.update({column: label in wanted for label, column in PROBLEM_COLUMNS.items()})
+    row.update(dict.fromkeys(UNREADABLE_DOCUMENT_COLUMNS.values(), 0))  # every document read
     unknown = set(columns) - set(row)
     assert not unknown, f"cj_batch_health has no column {sorted(unknown)}"
     row.update(columns)

@@ -5,7 +5,6 @@ and the duplicate counts. No database: the same function on real rows is in test
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -94,13 +93,14 @@ def test_a_cap_above_the_exported_count_drops_nothing() -> None:
     ("completion_events", "many"),
 ])
 def test_a_malformed_row_is_skipped_and_counted_never_fatal(
-        column: str, value: Any, caplog: pytest.LogCaptureFixture) -> None:
+        column: str, value: Any) -> None:
     rows = [view_row(1), view_row(2, **{column: value}), in_flight_row(3)]
-    with caplog.at_level(logging.WARNING, logger="exporter.poll.snapshot"):
-        snap = snapshot(rows)
+    snap = snapshot(rows)
     assert sorted(ids(snap)) == [1, 3]
     assert snap.malformed_rows == 1 and snap.watched == 2
-    assert "skipping malformed cj_batch_health row" in caplog.text
+    # The snapshot says why; the poller logs it, rate-limited (tests/unit/test_fault_log.py).
+    assert list(snap.malformed) == [f"row {rows[1]['cj_batch_id']}"]
+    assert all(snap.malformed.values())  # e.g. "ValueError: timestamp is inf"
 
 
 def test_a_row_missing_a_column_is_malformed() -> None:
@@ -133,7 +133,7 @@ def test_problem_counts_by_state_and_the_outbox() -> None:
         view_row(4, idle=RECENT * 10),  # watched, not exported: still counted
     ]
     outbox = {"unpublished_events": 7, "failed_events": 3,
-              "oldest_unpublished_age_seconds": 1500.5}
+              "oldest_unpublished_age_seconds": 1500.5, "undated_unpublished_events": 2}
     snap = snapshot(rows, outbox)
     assert dict(snap.problem_counts) == {**dict.fromkeys(PROBLEM_COLUMNS, 0), "wedged": 1,
                                          "anchor_mismatch": 2, "missing_projections": 1,
@@ -142,7 +142,8 @@ def test_problem_counts_by_state_and_the_outbox() -> None:
                                    ("SCORING", "FETCHING_CONTENT"): 1,
                                    ("COMPLETED", "COMPLETE_STABLE"): 2}
     assert (snap.outbox.unpublished_events, snap.outbox.failed_events,
-            snap.outbox.oldest_unpublished_age_seconds) == (7, 3, 1500.5)
+            snap.outbox.oldest_unpublished_age_seconds,
+            snap.outbox.undated_unpublished_events) == (7, 3, 1500.5, 2)
     assert sorted(b.cj_batch_id for b in snap.batches if b.problems) == [1, 2, 3]
 
 
