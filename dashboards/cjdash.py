@@ -29,6 +29,8 @@ import attr
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
+from exporter.vocabulary import PROBLEM_KINDS
+
 SCHEMA_VERSION = 42  # @grafana/schema 13's defaultDashboard.schemaVersion
 DASHBOARD_VERSION = 1  # stable: regenerating must not change the JSON
 REFRESH = "30s"  # the exporter polls every 15 s by default
@@ -43,16 +45,8 @@ DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 DEFAULT_DATASOURCE_UID = "prometheus"
 DEFAULT_DATASOURCE_NAME = "Prometheus"
 
-PROBLEMS = (
-    "wedged",
-    "stuck_scoring",
-    "missing_projections",
-    "anchor_mismatch",
-    "duplicate_completion",
-    "duplicate_charge",
-    "inconsistent_state",
-    "metadata_incomplete",
-)
+# The `problem` label values, declared once in exporter/vocabulary.py.
+PROBLEMS = tuple(kind.label for kind in PROBLEM_KINDS)
 
 GREEN = "green"
 ORANGE = "orange"

@@ -279,7 +279,7 @@ def lint(
         finding("panel ids must be unique and set")
     titles = [p.get("title") for p in dashboard.get("panels", [])]
     if len(set(titles)) != len(titles):
-        # the rule pack links panels by title (alerts/params.yml links.panels)
+        # the rule pack links panels by title (the `panel` of each spec in alerts/cjalerts.py)
         finding(f"panel titles must be unique: {sorted(t for t in titles if titles.count(t) > 1)}")
     for panel in dashboard.get("panels", []):
         where = f"panel {panel.get('title')!r}"
