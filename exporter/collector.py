@@ -21,7 +21,13 @@ from prometheus_client.registry import Collector
 from exporter.families import new
 from exporter.handoff import Rendered
 from exporter.poll.snapshot import Snapshot
-from exporter.vocabulary import ACTIONS, OUTCOMES, POLL_ERROR_REASONS, PROBLEM_COLUMNS
+from exporter.vocabulary import (
+    ACTIONS,
+    OUTCOMES,
+    POLL_ERROR_REASONS,
+    PROBLEM_COLUMNS,
+    UNREADABLE_DOCUMENT_COLUMNS,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ def batch_families(snap: Snapshot) -> Iterator[Metric]:
     events = new("cj_batch_completion_events")
     burst = new("cj_batch_completion_event_burst")
     problem = new("cj_batch_problem")
+    unreadable = new("cj_batch_unreadable_documents")
     for b in snap.batches:
         bid = str(b.cj_batch_id)
         activity.add_metric([bid, b.bos_batch_id, b.cj_state, b.upload_status], b.last_activity)
@@ -85,8 +92,10 @@ def batch_families(snap: Snapshot) -> Iterator[Metric]:
         burst.add_metric([bid], b.completion_event_burst)
         for name in sorted(b.problems):
             problem.add_metric([bid, b.bos_batch_id, name], 1)
+        for document, count in sorted(b.unreadable.items()):
+            unreadable.add_metric([bid, b.bos_batch_id, document], count)
     yield from (activity, comparisons, progress, projections, anchors, mismatches, events,
-                burst, problem)
+                burst, problem, unreadable)
 
 
 def aggregate_families(snap: Snapshot) -> Iterator[Metric]:
@@ -99,10 +108,14 @@ def aggregate_families(snap: Snapshot) -> Iterator[Metric]:
     duplicates = new("cj_outbox_duplicate_events")
     for event in ("completed", "result", "resource"):
         duplicates.add_metric([event], snap.duplicate_events.get(event, 0))
-    yield from (batches, problems, duplicates)
+    unreadable = new("cj_unreadable_documents")
+    for document in UNREADABLE_DOCUMENT_COLUMNS:
+        unreadable.add_metric([document], snap.unreadable_documents.get(document, 0))
+    yield from (batches, problems, duplicates, unreadable)
     yield new("cj_outbox_unpublished_events", snap.outbox.unpublished_events)
     yield new("cj_outbox_oldest_unpublished_age_seconds",
               snap.outbox.oldest_unpublished_age_seconds)
+    yield new("cj_outbox_undated_unpublished_events", snap.outbox.undated_unpublished_events)
     yield new("cj_outbox_failed_events", snap.outbox.failed_events)
 
 

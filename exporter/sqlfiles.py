@@ -11,14 +11,22 @@ from pathlib import Path
 
 import psycopg
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
-VIEW_FILES = ("cj_batch_health.sql", "cj_outbox_health.sql")
+# In install order: the views call the functions of cj_health_json.sql.
+VIEW_FILES = ("cj_health_json.sql", "cj_batch_health.sql", "cj_outbox_health.sql")
+VIEWS = ("cj_batch_health", "cj_outbox_health")
+# Indexes earlier versions recommended and that must not stay: install-view drops them.
+OBSOLETE_INDEXES = {
+    "cj_health_outbox_completion_job_idx":
+        "its JSON expression made the CJ service's INSERT of a completion event fail",
+}
 
 
 def sql_dir() -> Path:
     here = Path(__file__).resolve().parent
     for candidate in (here / "sql", here.parent / "sql"):
-        if (candidate / "views" / VIEW_FILES[0]).is_file():
+        if (candidate / "views" / "cj_batch_health.sql").is_file():
             return candidate
     raise FileNotFoundError("the sql/ folder of cj-health-exporter is missing from this install")
 
@@ -52,7 +60,8 @@ def load_reference_schema(conn: Connection) -> None:
 
 
 def install_views(conn: Connection) -> None:
-    """CREATE OR REPLACE both views; idempotent and keeps the grants made on them.
+    """CREATE OR REPLACE the functions and both views; idempotent and keeps the grants made on
+    them.
 
     CREATE OR REPLACE cannot change a column's type or drop a column, which an upgrade of this
     project may need: then the view is dropped and created again in the same transaction and
@@ -69,6 +78,8 @@ def install_views(conn: Connection) -> None:
         except psycopg.errors.InvalidTableDefinition:
             if savepoint is not None:
                 savepoint.rollback()
+            if name.removesuffix(".sql") not in VIEWS:
+                raise
             _recreate(conn, name.removesuffix(".sql"), script)
         else:
             if savepoint is not None:
@@ -95,10 +106,89 @@ def _recreate(conn: Connection, view: str, script: str) -> None:
 
 
 def install_indexes(engine: Engine) -> list[str]:
-    """Create the recommended indexes CONCURRENTLY, each in its own autocommit statement."""
-    done = []
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for statement in statements(read("views/indexes.sql")):
-            conn.execute(text(statement))
-            done.append(statement.split("IF NOT EXISTS", 1)[-1].split()[0])
+    """Create the recommended indexes CONCURRENTLY, each in its own autocommit statement.
+
+    Returns one line per index for the operator. An INVALID index found (a CREATE INDEX
+    CONCURRENTLY that was interrupted once) is dropped and built again, and one this run fails
+    to build is dropped before the error is raised: none is ever left behind (IF NOT EXISTS
+    alone would report it "present" forever). Obsolete indexes are dropped first.
+    """
+    done = drop_obsolete_indexes(engine)
+    for statement in statements(read("views/indexes.sql")):
+        name = statement.split("IF NOT EXISTS", 1)[-1].split()[0]
+        with _autocommit(engine) as conn:
+            valid = _index_valid(conn, name)
+        if valid:
+            done.append(f"index {name} present")
+            continue
+        if valid is False:
+            _drop_index(engine, name)
+        _build_index(engine, name, statement)
+        done.append(f"index {name} {'rebuilt: it was INVALID' if valid is False else 'created'}")
     return done
+
+
+def drop_obsolete_indexes(engine: Engine) -> list[str]:
+    """Drop the indexes earlier versions installed that must not stay (OBSOLETE_INDEXES)."""
+    done = []
+    for name, why in OBSOLETE_INDEXES.items():
+        with _autocommit(engine) as conn:
+            exists = _index_valid(conn, name) is not None
+        if exists:
+            _drop_index(engine, name)
+            done.append(f"index {name} dropped: {why}")
+    return done
+
+
+def invalid_indexes(conn: Connection) -> list[str]:
+    """The project's indexes (cj_health_*) that are INVALID in the current schema path."""
+    return list(conn.execute(text(
+        "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+        " WHERE NOT i.indisvalid AND c.relname LIKE 'cj\\_health\\_%'"
+        " AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1")).scalars())
+
+
+def _autocommit(engine: Engine) -> Connection:
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _index_valid(conn: Connection, name: str) -> bool | None:
+    """True/False for a valid/INVALID index of that name, None when there is none."""
+    return conn.execute(
+        text("SELECT i.indisvalid FROM pg_index AS i"
+             " WHERE i.indexrelid = to_regclass(:name)"), {"name": name}).scalar()
+
+
+def _drop_index(engine: Engine, name: str) -> None:
+    # CONCURRENTLY: no lock that would stop the CJ service's writes while it waits.
+    with _autocommit(engine) as conn:
+        conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+
+
+def _build_index(engine: Engine, name: str, statement: str) -> None:
+    try:
+        with _autocommit(engine) as conn:
+            conn.execute(text(statement))
+    except (DBAPIError, psycopg.Error) as exc:
+        # The failed build left an INVALID index (CONCURRENTLY commits its catalog entry first):
+        # drop it on a fresh connection (the failed one may be gone), then report both.
+        try:
+            _drop_index(engine, name)
+        except (DBAPIError, psycopg.Error) as drop_exc:
+            raise IndexBuildFailed(
+                f"building index {name} failed ({_first_line(exc)}) and so did dropping the"
+                f" INVALID index it left ({_first_line(drop_exc)}); run install-view again:"
+                " it drops and rebuilds an INVALID index") from exc
+        raise IndexBuildFailed(
+            f"building index {name} failed ({_first_line(exc)}); the unfinished index was"
+            " dropped, nothing is left behind: run install-view again") from exc
+
+
+class IndexBuildFailed(Exception):
+    """An index could not be built; the message says what was left and what to do."""
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}".rstrip(": ")

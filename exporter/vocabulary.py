@@ -76,6 +76,19 @@ def problem_set(*labels: str) -> frozenset[str]:
     return frozenset(labels)
 
 # ---------------------------------------------------------------------------------------------
+# Unreadable documents: JSON documents PostgreSQL stores but cannot read with ->/->> (a \u0000
+# or lone-surrogate escape anywhere, or nesting too deep; sql/views/cj_health_json.sql). The
+# facts they hold are unknown; each kind is one integer column of cj_batch_health, exported as
+# cj_batch_unreadable_documents{document=<label>} and counted in
+# cj_unreadable_documents{document=<label>}.
+
+UNREADABLE_DOCUMENT_COLUMNS: Mapping[str, str] = {
+    "essay_metadata": "unreadable_essay_documents",  # cj_processed_essays.processing_metadata
+    "state_metadata": "unreadable_state_documents",  # cj_batch_states.processing_metadata
+    "completion_event": "unreadable_completion_events",  # event_outbox.event_data of its BOS id
+}
+
+# ---------------------------------------------------------------------------------------------
 # Poll errors: cj_health_poll_errors_total{reason} (exporter.db.error_reason classifies them).
 
 POLL_ERROR_REASONS = ("connection", "timeout", "query", "data")
@@ -157,6 +170,11 @@ _FAMILIES: tuple[MetricFamily, ...] = (
     MetricFamily(
         "cj_batch_problem", GAUGE, "1 for each problem the batch has right now." + REFRESH,
         ("cj_batch_id", "bos_batch_id", "problem")),
+    MetricFamily(
+        "cj_batch_unreadable_documents", GAUGE,
+        "JSON documents of the batch PostgreSQL cannot read (a \\u0000 or lone-surrogate escape,"
+        " or nesting too deep): the facts they hold are unknown. Only above 0." + REFRESH,
+        ("cj_batch_id", "bos_batch_id", "document")),
     # aggregates
     MetricFamily(
         "cj_batches", GAUGE,
@@ -169,10 +187,18 @@ _FAMILIES: tuple[MetricFamily, ...] = (
         "cj_outbox_duplicate_events", GAUGE,
         "Outbox events beyond the first per watched batch (resource: beyond one per finalized"
         " run of the BOS batch)." + REFRESH, ("event",)),
+    MetricFamily(
+        "cj_unreadable_documents", GAUGE,
+        "JSON documents of watched batches PostgreSQL cannot read, by document." + REFRESH,
+        ("document",)),
     MetricFamily("cj_outbox_unpublished_events", GAUGE,
                  "Outbox rows not yet published." + REFRESH),
     MetricFamily("cj_outbox_oldest_unpublished_age_seconds", GAUGE,
-                 "Age of the oldest unpublished outbox row, 0 when none." + REFRESH),
+                 "Age of the oldest unpublished outbox row with a finite created_at, 0 when"
+                 " none." + REFRESH),
+    MetricFamily("cj_outbox_undated_unpublished_events", GAUGE,
+                 "Unpublished outbox rows whose created_at is infinity or -infinity: in the"
+                 " backlog, but without an age." + REFRESH),
     MetricFamily("cj_outbox_failed_events", GAUGE,
                  "Unpublished outbox rows past the relay's 5 retries: never delivered." + REFRESH),
     # the exporter itself

@@ -1,5 +1,7 @@
-"""`install-view`: create or replace the views (idempotent, keeps grants), the recommended
-indexes (CONCURRENTLY), and with --remediation the finalizer's audit and pause tables."""
+"""`install-view`: create or replace the functions and views (idempotent, keeps grants), drop
+indexes earlier versions installed that must not stay, the recommended indexes (CONCURRENTLY,
+never leaving an INVALID one behind), and with --remediation the finalizer's audit and pause
+tables."""
 
 from __future__ import annotations
 
@@ -18,16 +20,26 @@ def run(settings: Settings, *, indexes: bool, remediation: bool) -> int:
     try:
         with engine.begin() as conn:
             sqlfiles.install_views(conn)
-        print("views cj_batch_health and cj_outbox_health installed")
+        print("functions cj_health_json, cj_health_json_parses and views cj_batch_health,"
+              " cj_outbox_health installed")
         if remediation or settings.remediation.enabled:
             from exporter.finalizer import audit  # light: no numpy (finalizer/__init__.py)
 
             with engine.begin() as conn:
                 audit.install(conn)
             print("tables cj_health_remediations and cj_health_remediation_pause installed")
-        if indexes:
-            for name in sqlfiles.install_indexes(engine):
-                print(f"index {name} present")
+        # Always, --indexes or not: an obsolete index can make the CJ service's writes fail.
+        lines = sqlfiles.install_indexes(engine) if indexes else \
+            sqlfiles.drop_obsolete_indexes(engine)
+        for line in lines:
+            print(line)
+        if not indexes:
+            with engine.connect() as conn:
+                for name in sqlfiles.invalid_indexes(conn):
+                    print(f"index {name} is INVALID (an interrupted CREATE INDEX CONCURRENTLY):"
+                          " run install-view without --no-indexes to rebuild it")
+    except sqlfiles.IndexBuildFailed as exc:
+        raise OperatorError(f"install-view failed: {exc}") from None
     except (DBAPIError, psycopg.Error) as exc:  # scripts run on the driver's own cursor
         raise OperatorError(f"install-view failed: {db.describe_error(exc)}") from None
     finally:

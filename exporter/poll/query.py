@@ -12,11 +12,12 @@ from exporter.config import Settings
 from exporter.db import read_only_snapshot
 from exporter.poll.snapshot import BatchRow, Snapshot, build_snapshot
 from exporter.poll.watched import WATCHED_CTE, is_watched
-from exporter.vocabulary import PROBLEM_COLUMNS
+from exporter.vocabulary import PROBLEM_COLUMNS, UNREADABLE_DOCUMENT_COLUMNS
 
 _VIEW_COLUMNS = [f.name for f in fields(BatchRow) if f.name not in
-                 ("last_activity", "completed_at", "problems")]
-_VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEM_COLUMNS.values()]
+                 ("last_activity", "completed_at", "problems", "unreadable")]
+_VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEM_COLUMNS.values(),
+                  *UNREADABLE_DOCUMENT_COLUMNS.values()]
 # Times are fetched as epoch seconds: 'infinity' (a valid timestamptz) or a year past 9999 has no
 # Python datetime, and psycopg would fail the whole fetch on it, so one odd row would make every
 # poll fail. As a double it arrives as inf and only its own row is skipped (and counted).
@@ -34,8 +35,8 @@ POLL_SQL = text(
     f" FROM cj_batch_health AS h WHERE {is_watched('h')}"
 )
 OUTBOX_SQL = text(
-    "SELECT unpublished_events, failed_events, oldest_unpublished_age_seconds"
-    " FROM cj_outbox_health"
+    "SELECT unpublished_events, failed_events, oldest_unpublished_age_seconds,"
+    " undated_unpublished_events FROM cj_outbox_health"
 )
 
 

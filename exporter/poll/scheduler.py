@@ -26,6 +26,7 @@ from exporter.db import InFlight, describe_error, error_reason
 from exporter.handoff import Page, Store
 from exporter.poll import query
 from exporter.poll.snapshot import Snapshot
+from exporter.poll.warnings import FaultLog
 from exporter.vocabulary import POLL_ERROR_REASONS
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class Poller:
         self._errors = dict.fromkeys(POLL_ERROR_REASONS, 0)
         self._skipped = 0
         self._in_flight = InFlight(engine)
+        self._malformed_log = FaultLog("skipping malformed cj_batch_health",
+                                       "malformed cj_batch_health rows skipped")
+        self._unreadable_log = FaultLog(
+            "JSON documents PostgreSQL cannot read (their facts are unknown, see"
+            " cj_batch_unreadable_documents) in", "batches with unreadable JSON documents")
         self._idle = threading.Event()
         self._idle.set()
         self._stopping = threading.Event()
@@ -101,6 +107,8 @@ class Poller:
                 recovered, self._failures_in_a_row = self._failures_in_a_row, 0
             if recovered:
                 log.info("poll recovered after %d failed polls", recovered)
+            self._malformed_log.observe(snap.malformed)
+            self._unreadable_log.observe(_unreadable(snap))
             log.debug("poll ok: %d watched, %d exported in %.3fs", snap.watched,
                       len(snap.batches), snap.duration_seconds)
         self.publish()
@@ -142,6 +150,14 @@ class Poller:
             "poll_interval_seconds": self.settings.poll_interval_seconds,
         }
         return Page(rendered, status)
+
+
+def _unreadable(snap: Snapshot) -> dict[str, str]:
+    """batch -> what of it cannot be read, for the rate-limited warning."""
+    return {
+        f"batch {b.cj_batch_id}": ", ".join(f"{doc} {n}" for doc, n in sorted(b.unreadable.items()))
+        for b in snap.batches if b.unreadable
+    }
 
 
 def _iso(ts: float | None) -> str | None:

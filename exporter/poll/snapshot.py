@@ -1,13 +1,14 @@
 """The rows of one poll -> an immutable Snapshot: parsing, the exported set, the aggregates.
 
-Pure (no database, no Prometheus): exporter.poll.query fetches the rows, exporter.collector
-turns a Snapshot into metric families. A row that does not fit the contract is skipped and
-counted, never fatal.
+Pure (no database, no Prometheus, no logging): exporter.poll.query fetches the rows,
+exporter.collector turns a Snapshot into metric families, and the poller logs what the Snapshot
+reports (rate-limited, exporter.poll.warnings). A row that does not fit the contract is skipped
+and counted, never fatal; a batch with unreadable JSON documents is exported with the facts the
+view could read and its unreadable_* counts.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -15,9 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from exporter.vocabulary import PROBLEM_COLUMNS
-
-log = logging.getLogger(__name__)
+from exporter.vocabulary import PROBLEM_COLUMNS, UNREADABLE_DOCUMENT_COLUMNS
 
 NO_STATE = "NONE"  # label for a batch that has no cj_batch_states row yet
 
@@ -48,6 +47,13 @@ class BatchRow:
     completion_event_burst: int
     is_terminal: bool
     problems: frozenset[str]
+    # document label (vocabulary.UNREADABLE_DOCUMENT_COLUMNS) -> count, only the kinds above 0
+    unreadable: Mapping[str, int]
+
+    @property
+    def flagged(self) -> bool:
+        """A problem, or facts lost to unreadable documents: worth a series however old."""
+        return bool(self.problems or self.unreadable)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class OutboxFacts:
     unpublished_events: int
     failed_events: int
     oldest_unpublished_age_seconds: float
+    undated_unpublished_events: int
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class Snapshot:
     watched: int
     dropped: int
     malformed_rows: int
+    malformed: Mapping[str, str]  # "row <cj_batch_id>" of each skipped row -> why
+    unreadable_documents: Mapping[str, int]  # document label -> count over the watched set
     by_state: Mapping[tuple[str, str], int]
     problem_counts: Mapping[str, int]
     duplicate_events: Mapping[str, int]
@@ -74,11 +83,18 @@ class Snapshot:
 def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any], *,
                    now: float, duration: float, recent_window: float,
                    max_batches: int) -> Snapshot:
-    parsed = [b for b in (_parse_row(r) for r in rows) if b is not None]
+    parsed: list[BatchRow] = []
+    malformed: dict[str, str] = {}
+    for row in rows:
+        result = _parse_row(row)
+        if isinstance(result, BatchRow):
+            parsed.append(result)
+        else:
+            malformed[f"row {row.get('cj_batch_id', '?')}"] = result
     exported = [b for b in parsed if _exported(b, now, recent_window)]
     # Problems first, then in-flight, then the most recently active: the cap drops the least
     # useful series, and the same batches win from one poll to the next (no flapping).
-    exported.sort(key=lambda b: (not b.problems, b.is_terminal, -b.last_activity, b.cj_batch_id))
+    exported.sort(key=lambda b: (not b.flagged, b.is_terminal, -b.last_activity, b.cj_batch_id))
     return Snapshot(
         taken_at=now,
         duration_seconds=duration,
@@ -86,6 +102,9 @@ def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any],
         watched=len(parsed),
         dropped=max(len(exported) - max_batches, 0),
         malformed_rows=len(rows) - len(parsed),
+        malformed=malformed,
+        unreadable_documents={d: sum(b.unreadable.get(d, 0) for b in parsed)
+                              for d in UNREADABLE_DOCUMENT_COLUMNS},
         by_state=Counter((b.cj_state, b.upload_status) for b in parsed),
         problem_counts={p: sum(p in b.problems for b in parsed) for p in PROBLEM_COLUMNS},
         duplicate_events=_duplicates(parsed),
@@ -93,12 +112,13 @@ def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any],
             unpublished_events=int(outbox["unpublished_events"]),
             failed_events=int(outbox["failed_events"]),
             oldest_unpublished_age_seconds=float(outbox["oldest_unpublished_age_seconds"]),
+            undated_unpublished_events=int(outbox["undated_unpublished_events"]),
         ),
     )
 
 
 def _exported(b: BatchRow, now: float, recent_window: float) -> bool:
-    return not b.is_terminal or bool(b.problems) or now - b.last_activity <= recent_window
+    return not b.is_terminal or b.flagged or now - b.last_activity <= recent_window
 
 
 def _duplicates(batches: Sequence[BatchRow]) -> dict[str, int]:
@@ -115,8 +135,9 @@ def _duplicates(batches: Sequence[BatchRow]) -> dict[str, int]:
     }
 
 
-def _parse_row(row: Mapping[Any, Any]) -> BatchRow | None:
-    """A row that does not fit the contract is logged and skipped, never fatal."""
+def _parse_row(row: Mapping[Any, Any]) -> BatchRow | str:
+    """The row as a BatchRow, or why it does not fit the contract (it is skipped, never
+    fatal)."""
     try:
         return BatchRow(
             cj_batch_id=int(row["cj_batch_id"]),
@@ -143,11 +164,11 @@ def _parse_row(row: Mapping[Any, Any]) -> BatchRow | None:
             completion_event_burst=int(row["completion_event_burst"]),
             is_terminal=bool(row["is_terminal"]),
             problems=frozenset(p for p, column in PROBLEM_COLUMNS.items() if row[column]),
+            unreadable={d: int(row[column]) for d, column in UNREADABLE_DOCUMENT_COLUMNS.items()
+                        if row[column]},
         )
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-        log.warning("skipping malformed cj_batch_health row %r: %s",
-                    row.get("cj_batch_id"), exc)
-        return None
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _timestamp(value: float | datetime) -> float:

@@ -13,8 +13,21 @@
 -- (cj_schema.md §1): they are converted with AT TIME ZONE 'UTC' before any arithmetic, and
 -- every time column of this view is timestamptz.
 --
--- Documents are `json`, not `jsonb`: only ->, ->> and json_typeof are used, which return NULL
--- (never an error) on a document of an unexpected shape.
+-- Documents are `json`, not `jsonb`. Every document is read through cj_health_json(doc)
+-- (sql/views/cj_health_json.sql), never with ->/->> on the column itself: PostgreSQL stores
+-- documents that ->/->> cannot read (a \u0000 or lone-surrogate escape anywhere in them, or
+-- nesting too deep) and then fails the WHOLE query, which would blind every poll. Through
+-- cj_health_json an unreadable document reads as NULL: its facts are unknown (a flag it holds
+-- counts as "no key"), and it is counted in the batch's unreadable_* columns. The pattern:
+--     1. a fenced subquery computes `cj_health_json(t.col) AS doc` next to `t.col` (OFFSET 0:
+--        the planner inlines the function, so without the fence it would run once per use);
+--     2. above it, only `doc -> ...` / `doc ->> ...`, never `t.col -> ...`, and
+--        `(t.col IS NOT NULL AND doc IS NULL) AS unreadable`, counted per batch.
+-- ->, ->> and json_typeof on a readable document return NULL (never an error) on a shape the
+-- view does not expect.
+--
+-- No index of the project is built on a JSON expression: an index expression runs inside the
+-- CJ service's own INSERT, and one that raises makes the service's write fail.
 
 CREATE OR REPLACE VIEW cj_batch_health AS
 SELECT
@@ -76,7 +89,14 @@ SELECT
         b.cj_state = 'WAITING_CALLBACKS'
         AND (b.total_budget IS NULL OR NOT b.has_original_request OR NOT b.has_comparison_budget),
         false
-    ) AS metadata_incomplete
+    ) AS metadata_incomplete,
+    -- Documents of this batch that ->/->> cannot read (see the header): their facts are
+    -- unknown. Completion events are this BOS batch's (every run of it counts them): an
+    -- unreadable event's cj_assessment_job_id cannot be read either. New columns go last:
+    -- CREATE OR REPLACE VIEW can only append, and an append keeps the view's grants.
+    b.unreadable_essay_documents,
+    b.unreadable_state_documents,
+    b.unreadable_completion_events
 FROM (
     SELECT
         u.id AS cj_batch_id,
@@ -130,12 +150,23 @@ FROM (
             AND (u.status::text LIKE 'COMPLETE%' OR u.status::text LIKE 'ERROR%'),
             false
         ) AS is_terminal,
-        (json_typeof(s.processing_metadata -> 'original_request') IS NOT DISTINCT FROM 'object')
-            AS has_original_request,
-        (json_typeof(s.processing_metadata -> 'comparison_budget') IS NOT DISTINCT FROM 'object')
-            AS has_comparison_budget
+        -- NULL (unknown) when the state document cannot be read; false when it lacks the key.
+        CASE WHEN sd.doc IS NOT NULL OR s.processing_metadata IS NULL THEN
+            json_typeof(sd.doc -> 'original_request') IS NOT DISTINCT FROM 'object'
+        END AS has_original_request,
+        CASE WHEN sd.doc IS NOT NULL OR s.processing_metadata IS NULL THEN
+            json_typeof(sd.doc -> 'comparison_budget') IS NOT DISTINCT FROM 'object'
+        END AS has_comparison_budget,
+        es.unreadable_essay_documents,
+        (s.processing_metadata IS NOT NULL AND sd.doc IS NULL)::integer
+            AS unreadable_state_documents,
+        ce.unreadable_completion_events
     FROM cj_batch_uploads AS u
     LEFT JOIN cj_batch_states AS s ON s.batch_id = u.id
+    CROSS JOIN LATERAL (
+        -- The state document, read safely once (OFFSET 0: not re-evaluated per use above).
+        SELECT cj_health_json(s.processing_metadata) AS doc OFFSET 0
+    ) AS sd
     CROSS JOIN LATERAL (
         -- A batch always has a state row once created; before that, fall back to the upload.
         SELECT COALESCE(s.last_activity_at, u.updated_at AT TIME ZONE 'UTC') AS last_activity_at
@@ -154,12 +185,14 @@ FROM (
             count(*) FILTER (WHERE e.meta_anchor IS NOT NULL AND e.meta_anchor <> e.is_anchor)
                 AS anchor_mismatches,
             count(*) FILTER (WHERE e.anchor) AS anchors_effective,
-            count(DISTINCT e.grade) FILTER (WHERE e.anchor) AS anchor_grades
+            count(DISTINCT e.grade) FILTER (WHERE e.anchor) AS anchor_grades,
+            count(*) FILTER (WHERE e.unreadable) AS unreadable_essay_documents
         FROM (
             SELECT
                 e0.els_essay_id,
                 e0.is_anchor,
                 e0.meta_anchor,
+                e0.unreadable,
                 COALESCE(e0.meta_anchor, e0.is_anchor) AS anchor,
                 -- The projector's lookup order: anchor_grade, known_grade, then the reference.
                 -- Only anchors' grades are counted, so students skip the lookup.
@@ -176,17 +209,26 @@ FROM (
                 ) END AS grade
             FROM (
                 SELECT
-                    pe.els_essay_id,
-                    pe.is_anchor,
-                    pe.processing_metadata AS doc,
-                    -- Only a real boolean (or its text spelling) counts; anything else is
-                    -- "no key".
-                    CASE lower(pe.processing_metadata ->> 'is_anchor')
+                    d.els_essay_id,
+                    d.is_anchor,
+                    d.doc,
+                    (d.metadata IS NOT NULL AND d.doc IS NULL) AS unreadable,
+                    -- Only a real boolean (or its text spelling) counts; anything else, and an
+                    -- unreadable document, is "no key".
+                    CASE lower(d.doc ->> 'is_anchor')
                         WHEN 'true' THEN true
                         WHEN 'false' THEN false
                     END AS meta_anchor
-                FROM cj_processed_essays AS pe
-                WHERE pe.cj_batch_id = u.id
+                FROM (
+                    SELECT
+                        pe.els_essay_id,
+                        pe.is_anchor,
+                        pe.processing_metadata AS metadata,
+                        cj_health_json(pe.processing_metadata) AS doc
+                    FROM cj_processed_essays AS pe
+                    WHERE pe.cj_batch_id = u.id
+                    OFFSET 0  -- cj_health_json once per essay (the planner would inline it)
+                ) AS d
                 -- A fence: without it the planner inlines meta_anchor into every aggregate
                 -- above, re-parsing each essay's json document about ten times (EXPLAIN
                 -- VERBOSE; 80 % of the poll at 100,000 batches, docs/performance.md).
@@ -200,22 +242,36 @@ FROM (
         WHERE g.cj_batch_id = u.id
     ) AS gp
     CROSS JOIN LATERAL (
-        -- Keyed by the CJ batch, never by bos_batch_id alone: re-runs reuse the BOS id.
+        -- Keyed by the CJ batch, never by bos_batch_id alone: re-runs reuse the BOS id. The
+        -- events are found by their aggregate_id (the BOS batch id, upstream's own index
+        -- ix_event_outbox_aggregate_id) and then told apart by data.cj_assessment_job_id, so
+        -- only this BOS batch's few documents are read, and no JSON index is needed.
         SELECT
-            count(*) AS completion_events,
-            min(w.created_at) AS first_completion_event_at,
-            max(w.created_at) AS last_completion_event_at,
-            COALESCE(max(w.in_next_minute), 0) AS completion_event_burst
+            count(*) FILTER (WHERE w.mine) AS completion_events,
+            min(w.created_at) FILTER (WHERE w.mine) AS first_completion_event_at,
+            max(w.created_at) FILTER (WHERE w.mine) AS last_completion_event_at,
+            COALESCE(max(w.in_next_minute) FILTER (WHERE w.mine), 0) AS completion_event_burst,
+            count(*) FILTER (WHERE w.unreadable) AS unreadable_completion_events
         FROM (
             SELECT
-                o.created_at,
-                count(*) OVER (
-                    ORDER BY o.created_at
+                c.created_at,
+                c.mine,
+                c.unreadable,
+                count(*) FILTER (WHERE c.mine) OVER (
+                    ORDER BY c.created_at
                     RANGE BETWEEN CURRENT ROW AND INTERVAL '60 seconds' FOLLOWING
                 ) AS in_next_minute
-            FROM event_outbox AS o
-            WHERE o.event_type = 'huleedu.cj_assessment.completed.v1'
-              AND (o.event_data -> 'data' ->> 'cj_assessment_job_id') = u.id::text
+            FROM (
+                SELECT
+                    o.created_at,
+                    (d.doc -> 'data' ->> 'cj_assessment_job_id') IS NOT DISTINCT FROM u.id::text
+                        AS mine,
+                    d.doc IS NULL AS unreadable  -- event_data is NOT NULL
+                FROM event_outbox AS o
+                CROSS JOIN LATERAL (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
+                WHERE o.aggregate_id = u.bos_batch_id
+                  AND o.event_type = 'huleedu.cj_assessment.completed.v1'
+            ) AS c
         ) AS w
     ) AS ce
     CROSS JOIN LATERAL (

@@ -1,10 +1,16 @@
 -- Recommended indexes for cj-health-exporter's poll. Optional: the views are correct without
 -- them, only slower. Each statement is CONCURRENTLY (no write lock on the CJ tables) and
 -- IF NOT EXISTS (re-running is harmless), so this file must run outside a transaction, one
--- statement at a time (`cj-health-exporter install-view --indexes` does that).
+-- statement at a time (`cj-health-exporter install-view` does that).
 --
--- They never change the CJ tables' columns. Names start with cj_health_ so a DBA can tell
+-- They never change the CJ tables' columns, and every key is a plain column: no row the CJ
+-- service can write makes maintaining them fail. Names start with cj_health_ so a DBA can tell
 -- them from the service's own indexes.
+--
+-- A CREATE INDEX CONCURRENTLY that fails (cancelled, timed out) leaves an INVALID index, and
+-- IF NOT EXISTS then skips it forever. `install-view` checks pg_index: it drops and rebuilds
+-- an INVALID index and never leaves one behind. Run by hand, check afterwards:
+--   SELECT indexrelid::regclass FROM pg_index WHERE NOT indisvalid;
 
 -- Watched set, part 1: batches whose state machine is not finished (a small, hot partial index).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_states_unfinished_idx
@@ -23,10 +29,14 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_uploads_unfinished_idx
         'COMPLETE_FORCED_RECOVERY', 'ERROR_PROCESSING', 'ERROR_ESSAY_PROCESSING'
     );
 
--- Completion events by CJ batch: the view's per-batch lookup and burst window.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_outbox_completion_job_idx
-    ON event_outbox ((event_data -> 'data' ->> 'cj_assessment_job_id'), created_at)
-    WHERE event_type = 'huleedu.cj_assessment.completed.v1';
+-- No index over a JSON expression, ever: PostgreSQL evaluates an index expression inside every
+-- INSERT into the table, so an expression that can raise makes the CJ service's own write fail.
+-- `event_data -> 'data' ->> 'cj_assessment_job_id'` (cj_health_outbox_completion_job_idx, in
+-- earlier versions of this file) raises on a document holding a \u0000 or lone-surrogate
+-- escape anywhere: the service's finalization failed and the batch wedged. The view finds
+-- completion events through aggregate_id (the BOS batch id) with upstream's own index
+-- ix_event_outbox_aggregate_id instead; `install-view` drops the old index
+-- (exporter/sqlfiles.py, OBSOLETE_INDEXES).
 
 -- Outbox backlog: only unpublished rows, which a healthy relay keeps near zero.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_outbox_unpublished_idx

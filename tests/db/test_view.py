@@ -27,6 +27,8 @@ DESIGN_COLUMNS = [
     "state_age_seconds", "is_terminal", "is_wedged", "is_stuck_scoring", "missing_projections",
     "has_anchor_mismatch", "has_duplicate_completion", "has_duplicate_charge",
     "inconsistent_state", "metadata_incomplete",
+    # JSON documents of the batch PostgreSQL cannot read (sql/views/cj_health_json.sql)
+    "unreadable_essay_documents", "unreadable_state_documents", "unreadable_completion_events",
 ]
 
 
