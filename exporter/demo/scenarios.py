@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,21 @@ class BatchSpec:
     bos_batch_id: str | None = None
     user_id: str | None = "teacher-0001"
     essay_metadata: Any = None  # overrides every student's processing_metadata when set
+    # What the run's original_request carries beyond the defaults (e.g. max_comparisons_override:
+    # then comparison_budget.source is runner_override); written to the upload and to the state
+    # row from one payload, as upstream's create_cj_batch does. `state_request` changes only the
+    # state row's copy (a key with None removes it) and `budget_source` overrides the source.
+    request: Mapping[str, Any] = field(default_factory=dict)
+    state_request: Mapping[str, Any] | None = None
+    budget_source: str | None = None
+    iteration: int | None = None  # current_iteration (default: 1 once comparisons were sent)
+    events: tuple[str, ...] = ("completed", "result", "resource")  # what each run writes
+    projection_grades: tuple[str, ...] = ()  # the projections' grades (default: Swedish 8)
+    # Changes to every anchor's processing_metadata (a key with None removes it).
+    anchor_metadata: Mapping[str, Any] = field(default_factory=dict)
+    unresolved_anchors: int = 0  # the first N anchors: no grade any tier of the lookup finds
+    prefix_events: bool = False  # the result event in the pre-fix code's shape (no assignment_id)
+    superseded: bool = False  # a re-run of the BOS batch then took its essays (a healthy run)
 
 
 @dataclass
@@ -56,6 +72,7 @@ class Seeder:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     rng: random.Random = field(default_factory=lambda: random.Random(20))
     _anchor_refs: dict[str, int] = field(default_factory=dict)
+    reruns: dict[int, int] = field(default_factory=dict)  # superseded run -> the run now owning
 
     def naive(self, at: datetime) -> datetime:
         """Upload and essay timestamps are naive UTC upstream."""
@@ -96,18 +113,24 @@ class Seeder:
         anchors = self._insert_anchors(batch_id, spec)
         self._insert_pairs(batch_id, students + anchors, spec)
         if spec.projections:
-            self._insert_projections(batch_id, students)
+            self._insert_projections(batch_id, students, spec.projection_grades or SWEDISH_8)
         for run in range(spec.completion_runs):
             at = last_activity - spec.burst_spacing * (spec.completion_runs - 1 - run)
-            self.write_completion_events(batch_id, bos, correlation, spec.user_id, at)
+            self.write_completion_events(batch_id, bos, correlation, spec.user_id, at,
+                                         events=spec.events,
+                                         assignment_id=None if spec.prefix_events
+                                         else original_request(spec).get("assignment_id"))
+        if spec.superseded:
+            rerun = self.insert_batch(BatchSpec(bos_batch_id=bos, students=0, completion_runs=1))
+            self.move_essays(batch_id, rerun)
+            self.reruns[batch_id] = rerun
         return batch_id
 
     def _insert_upload(
         self, spec: BatchSpec, bos: str, correlation: str, last_activity: datetime
     ) -> int:
         created = last_activity - timedelta(minutes=30)
-        request = {"assignment_id": DEMO_ASSIGNMENT if spec.anchor_grades else None,
-                   "language": "sv", "course_code": "SV1", "cj_source": "els"}
+        request = original_request(spec)
         return int(self.conn.execute(
             text(
                 "INSERT INTO cj_batch_uploads (bos_batch_id, event_correlation_id, language,"
@@ -128,9 +151,13 @@ class Seeder:
     def _insert_state(self, batch_id: int, spec: BatchSpec, last_activity: datetime) -> None:
         meta: dict[str, Any] = {"llm_batching_mode": "per_request"}
         if spec.request_metadata:
-            meta["original_request"] = {"language": "sv", "course_code": "SV1"}
-            meta["comparison_budget"] = {"max_pairs_requested": spec.budget or 120,
-                                         "source": "service_default"}
+            request = original_request(spec)
+            meta["original_request"] = _changed(request, spec.state_request or {})
+            override = "max_comparisons_override" in request
+            meta["comparison_budget"] = {
+                "max_pairs_requested": spec.budget or 120,
+                "source": spec.budget_source or ("runner_override" if override
+                                                 else "service_default")}
         # Every NOT NULL column is supplied: the create_all variant has no defaults (§1.10).
         self.conn.execute(
             text(
@@ -142,7 +169,9 @@ class Seeder:
                 " 95, :iteration, CAST(:meta AS json), :budget)"
             ),
             {"id": batch_id, "state": spec.state, "sub": spec.submitted, "done": spec.completed,
-             "failed": spec.failed, "at": last_activity, "iteration": 1 if spec.submitted else 0,
+             "failed": spec.failed, "at": last_activity,
+             "iteration": spec.iteration if spec.iteration is not None
+             else 1 if spec.submitted else 0,
              "meta": json.dumps(meta), "budget": spec.budget},
         )
 
@@ -170,13 +199,17 @@ class Seeder:
 
     def _insert_anchors(self, batch_id: int, spec: BatchSpec) -> list[str]:
         ids = []
-        for grade in spec.anchor_grades:
+        for index, grade in enumerate(spec.anchor_grades):
             ref = self.anchor_ref(grade)
             essay_id = f"ANCHOR_{ref}_{self.rng.getrandbits(32):08x}"
-            meta = {"is_anchor": True, "known_grade": grade, "anchor_ref_id": str(ref),
-                    "text_storage_id": f"anchor-text-{grade}", "anchor_label": f"grade_{grade}"}
-            self._insert_essay(batch_id, essay_id, spec.anchors_flagged, meta,
-                               f"anchor-text-{grade}")
+            storage = f"anchor-text-{grade}"
+            meta = _changed({"is_anchor": True, "known_grade": grade, "anchor_ref_id": str(ref),
+                             "text_storage_id": storage, "anchor_label": f"grade_{grade}"},
+                            spec.anchor_metadata)
+            if index < spec.unresolved_anchors:  # its reference is gone: no tier finds a grade
+                meta = {"is_anchor": True, "anchor_label": f"grade_{grade}"}
+                storage = f"anchor-text-removed-{index}"
+            self._insert_essay(batch_id, essay_id, spec.anchors_flagged, meta, storage)
             ids.append(essay_id)
         return ids
 
@@ -204,9 +237,10 @@ class Seeder:
                  "completed": self.now - timedelta(minutes=10) if outcome else None},
             )
 
-    def _insert_projections(self, batch_id: int, students: list[str]) -> None:
+    def _insert_projections(self, batch_id: int, students: list[str],
+                            scale: tuple[str, ...]) -> None:
         for essay_id in students:
-            grade = self.rng.choice(SWEDISH_8)
+            grade = self.rng.choice(scale)
             self.conn.execute(
                 text(
                     "INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
@@ -221,15 +255,30 @@ class Seeder:
 
     def write_completion_events(
         self, batch_id: int, bos: str, correlation: str, user_id: str | None, at: datetime,
-        published: bool = True,
+        published: bool = True, events: tuple[str, ...] = ("completed", "result", "resource"),
+        assignment_id: str | None = None,
     ) -> None:
-        """What one upstream finalize_scoring call writes: completed, result, resource."""
-        rows = [ev.completion_row(batch_id, bos, correlation, {"total_essays": 6}, at),
-                ev.result_row(batch_id, bos, correlation, {"essay_results": []}, at)]
-        if user_id is not None:
-            rows.append(ev.resource_row(bos, correlation, user_id, "org-demo", 30, at))
+        """What one upstream finalize_scoring call writes: completed, result, resource (no
+        resource event without a user; `events` leaves out what an interrupted one did not)."""
+        rows = []
+        if "completed" in events:
+            rows.append(ev.completion_row(batch_id, bos, correlation, {"total_essays": 6}, at))
+        if "result" in events:
+            result: dict[str, Any] = {"essay_results": []}
+            rows.append(ev.result_row(batch_id, bos, correlation,
+                                      {"assignment_id": assignment_id, **result}
+                                      if assignment_id else result, at))
+        if user_id is not None and "resource" in events:
+            rows.append(ev.resource_row(bos, correlation, user_id, "org-demo", 30, at,
+                                        processing_id=str(batch_id)))
         for row in rows:
             ev.insert_row(self.conn, row, at, published_at=at if published else None)
+
+    def move_essays(self, from_batch: int, to_batch: int) -> None:
+        """A re-run of the BOS batch with the same ELS essays: upstream's upsert re-parents the
+        essay rows (cj_processed_essays is keyed by els_essay_id alone)."""
+        self.conn.execute(text("UPDATE cj_processed_essays SET cj_batch_id = :to"
+                               " WHERE cj_batch_id = :src"), {"to": to_batch, "src": from_batch})
 
     def outbox_backlog(self, pending: int, failed: int, oldest: timedelta) -> None:
         """Unpublished rows; `failed` of them past the relay's 5 retries (never delivered)."""
@@ -243,6 +292,23 @@ class Seeder:
             gave_up = i < failed
             ev.insert_row(self.conn, row, at, retry_count=5 if gave_up else 1,
                           last_error="Exceeded max retries (5)" if gave_up else "broker timeout")
+
+
+def original_request(spec: BatchSpec) -> dict[str, Any]:
+    """The request a batch was created with, as create_cj_batch stores it (None-valued keys
+    omitted)."""
+    request: dict[str, Any] = {
+        "assignment_id": DEMO_ASSIGNMENT if spec.anchor_grades else None, "language": "sv",
+        "course_code": "SV1", "cj_source": "els", "cj_request_type": "cj_comparison",
+        "user_id": spec.user_id, "org_id": "org-demo" if spec.user_id else None,
+        **spec.request}
+    return {k: v for k, v in request.items() if v is not None}
+
+
+def _changed(document: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`document` with `changes` applied; a change to None removes the key."""
+    out = {**document, **changes}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 GRADES = ("E", "D", "C", "B", "A")
@@ -269,7 +335,7 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
     "batch20_wedge": (
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
                   anchors_flagged=False, idle=timedelta(hours=2)),
-        problem_set("wedged", "anchor_mismatch", "missing_projections")),
+        problem_set("wedged", "anchor_mismatch", "missing_projections", "unbilled")),
     "stuck_scoring": (
         BatchSpec(status="FETCHING_CONTENT", state="SCORING", finished=False,
                   idle=timedelta(minutes=50)),
@@ -285,6 +351,47 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", budget=None,
                   completed=5, request_metadata=False, finished=False),
         problem_set("metadata_incomplete")),
+    # --- what the upstream service's own batches showed (issue 11) ---------------------------
+    # Finished and graded, but its result event has no assignment_id (the pre-fix code's).
+    "wrong_result_published": (
+        BatchSpec(anchor_grades=GRADES, projections=True, completion_runs=1, prefix_events=True),
+        problem_set("wrong_result")),
+    # The runaway run of the fixture, in small: a re-run of its BOS batch took its essays.
+    "superseded_run": (
+        BatchSpec(status="COMPLETE_STABLE", state="COMPLETED", completion_runs=1,
+                  superseded=True),
+        problem_set("superseded")),
+    # The ENG5 national batch: the completion was written, then building the result raised on
+    # the grades 1-9; stuck in SCORING, never charged.
+    "eng5_national_scoring": (
+        BatchSpec(status="PERFORMING_COMPARISONS", state="SCORING", finished=False,
+                  anchor_grades=tuple("123456789"), projections=True,
+                  projection_grades=("1", "2", "4", "9"), completion_runs=1,
+                  events=("completed",), idle=timedelta(minutes=50)),
+        problem_set("stuck_scoring", "completion_without_result", "unbilled",
+                    "unpublishable_result")),
+    # user_id NULL: projections written, then finalization raised before any event.
+    "no_user_scoring": (
+        BatchSpec(status="PERFORMING_COMPARISONS", state="SCORING", finished=False,
+                  anchor_grades=GRADES, projections=True, user_id=None,
+                  idle=timedelta(minutes=50)),
+        problem_set("stuck_scoring", "unbilled")),
+    # --- the invariants of the metadata-persistence work (issue 16) --------------------------
+    # A third continuation runs with runner_override although no stored request has an override.
+    "budget_source_flipped": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
+                  finished=False, iteration=3, budget_source="runner_override"),
+        problem_set("budget_source_flip")),
+    # The state row's original_request names another user than the upload's.
+    "rehydration_mismatch": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
+                  finished=False, state_request={"user_id": "teacher-0002"}),
+        problem_set("rehydration_mismatch")),
+    # One anchor whose reference is gone: no tier of the projector's lookup resolves it.
+    "anchor_grade_unresolved": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
+                  finished=False, anchor_grades=GRADES, unresolved_anchors=1),
+        problem_set("anchor_grade_unresolved")),
 }
 
 
@@ -293,6 +400,8 @@ def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozen
     seeder = Seeder(conn, now=now or datetime.now(UTC))
     planted = {seeder.insert_batch(spec): problems
                for spec, problems in DEMO_SCENARIOS.values()}
+    # The runs that took a superseded run's essays are healthy re-runs.
+    planted.update({rerun: problem_set() for rerun in seeder.reruns.values()})
     # A BOS batch run twice, each run finalized once: legitimate, not a duplicate.
     rerun_bos = "7b0c1d2e-0000-4000-8000-0000000e0e0e"
     for _ in range(2):
