@@ -31,6 +31,7 @@ from exporter.vocabulary import problem_set
 
 SWEDISH_8 = ("F", "E", "D", "D+", "C", "C+", "B", "A")
 DEMO_ASSIGNMENT = "demo-assignment-essay-2026"
+SWEDISH_SCALE = "swedish_8_anchor"
 # What the comparisons' LLM callbacks record (cj_comparison_pairs.processing_metadata).
 LLM_PROVIDER, LLM_MODEL = "openai", "gpt-5-mini"
 PREFIX_DEFAULT_MODEL = "gpt-5-mini-2025-08-07"  # the pre-fix code's result model_used
@@ -78,6 +79,9 @@ class BatchSpec:
     unresolved_anchors: int = 0  # the first N anchors: no grade any tier of the lookup finds
     prefix_events: bool = False  # the events in the pre-fix code's shape (Batch 20)
     superseded: bool = False  # a re-run of the BOS batch then took its essays (a healthy run)
+    # The grade scale of the assignment's instructions, references and projections (the ENG5
+    # national scale's grades 1-9 fail the result's letter_grade pattern).
+    grade_scale: str = SWEDISH_SCALE
 
 
 @dataclass(frozen=True)
@@ -106,28 +110,30 @@ class Seeder:
         """Upload and essay timestamps are naive UTC upstream."""
         return at.astimezone(UTC).replace(tzinfo=None)
 
-    def anchor_ref(self, grade: str) -> int:
-        if grade not in self._anchor_refs:
-            self._ensure_assignment()
+    def anchor_ref(self, grade: str, scale: str = SWEDISH_SCALE) -> int:
+        key = grade if scale == SWEDISH_SCALE else f"{scale}:{grade}"
+        if key not in self._anchor_refs:
+            assignment = assignment_of(scale)
+            self._ensure_assignment(assignment, scale)
             ref_id = self.conn.execute(
                 text(
                     "INSERT INTO anchor_essay_references (grade, text_storage_id, assignment_id,"
-                    " anchor_label) VALUES (:g, :t, :a, :l) RETURNING id"
+                    " anchor_label, grade_scale) VALUES (:g, :t, :a, :l, :s) RETURNING id"
                 ),
-                {"g": grade, "t": f"anchor-text-{grade}", "a": DEMO_ASSIGNMENT,
-                 "l": f"grade_{grade}_{uuid.uuid4().hex[:6]}"},
+                {"g": grade, "t": f"anchor-text-{key}", "a": assignment,
+                 "l": f"grade_{grade}_{uuid.uuid4().hex[:6]}", "s": scale},
             ).scalar_one()
-            self._anchor_refs[grade] = ref_id
-        return self._anchor_refs[grade]
+            self._anchor_refs[key] = ref_id
+        return self._anchor_refs[key]
 
-    def _ensure_assignment(self) -> None:
+    def _ensure_assignment(self, assignment: str, scale: str) -> None:
         self.conn.execute(
             text(
-                "INSERT INTO assessment_instructions (assignment_id, instructions_text)"
-                " SELECT CAST(:a AS varchar), 'Write an argumentative essay.' WHERE NOT EXISTS"
-                " (SELECT 1 FROM assessment_instructions WHERE assignment_id = :a)"
+                "INSERT INTO assessment_instructions (assignment_id, instructions_text,"
+                " grade_scale) SELECT CAST(:a AS varchar), 'Write an argumentative essay.', :s"
+                " WHERE NOT EXISTS (SELECT 1 FROM assessment_instructions WHERE assignment_id = :a)"
             ),
-            {"a": DEMO_ASSIGNMENT},
+            {"a": assignment, "s": scale},
         )
 
     def insert_batch(self, spec: BatchSpec) -> int:
@@ -140,13 +146,14 @@ class Seeder:
         students = self._insert_students(batch_id, spec)
         anchors = self._insert_anchors(batch_id, spec)
         outcomes = self._insert_pairs(batch_id, students + anchors, spec)
-        grades = (self._insert_projections(batch_id, students, spec.projection_grades or SWEDISH_8)
-                  if spec.projections else {})
+        grades = (self._insert_projections(batch_id, students, spec.projection_grades or SWEDISH_8,
+                                           spec.grade_scale) if spec.projections else {})
         scores = stand_in_scores(students + anchors, outcomes) if spec.completion_runs else {}
         self._write_scores(batch_id, scores)
         self._content[batch_id] = Content(
             last_activity - timedelta(minutes=30),
-            DEMO_ASSIGNMENT if spec.anchor_grades else None, scores, grades, spec.prefix_events)
+            assignment_of(spec.grade_scale) if spec.anchor_grades else None, scores, grades,
+            spec.prefix_events)
         for run in range(spec.completion_runs):
             at = last_activity - spec.burst_spacing * (spec.completion_runs - 1 - run)
             self.write_completion_events(batch_id, bos, correlation, spec.user_id, at,
@@ -175,7 +182,7 @@ class Seeder:
              "updated": self.naive(last_activity),
              "completed": self.naive(last_activity) if spec.finished else None,
              "meta": json.dumps({"original_request": request}),
-             "assignment": DEMO_ASSIGNMENT if spec.anchor_grades else None,
+             "assignment": assignment_of(spec.grade_scale) if spec.anchor_grades else None,
              "user": spec.user_id},
         ).scalar_one())
 
@@ -231,9 +238,11 @@ class Seeder:
     def _insert_anchors(self, batch_id: int, spec: BatchSpec) -> list[str]:
         ids = []
         for index, grade in enumerate(spec.anchor_grades):
-            ref = self.anchor_ref(grade)
+            ref = self.anchor_ref(grade, spec.grade_scale)
             essay_id = f"ANCHOR_{ref}_{self.rng.getrandbits(32):08x}"
-            storage = f"anchor-text-{grade}"
+            storage = self.conn.execute(
+                text("SELECT text_storage_id FROM anchor_essay_references WHERE id = :id"),
+                {"id": ref}).scalar_one()
             meta = _changed({"is_anchor": True, "known_grade": grade, "anchor_ref_id": str(ref),
                              "text_storage_id": storage, "anchor_label": f"grade_{grade}"},
                             spec.anchor_metadata)
@@ -285,21 +294,22 @@ class Seeder:
                 {"s": score, "id": essay_id, "batch": batch_id})
 
     def _insert_projections(self, batch_id: int, students: list[str],
-                            scale: tuple[str, ...] = SWEDISH_8) -> dict[str, str]:
+                            grades_of: tuple[str, ...] = SWEDISH_8,
+                            scale: str = SWEDISH_SCALE) -> dict[str, str]:
         grades = {}
         for essay_id in students:
-            grade = self.rng.choice(scale)
+            grade = self.rng.choice(grades_of)
             grades[essay_id] = grade
             self.conn.execute(
                 text(
                     "INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
-                    " confidence_score, confidence_label, calculation_metadata, population_prior)"
-                    " VALUES (:id, :batch, :grade, 0.894, 'HIGH', CAST(:meta AS json), 0.15)"
+                    " confidence_score, confidence_label, calculation_metadata, population_prior,"
+                    " grade_scale) VALUES (:id, :batch, :grade, 0.894, 'HIGH',"
+                    " CAST(:meta AS json), 0.15, :scale)"
                 ),
-                {"id": essay_id, "batch": batch_id, "grade": grade,
+                {"id": essay_id, "batch": batch_id, "grade": grade, "scale": scale,
                  "meta": json.dumps({"calibration_method": "gaussian_mixture",
-                                     "primary_anchor_grade": grade,
-                                     "grade_scale": "swedish_8_anchor"})},
+                                     "primary_anchor_grade": grade, "grade_scale": scale})},
             )
         return grades
 
@@ -344,11 +354,17 @@ class Seeder:
                           last_error="Exceeded max retries (5)" if gave_up else "broker timeout")
 
 
+def assignment_of(scale: str) -> str:
+    """The demo's assignment with instructions (and references) on `scale`."""
+    return DEMO_ASSIGNMENT if scale == SWEDISH_SCALE else f"{DEMO_ASSIGNMENT}-{scale}"
+
+
 def original_request(spec: BatchSpec) -> dict[str, Any]:
     """The request a batch was created with, as create_cj_batch stores it (None-valued keys
     omitted)."""
     request: dict[str, Any] = {
-        "assignment_id": DEMO_ASSIGNMENT if spec.anchor_grades else None, "language": "sv",
+        "assignment_id": assignment_of(spec.grade_scale) if spec.anchor_grades else None,
+        "language": "sv",
         "course_code": "SV1", "cj_source": "els", "cj_request_type": "cj_comparison",
         "user_id": spec.user_id, "org_id": "org-demo" if spec.user_id else None,
         **spec.request}
@@ -475,7 +491,8 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
     # the grades 1-9; stuck in SCORING, never charged.
     "eng5_national_scoring": (
         BatchSpec(status="PERFORMING_COMPARISONS", state="SCORING", finished=False,
-                  anchor_grades=tuple("123456789"), projections=True,
+                  anchor_grades=tuple("123456789"), grade_scale="eng5_np_national_9_step",
+                  projections=True,
                   projection_grades=("1", "2", "4", "9"), completion_runs=1,
                   events=("completed",), idle=timedelta(minutes=50)),
         problem_set("stuck_scoring", "completion_without_result", "unbilled",

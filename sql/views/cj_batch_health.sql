@@ -626,11 +626,12 @@ FROM (
         SELECT
             count(*) AS resource_events,
             count(*) FILTER (WHERE c.mine) AS charge_events,
-            COALESCE(sum(c.quantity) FILTER (WHERE c.mine AND c.published), 0)
+            -- double precision: a sum of bigints is numeric, and no sum may overflow
+            COALESCE(sum(c.quantity) FILTER (WHERE c.mine AND c.published), 0)::double precision
                 AS charged_quantity,
-            COALESCE(sum(c.quantity) FILTER (WHERE c.mine AND c.published), 0)
-                - COALESCE((array_agg(c.quantity ORDER BY c.created_at, c.id)
-                            FILTER (WHERE c.mine AND c.published))[1], 0)
+            (COALESCE(sum(c.quantity) FILTER (WHERE c.mine AND c.published), 0)
+             - COALESCE((array_agg(c.quantity ORDER BY c.created_at, c.id)
+                         FILTER (WHERE c.mine AND c.published))[1], 0))::double precision
                 AS overcharged_quantity,
             count(*) FILTER (WHERE c.unreadable) AS unreadable_charge_events
         FROM (

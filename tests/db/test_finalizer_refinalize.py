@@ -32,8 +32,9 @@ def test_batch20_wedge_is_healed_end_to_end(remediation_db: RemediationDb) -> No
     db, engine = remediation_db, remediation_db.engine
     b20 = db.batch("wedged")
     before = health(engine, b20)
-    # planted without events: nobody was charged yet (the view's unbilled)
-    assert problems(before) == {"wedged", "anchor_mismatch", "missing_projections", "unbilled"}
+    # the pre-fix code's all-"U" result without assignment_id is published (wrong_result)
+    assert problems(before) == {"wedged", "anchor_mismatch", "missing_projections",
+                                "wrong_result"}
     assert before["anchors_flagged"] == 0 and before["anchors_in_metadata"] == 5
 
     result = refinalize(engine, b20, replica="test", dry_run=False)

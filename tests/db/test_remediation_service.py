@@ -114,6 +114,16 @@ def test_valves_hold_back_in_order() -> None:
 # --- the cycle on a real database ----------------------------------------------------------
 
 
+def scoring_batches(db: RemediationDb) -> tuple[int, int]:
+    """The demo's two other batches stuck in SCORING (exporter/demo/scenarios.py): the ENG5
+    national one (refused: no valid result exists) and the one without a user (completion and
+    result, no charge: it stays unbilled)."""
+    eng5 = db.batch("unpublishable_result")
+    no_user = next(b for b, p in sorted(db.planted.items())
+                   if p == {"stuck_scoring", "unbilled"})
+    return eng5, no_user
+
+
 def metric_lines(metrics: RemediationMetrics) -> set[str]:
     class One(Collector):
         def collect(self):  # type: ignore[no-untyped-def]
@@ -128,26 +138,33 @@ def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
         remediation_db: RemediationDb) -> None:
     db = remediation_db
     b20, stuck = db.batch("wedged"), db.batch("stuck_scoring")
+    eng5, no_user = scoring_batches(db)
     rem = remediator(db.url)
     try:
         report = rem.run_cycle()
         assert report.leader and report.error is None
         assert [(r.cj_batch_id, r.action, r.outcome) for r in report.results] == [
             (b20, "backfill_anchors", APPLIED), (b20, "refinalize", APPLIED),
-            (stuck, "refinalize", APPLIED)]  # oldest first, backfill before refinalize
+            (stuck, "refinalize", APPLIED), (eng5, "refinalize", NEEDS_PERSON),
+            (no_user, "refinalize", APPLIED)]  # oldest first, backfill before refinalize
         for batch in (b20, stuck):
             assert problems(health(db.engine, batch)) == set()
+        assert problems(health(db.engine, no_user)) == {"unbilled"}  # until a user is known
+        assert problems(health(db.engine, eng5)) == db.planted[eng5]  # a person decides
         rows = audit_rows(db.engine)
         assert [(r["cj_batch_id"], r["action"], r["outcome"], r["replica"]) for r in rows] == [
             (b20, "backfill_anchors", "applied", "test-replica"),
             (b20, "refinalize", "applied", "test-replica"),
-            (stuck, "refinalize", "applied", "test-replica")]
+            (stuck, "refinalize", "applied", "test-replica"),
+            (eng5, "refinalize", "needs_person", "test-replica"),
+            (no_user, "refinalize", "applied", "test-replica")]
         again = rem.run_cycle()
         assert again.results == () and again.decision is not None
-        assert sum(again.decision.blocked.values()) == 0
-        assert len(audit_rows(db.engine)) == 3
+        assert dict(again.decision.blocked)["cooldown"] == 1  # the ENG5 batch, still stuck
+        assert sum(again.decision.blocked.values()) == 1
+        assert len(audit_rows(db.engine)) == 5
         lines = metric_lines(rem.metrics)
-        assert 'cj_health_remediations_total{action="refinalize",outcome="applied"} 2.0' in lines
+        assert 'cj_health_remediations_total{action="refinalize",outcome="applied"} 3.0' in lines
         assert ('cj_health_remediations_total{action="backfill_anchors",outcome="applied"} 1.0'
                 in lines)
         assert 'cj_health_remediation_cycles_total{result="ok"} 2.0' in lines
@@ -165,15 +182,19 @@ def test_dry_run_cycles_audit_the_plan_change_nothing_and_cool_down(
     rem = remediator(db.url, dry_run=True)
     try:
         first = rem.run_cycle()
-        assert {r.outcome for r in first.results} == {DRY_RUN} and len(first.results) == 3
+        eng5, _ = scoring_batches(db)
+        assert {r.outcome for r in first.results if r.cj_batch_id != eng5} == {DRY_RUN}
+        assert [r.outcome for r in first.results if r.cj_batch_id == eng5] == [NEEDS_PERSON]
+        assert len(first.results) == 5
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
-        assert len(rows) == 3 and all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows)
+        assert len(rows) == 5 and all(r["dry_run"] for r in rows)
+        assert [r["outcome"] for r in rows if r["cj_batch_id"] != eng5] == ["dry_run"] * 4
         assert rows[1]["detail"]["plan"][0].startswith("lock cj_batch_uploads")
         second = rem.run_cycle()  # the plan is not repeated every cycle: cooldown
         assert second.results == () and second.decision is not None
-        assert second.decision.blocked["cooldown"] == 3
-        assert len(audit_rows(db.engine)) == 3
+        assert second.decision.blocked["cooldown"] == 5
+        assert len(audit_rows(db.engine)) == 5
         assert "cj_health_remediation_dry_run 1.0" in metric_lines(rem.metrics)
     finally:
         rem.close()
@@ -187,11 +208,11 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
     try:
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
-        assert report.decision.blocked["paused"] == 3
+        assert report.decision.blocked["paused"] == 5
         assert "cj_health_remediation_paused 1.0" in metric_lines(rem.metrics)
         assert snapshot(db.engine) == before and audit_rows(db.engine) == []
         assert audit.resume(db.engine) and not audit.resume(db.engine)
-        assert len(rem.run_cycle().results) == 3
+        assert len(rem.run_cycle().results) == 5
     finally:
         rem.close()
     paused_by_setting = remediator(db.url, paused=True)
@@ -204,14 +225,15 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
 def test_too_many_wedged_batches_is_a_persons_call(remediation_db: RemediationDb) -> None:
     db = remediation_db
     before = snapshot(db.engine)
-    rem = remediator(db.url, max_wedged_for_auto=1)  # the demo has two wedged batches
+    # the demo has four batches wedged or stuck in SCORING
+    rem = remediator(db.url, max_wedged_for_auto=1)
     try:
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
-        assert report.decision.blocked["too_many_wedged"] == 3
+        assert report.decision.blocked["too_many_wedged"] == 5
         lines = metric_lines(rem.metrics)
-        assert 'cj_health_remediation_blocked{reason="too_many_wedged"} 3.0' in lines
-        assert "cj_health_remediation_wedged_batches 2.0" in lines
+        assert 'cj_health_remediation_blocked{reason="too_many_wedged"} 5.0' in lines
+        assert "cj_health_remediation_wedged_batches 4.0" in lines
         assert snapshot(db.engine) == before
     finally:
         rem.close()
@@ -229,14 +251,15 @@ def test_unusable_anchors_are_reported_then_left_after_max_attempts(
         assert [(r.outcome, r.reason.split(":")[0]) for r in mine] == [
             (NEEDS_PERSON, "anchors expected but unusable")]
         assert problems(health(db.engine, bad)) >= {"wedged"}  # untouched
-        assert [r.cj_batch_id for r in rem.run_cycle().results] == [bad]  # attempt 2
+        eng5, _ = scoring_batches(db)  # the demo's other refusal, retried alike
+        assert [r.cj_batch_id for r in rem.run_cycle().results] == [bad, eng5]  # attempt 2
         third = rem.run_cycle()
         assert third.results == () and third.decision is not None
-        assert third.decision.blocked["max_attempts"] == 1
+        assert third.decision.blocked["max_attempts"] == 2
         rows = [r for r in audit_rows(db.engine) if r["cj_batch_id"] == bad]
         assert [r["outcome"] for r in rows] == ["needs_person", "needs_person"]
         assert rows[0]["detail"]["grades"] == ["B"]
-        assert ('cj_health_remediations_total{action="refinalize",outcome="needs_person"} 2.0'
+        assert ('cj_health_remediations_total{action="refinalize",outcome="needs_person"} 4.0'
                 in metric_lines(rem.metrics))
     finally:
         rem.close()
@@ -298,8 +321,10 @@ def test_a_failed_action_is_audited_and_counted(remediation_db: RemediationDb) -
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
         assert {(r["cj_batch_id"], r["outcome"]) for r in rows} >= {(stuck, "failed")}
-        assert ('cj_health_remediations_total{action="refinalize",outcome="failed"} 2.0'
-                in metric_lines(rem.metrics))  # Batch 20 fails the same way
+        # Batch 20 and the batch without a user fail the same way (the ENG5 one is refused
+        # before anything is written)
+        assert ('cj_health_remediations_total{action="refinalize",outcome="failed"} 3.0'
+                in metric_lines(rem.metrics))
     finally:
         rem.close()
 
