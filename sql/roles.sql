@@ -116,6 +116,11 @@ GRANT SELECT ON cj_batch_health, cj_outbox_health TO :"ro_role";
 -- `charges` (exporter/commands/charges.py): each charge's run, user, org, quantity and time
 -- through the view cj_charge_events, never the events themselves.
 GRANT SELECT ON cj_charge_events TO :"ro_role";
+-- Functions a view calls run with the caller's rights: the views read every JSON document
+-- through these (sql/views/cj_health_json.sql), so both login roles need EXECUTE (PUBLIC's
+-- default grant may have been revoked by the DBA).
+GRANT EXECUTE ON FUNCTION cj_health_json(json), cj_health_json_parses(json)
+    TO :"ro_role", :"rw_role";
 GRANT SELECT (batch_id, state, last_activity_at) ON cj_batch_states TO :"ro_role";
 GRANT SELECT (id, status) ON cj_batch_uploads TO :"ro_role";
 

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from exporter.demo.embedded import EmbeddedPostgres
+from tests.support import report
 from tests.support.database import (
     BACKEND,
     SeededDb,
@@ -67,6 +68,8 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in report.LINES:
+        terminalreporter.write_line(line)
     if "name" in BACKEND:
         line = f"PostgreSQL backend: {BACKEND['name']}"
         if "fallback" in BACKEND:

@@ -569,14 +569,17 @@ FROM (
                 ) AS in_next_minute
             FROM (
                 SELECT
-                    o.created_at,
-                    (d.doc -> 'data' ->> 'cj_assessment_job_id') IS NOT DISTINCT FROM u.id::text
+                    d.created_at,
+                    COALESCE(d.doc -> 'data' ->> 'cj_assessment_job_id' = u.id::text, false)
                         AS mine,
                     d.doc IS NULL AS unreadable  -- event_data is NOT NULL
-                FROM event_outbox AS o
-                CROSS JOIN LATERAL (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
-                WHERE o.aggregate_id = u.bos_batch_id
-                  AND o.event_type = 'huleedu.cj_assessment.completed.v1'
+                FROM (
+                    SELECT o.created_at, cj_health_json(o.event_data) AS doc
+                    FROM event_outbox AS o
+                    WHERE o.aggregate_id = u.bos_batch_id
+                      AND o.event_type = 'huleedu.cj_assessment.completed.v1'
+                    OFFSET 0  -- cj_health_json once per event
+                ) AS d
             ) AS c
         ) AS w
     ) AS ce

@@ -23,9 +23,10 @@
 -- make a write of the CJ service fail.
 --
 -- Cost: a cheap test on the text decides for almost every document (no escape PostgreSQL
--- cannot decode, and too few brackets to nest deeply); only a document that fails it (it holds
--- `\u0000` or a surrogate escape, emoji written by json.dumps included, or more than 200 `[`/`{`)
--- is parsed once inside an exception block (cj_health_json_parses, one subtransaction).
+-- cannot decode, and too short to nest deeply); only a document that fails it (it holds
+-- `\u0000` or a surrogate escape, emoji written by json.dumps included, or is longer than
+-- max_stack_depth / 256 bytes, 8 kB by default) is parsed once inside an exception block
+-- (cj_health_json_parses: one subtransaction, a few microseconds, plus the parse).
 --
 -- Both functions are created in the schema of the views (the first of the installer's
 -- search_path) by `cj-health-exporter install-view`; sql/roles.sql grants EXECUTE on them.
@@ -68,10 +69,16 @@ RETURN CASE
     WHEN strpos(doc::text, '\u') > 0
          AND (getdatabaseencoding() <> 'UTF8' OR doc::text ~* '\\u(0000|d[89a-f])')
         THEN CASE WHEN cj_health_json_parses(doc) THEN doc END
-    -- Nesting needs a bracket per level: 200 levels are readable even with the smallest
-    -- max_stack_depth (100 kB reads about 700). Short documents skip the count.
+    -- Nesting takes two bytes per level, and PostgreSQL reads 6 to 8 levels per kB of
+    -- max_stack_depth (16,364 at the default 2 MB on PostgreSQL 16, 13,090 on 15): a document
+    -- of at most max_stack_depth / 256 bytes nests at most 2 levels per kB, a third of that
+    -- or less. 400 bytes is that bound at the 100 kB minimum, so short documents (most essay
+    -- metadata) skip reading the setting; longer ones up to the bound (8 kB at 2 MB) pay for
+    -- it (under a microsecond), and longer still are parsed once more on the slow path
+    -- (cheaper than counting their brackets: translate() costs 12 us per kB).
     WHEN octet_length(doc::text) <= 400 THEN doc
-    WHEN octet_length(doc::text) - octet_length(translate(doc::text, '[{', '')) <= 200 THEN doc
+    WHEN octet_length(doc::text) <= pg_size_bytes(current_setting('max_stack_depth')) / 256
+        THEN doc
     ELSE CASE WHEN cj_health_json_parses(doc) THEN doc END
 END;
 
