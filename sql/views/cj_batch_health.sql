@@ -431,7 +431,9 @@ FROM (
             count(*) FILTER (WHERE e.tier = 'known_grade') AS anchors_by_known_grade,
             count(*) FILTER (WHERE e.tier = 'text_storage_id') AS anchors_by_text_storage_id,
             count(*) FILTER (WHERE e.tier = 'anchor_ref_id') AS anchors_by_anchor_ref_id,
-            count(*) FILTER (WHERE e.any_anchor AND e.tier IS NULL) AS anchors_unresolved
+            -- an anchor whose document cannot be read is unknown, not unresolved
+            count(*) FILTER (WHERE e.any_anchor AND e.tier IS NULL AND NOT e.unreadable)
+                AS anchors_unresolved
         FROM (
             SELECT
                 e1.els_essay_id,
@@ -510,9 +512,10 @@ FROM (
             ) AS e1
             -- Tiers 3 and 4 look among the assignment's references of the grade scale of its
             -- instructions (upstream's ContextBuilder; none without instructions), and only
-            -- for an anchor the metadata did not resolve.
+            -- for an anchor the metadata did not resolve. An anchor whose document cannot be
+            -- read has no known tier (upstream may read what PostgreSQL cannot).
             CROSS JOIN LATERAL (
-                SELECT CASE WHEN e1.any_anchor AND e1.by_anchor_grade IS NULL
+                SELECT CASE WHEN e1.any_anchor AND NOT e1.unreadable AND e1.by_anchor_grade IS NULL
                                  AND e1.by_known_grade IS NULL AND e1.storage_id IS NOT NULL
                 THEN (
                     SELECT r.grade FROM anchor_essay_references AS r
@@ -525,7 +528,7 @@ FROM (
                 OFFSET 0
             ) AS l3
             CROSS JOIN LATERAL (
-                SELECT CASE WHEN e1.any_anchor AND e1.by_anchor_grade IS NULL
+                SELECT CASE WHEN e1.any_anchor AND NOT e1.unreadable AND e1.by_anchor_grade IS NULL
                                  AND e1.by_known_grade IS NULL AND l3.grade IS NULL
                                  AND e1.ref_id ~ '^[1-9][0-9]{0,8}$'
                 THEN (
@@ -639,23 +642,26 @@ FROM (
             count(*) FILTER (WHERE c.unreadable) AS unreadable_charge_events
         FROM (
             SELECT
-                o.id,
-                o.created_at,
-                o.published_at IS NOT NULL AS published,
-                rdat.processing_id IS NOT DISTINCT FROM u.id::text AS mine,
+                d.id,
+                d.created_at,
+                d.published_at IS NOT NULL AS published,
+                COALESCE(rdat.processing_id = u.id::text, false) AS mine,
                 CASE WHEN json_typeof(rdat.quantity) = 'number'
                           AND rdat.quantity::text ~ '^\s*[0-9]{1,15}\s*$'
                      THEN (rdat.quantity::text)::bigint END AS quantity,
                 d.doc IS NULL AS unreadable  -- event_data is NOT NULL
-            FROM event_outbox AS o
-            CROSS JOIN LATERAL (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
+            FROM (
+                SELECT o.id, o.created_at, o.published_at, cj_health_json(o.event_data) AS doc
+                FROM event_outbox AS o
+                WHERE o.aggregate_id = u.bos_batch_id
+                  AND o.event_type = 'huleedu.resource.consumption.v1'
+                OFFSET 0  -- cj_health_json once per event
+            ) AS d
             CROSS JOIN LATERAL json_to_record(
                 CASE WHEN json_typeof(d.doc) = 'object' THEN d.doc END) AS env(data json)
             CROSS JOIN LATERAL json_to_record(
                 CASE WHEN json_typeof(env.data) = 'object' THEN env.data END)
                 AS rdat(processing_id text, quantity json)
-            WHERE o.aggregate_id = u.bos_batch_id
-              AND o.event_type = 'huleedu.resource.consumption.v1'
         ) AS c
     ) AS rc
     CROSS JOIN LATERAL (
