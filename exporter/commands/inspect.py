@@ -133,7 +133,8 @@ def _diagnostics(b: dict[str, Any]) -> list[str]:
     def yes(flag: Any) -> str:
         return "-" if flag is None else "yes" if flag else "no"
 
-    budget = ("-" if b["budget_max_pairs"] is None and b["budget_source"] is None
+    budget = ("- (none stored: upstream uses its default, MAX_PAIRWISE_COMPARISONS)"
+              if b["budget_max_pairs"] is None and b["budget_source"] is None
               else f"{b['budget_max_pairs'] if b['budget_max_pairs'] is not None else '?'}"
                    f" ({b['budget_source'] or 'no source'})")
     progress = ("-" if b["budget_progress"] is None

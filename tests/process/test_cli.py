@@ -107,7 +107,8 @@ def test_install_view_is_idempotent(pg_server: Server) -> None:
     for _ in range(2):
         result = cli("install-view", "--dsn", url)
         assert result.returncode == 0, result.stderr
-        assert "views cj_batch_health and cj_outbox_health installed" in result.stdout
+        assert ("views cj_batch_health, cj_outbox_health, cj_charge_events installed"
+                in result.stdout)
         assert "index cj_health_outbox_completion_job_idx present" in result.stdout
     engine = create_engine(url)
     with engine.connect() as conn:
