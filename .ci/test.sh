@@ -9,10 +9,10 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
-command -v npm >/dev/null || missing+=(nodejs npm)   # tsc and the schema packages of .ci/node
 # PostgreSQL 15 (upstream's version) next to pgserver's 16: the hostile-JSON property test runs
 # on both (tests/support/debian_postgres.py); only the binaries are used, no cluster is started.
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
+command -v npm >/dev/null || missing+=(nodejs npm)   # tsc and the schema packages of .ci/node
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "need root (or: sudo apt-get install ${missing[*]})" >&2
@@ -39,5 +39,5 @@ if ! cmp -s .ci/node/package-lock.json .ci/node/node_modules/.installed-lock.jso
 fi
 
 echo "== ruff";   .venv/bin/ruff check .
-echo "== mypy";   .venv/bin/mypy exporter tests
+echo "== mypy";   .venv/bin/mypy exporter
 echo "== pytest"; .venv/bin/pytest -q "$@"

@@ -21,7 +21,13 @@ from exporter import PROG
 from exporter.config import Settings
 from exporter.service import connect
 from exporter.upstream import events as ev
-from exporter.vocabulary import ANCHOR_GRADE_TIERS, PROBLEM_COLUMNS, PROBLEMS, UNRESOLVED
+from exporter.vocabulary import (
+    ANCHOR_GRADE_TIERS,
+    PROBLEM_COLUMNS,
+    PROBLEMS,
+    UNREADABLE_DOCUMENT_COLUMNS,
+    UNRESOLVED,
+)
 
 _BATCHES = text(
     "SELECT * FROM cj_batch_health WHERE bos_batch_id = :key"
@@ -122,6 +128,10 @@ def _block(b: dict[str, Any]) -> str:
         *_results_and_charges(b),
         *_invariants(b),
     ]
+    unreadable = [f"{doc} {b[column]}" for doc, column in UNREADABLE_DOCUMENT_COLUMNS.items()
+                  if b.get(column)]
+    if unreadable:  # their facts are unknown: the lines above count without them
+        lines.append(_row("unreadable JSON", ", ".join(unreadable) + " (see docs/metrics.md)"))
     lines.append("  problems:" if b["problems"] else "  problems:              none")
     lines += [f"    - {p}: {PROBLEMS[p].explanation}" for p in b["problems"]]
     lines += _event_lines(b)

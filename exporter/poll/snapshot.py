@@ -108,9 +108,11 @@ def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any],
         else:
             malformed[f"row {row.get('cj_batch_id', '?')}"] = result
     exported = [b for b in parsed if _exported(b, now, recent_window)]
-    # Problems first, then in-flight, then the most recently active: the cap drops the least
-    # useful series, and the same batches win from one poll to the next (no flapping).
-    exported.sort(key=lambda b: (not b.flagged, b.is_terminal, -b.last_activity, b.cj_batch_id))
+    # Problems first, then unreadable documents, then in-flight, then the most recently
+    # active: the cap drops the least useful series, and the same batches win from one poll to
+    # the next (no flapping).
+    exported.sort(key=lambda b: (not b.problems, not b.unreadable, b.is_terminal,
+                                 -b.last_activity, b.cj_batch_id))
     return Snapshot(
         taken_at=now,
         duration_seconds=duration,

@@ -489,3 +489,25 @@ def test_roles_grant_the_json_functions(everything_installed: InstalledDb) -> No
             assert sum(r["unreadable_essay_documents"] for r in found) > 0, role
             conn.execute(text("RESET ROLE"))
         conn.rollback()
+
+
+def test_inspect_reads_a_batch_with_hostile_events(engine: Engine, seeded_db: SeededDb) -> None:
+    from exporter.commands import inspect
+
+    with engine.begin() as conn:
+        batch = Seeder(conn, rng=random.Random(8)).insert_batch(
+            BatchSpec(anchor_grades=GRADES, completion_runs=1))
+        bos = conn.execute(text("SELECT bos_batch_id FROM cj_batch_uploads WHERE id = :b"),
+                           {"b": batch}).scalar_one()
+        at = datetime.now(UTC)
+        ev.insert_row(conn, ev.completion_row(batch, bos, "c", {"note": "\x00"}, at), at,
+                      published_at=at)
+        # Another BOS batch's hostile event: inspect used to scan every completion event.
+        ev.insert_row(conn, ev.completion_row(999, "other-bos", "c", {"n": "\ud800"}, at), at,
+                      published_at=at)
+    (found,) = inspect.find(engine, str(batch))
+    kinds = [e["event_type"] for e in found["outbox_events"]]
+    assert kinds.count(ev.COMPLETED_EVENT) == 2  # the readable one and the unreadable one
+    assert found["completion_events"] == 1 and found["unreadable_completion_events"] == 1
+    assert "unreadable JSON        completion_event 1 (see docs/metrics.md)" in inspect.as_text(
+        [found])
