@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from exporter.demo.scenarios import BatchSpec, Seeder
 from tests.support.database import SeededDb
-from tests.support.hardening import metric
+from tests.support.exposition import sample_value as metric
 from tests.support.process import ExporterProcess
 
 POLLS = 30  # at 0.2 s; the reminders come every 20 polls
@@ -60,7 +60,8 @@ def test_one_hostile_essay_costs_only_its_own_batch(seeded_db: SeededDb) -> None
         assert metric(body, "cj_batch_comparisons", cj_batch_id=str(hostile),
                       kind="pending") == 6
         assert metric(body, "cj_batch_anchors", cj_batch_id=str(hostile), source="column") == 0
-        assert metric(body, "cj_unreadable_documents", document="essay_metadata") == 1
+        # ours, and the demo's unreadable_essay_metadata batch (6 essays)
+        assert metric(body, "cj_unreadable_documents", document="essay_metadata") == 1 + 6
         assert metric(body, "cj_unreadable_documents", document="state_metadata") == 1
         assert metric(body, "cj_unreadable_documents", document="completion_event") == 0
         # Every planted problem of every other batch is still exported.

@@ -19,7 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests.support.database import Server
-from tests.support.hardening import apply_roles, drop_roles, libpq_url, metric, psql_binary
+from tests.support.exposition import sample_value as metric
+from tests.support.hardening import apply_roles, drop_roles, libpq_url, psql_binary
 from tests.support.manifest import EXPECTED_PROBLEMS
 from tests.support.process import ExporterProcess
 from tests.support.upstream import SCHEMAS, UpstreamDb, upstream_database
