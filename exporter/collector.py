@@ -96,8 +96,7 @@ def batch_families(snap: Snapshot) -> Iterator[Metric]:
         burst.add_metric([bid], b.completion_event_burst)
         for name in sorted(b.problems):
             problem.add_metric([bid, b.bos_batch_id, name], 1)
-        for document, count in sorted(b.unreadable.items()):
-            unreadable.add_metric([bid, b.bos_batch_id, document], count)
+        unreadable.add_metric([bid], sum(b.unreadable.values()))
         overcharged.add_metric([bid, b.bos_batch_id], b.overcharged_quantity)
         for tier, count in b.anchor_tiers.items():
             tiers.add_metric([bid, tier], count)

@@ -128,9 +128,9 @@ def problem_set(*labels: str) -> frozenset[str]:
 # ---------------------------------------------------------------------------------------------
 # Unreadable documents: JSON documents PostgreSQL stores but cannot read with ->/->> (a \u0000
 # or lone-surrogate escape anywhere, or nesting too deep; sql/views/cj_health_json.sql). The
-# facts they hold are unknown; each kind is one integer column of cj_batch_health, exported as
-# cj_batch_unreadable_documents{document=<label>} and counted in
-# cj_unreadable_documents{document=<label>}.
+# facts they hold are unknown; each kind is one integer column of cj_batch_health, summed per
+# batch in cj_batch_unreadable_documents and counted by kind in
+# cj_unreadable_documents{document=<label>} (inspect shows a batch's kinds).
 
 UNREADABLE_DOCUMENT_COLUMNS: Mapping[str, str] = {
     "essay_metadata": "unreadable_essay_documents",  # cj_processed_essays.processing_metadata
@@ -250,8 +250,7 @@ _FAMILIES: tuple[MetricFamily, ...] = (
     MetricFamily(
         "cj_batch_unreadable_documents", GAUGE,
         "JSON documents of the batch PostgreSQL cannot read (a \\u0000 or lone-surrogate escape,"
-        " or nesting too deep): the facts they hold are unknown. Only above 0." + REFRESH,
-        ("cj_batch_id", "bos_batch_id", "document")),
+        " or nesting too deep): the facts they hold are unknown." + REFRESH, ("cj_batch_id",)),
     # aggregates
     MetricFamily(
         "cj_batches", GAUGE,

@@ -20,8 +20,9 @@ def run(settings: Settings, *, indexes: bool, remediation: bool) -> int:
     try:
         with engine.begin() as conn:
             sqlfiles.install_views(conn)
-        print("functions cj_health_json, cj_health_json_parses and views "
-              f"{', '.join(sqlfiles.VIEWS)} installed")
+        print("functions cj_health_json and cj_health_json_parses installed")
+        *views, last = sqlfiles.VIEWS
+        print(f"views {', '.join(views)} and {last} installed")
         if remediation or settings.remediation.enabled:
             from exporter.finalizer import audit  # light: no numpy (finalizer/__init__.py)
 

@@ -535,14 +535,6 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
                   finished=False, anchor_grades=GRADES, unresolved_anchors=1),
         problem_set("anchor_grade_unresolved")),
-    # Essay metadata holding a NUL (json.dumps writes \u0000), which PostgreSQL stores but
-    # ->/->> cannot read: the batch is exported with cj_batch_unreadable_documents, and every
-    # other batch as usual (docs/metrics.md, "Unreadable documents").
-    "unreadable_essay_metadata": (
-        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=8,
-                  finished=False, essay_metadata={"is_anchor": False,
-                                                  "note": "pasted from a PDF\x00"}),
-        problem_set()),
 }
 
 

@@ -273,8 +273,7 @@ def test_poll_exports_a_batch_with_unreadable_documents(engine: Engine) -> None:
     assert snap.malformed_rows == 0 and snap.malformed == {}
     ours = next(b for b in snap.batches if b.cj_batch_id == batch)
     assert ours.unreadable == {"essay_metadata": 6}
-    # the demo's own unreadable_essay_metadata batch has 6 more (exporter/demo/scenarios.py)
-    assert snap.unreadable_documents == {"essay_metadata": 12, "state_metadata": 0,
+    assert snap.unreadable_documents == {"essay_metadata": 6, "state_metadata": 0,
                                          "completion_event": 0, "upload_metadata": 0,
                                          "result_event": 0, "charge_event": 0}
 

@@ -88,7 +88,7 @@ def test_install_view_is_idempotent(pg_server: Server) -> None:
         for outcome in ("created", "present"):
             result = run_cli("install-view", "--dsn", db.url)
             assert result.returncode == 0, result.stderr
-            assert ("views cj_batch_health, cj_outbox_health, cj_charge_events installed"
+            assert ("views cj_batch_health, cj_outbox_health and cj_charge_events installed"
                     in result.stdout)
             assert f"index cj_health_outbox_unpublished_idx {outcome}" in result.stdout
             # no JSON expression index any more (it made the CJ service's writes fail)

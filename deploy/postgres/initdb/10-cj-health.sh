@@ -17,7 +17,11 @@ run_psql() {
         --dbname "$POSTGRES_DB" "$@"
 }
 
-for file in "$sql_dir"/schema/*.sql "$sql_dir"/views/*.sql; do
+# In install-view's order (exporter/sqlfiles.py VIEW_FILES): the views call the functions of
+# cj_health_json.sql, so it comes first; indexes.sql last.
+for file in "$sql_dir"/schema/*.sql "$sql_dir"/views/cj_health_json.sql \
+        "$sql_dir"/views/cj_batch_health.sql "$sql_dir"/views/cj_outbox_health.sql \
+        "$sql_dir"/views/indexes.sql; do
     echo "cj-health: loading ${file#"$sql_dir"/}"
     # one statement at a time in autocommit: indexes.sql uses CREATE INDEX CONCURRENTLY
     run_psql --file "$file"
