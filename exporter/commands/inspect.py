@@ -170,9 +170,9 @@ def _results_and_charges(b: dict[str, Any]) -> list[str]:
         lines.append(_row("last result", f"assignment_id {b['result_assignment_id'] or '-'}"
                                          f" (upload: {b['assignment_id'] or '-'}), "
                                          f"{b['result_students']} students, "
-                                         f"{b['result_students_graded']} graded other than U,"
-                                         f" {b['result_grade_mismatches']} unlike the"
-                                         " projections"))
+                                         f"{b['result_students_graded']} graded other than U"
+                                         f" ({b['result_grades'] or '-'}; projections:"
+                                         f" {b['projected_grades'] or '-'})"))
     lines.append(_row("charged", f"{_number(b['charged_quantity'])} (published), over-charged"
                                  f" {_number(b['overcharged_quantity'])}"))
     if b["superseded_by"] is not None:

@@ -26,11 +26,13 @@
 -- ->, ->> and json_typeof on a readable document return NULL (never an error) on a shape the
 -- view does not expect.
 --
--- Parse each document once: `->` on a `json` value re-parses the whole text every time, so a
--- document whose several keys are read goes through json_to_record (one parse, every key the
--- view needs as a column; only for an object: json_typeof reads just the first token) and the
--- small values it returns are read from there. Numbers are cast only when their text is a
--- plain integer of a few digits: a JSON number too large for `numeric` would otherwise raise.
+-- `->` on a `json` value parses the text again every time: each expression reading a document
+-- sits in a fenced subquery (OFFSET 0), so it runs once per row, not once per use above, and a
+-- big document is cut down first (the result event's `data`, then its two keys). Measured on
+-- these documents (a few hundred bytes), a few `->`/`->>` cost less than one json_to_record:
+-- 0.5 us per key against 2.5 us, so the view does not use it. The planner drops the fenced
+-- outputs a query does not select. Numbers are cast only when their text is a plain integer of
+-- a few digits: a JSON number too large for `numeric` would otherwise raise.
 --
 -- No index of the project is built on a JSON expression: an index expression runs inside the
 -- CJ service's own INSERT, and one that raises makes the service's write fail.
@@ -124,11 +126,13 @@ SELECT
     b.superseded_by,
     -- The last result event written for the run, against what finalization would publish now:
     -- top-level data.assignment_id (RAS reads it), its students, how many have a grade other
-    -- than "U", and how many differ from the run's projections ("U" where none).
+    -- than "U", those grades sorted, and the run's projections' grades sorted (only when there
+    -- is a result to judge).
     b.result_assignment_id,
     b.result_students,
     b.result_students_graded,
-    b.result_grade_mismatches,
+    b.result_grades,
+    b.projected_grades,
     -- Projections whose grade the consumers' letter_grade pattern ^([A-F][+-]?|U)$ rejects
     -- (the ENG5 national scale's 1-9): no valid result event can carry them.
     b.unpublishable_projections,
@@ -170,7 +174,8 @@ SELECT
         AND ((b.assignment_id IS NOT NULL
               AND b.result_assignment_id IS DISTINCT FROM b.assignment_id)
              OR (b.projectable AND b.result_students > 0 AND b.result_students_graded = 0)
-             OR (b.grade_projections > 0 AND b.result_grade_mismatches > 0)),
+             OR (b.grade_projections > 0 AND b.result_students > 0
+                 AND b.result_grades IS DISTINCT FROM b.projected_grades)),
         false
     ) AS has_wrong_result,
     -- R4: no essays left, and the essays its comparisons judged belong to another run now.
@@ -232,13 +237,14 @@ FROM (
         rc.resource_events,
         rc.charge_events,
         rc.charged_quantity,
-        rc.overcharged_quantity,
+        oc.overcharged_quantity,
         sp.superseded_by,
         CASE WHEN json_typeof(rdata.assignment_id) = 'string'
              THEN rdata.assignment_id #>> '{}' END AS result_assignment_id,
         rr.result_students,
         rr.result_students_graded,
-        rr.result_grade_mismatches,
+        rr.result_grades,
+        pg.projected_grades,
         ce.first_completion_event_at,
         ce.last_completion_event_at,
         ce.completion_event_burst,
@@ -325,67 +331,72 @@ FROM (
     LEFT JOIN cj_batch_states AS s ON s.batch_id = u.id
     CROSS JOIN LATERAL (
         -- The state and upload documents, read safely once (OFFSET 0: not re-evaluated per
-        -- use above), then their top-level keys in one parse each.
+        -- use above).
         SELECT cj_health_json(s.processing_metadata) AS doc OFFSET 0
     ) AS sd
-    CROSS JOIN LATERAL json_to_record(CASE WHEN json_typeof(sd.doc) = 'object' THEN sd.doc END)
-        AS sm(original_request json, comparison_budget json, llm_batching_mode json,
-              config_overrides json)
+    CROSS JOIN LATERAL (
+        -- The keys read of it, each once (fenced; the planner drops the ones a query does not
+        -- select). ->/->> on an array or a scalar returns NULL.
+        SELECT
+            sd.doc -> 'original_request' AS original_request,
+            sd.doc -> 'comparison_budget' AS comparison_budget,
+            sd.doc -> 'llm_batching_mode' AS llm_batching_mode,
+            sd.doc -> 'config_overrides' AS config_overrides
+        OFFSET 0
+    ) AS sm
     CROSS JOIN LATERAL (SELECT cj_health_json(u.processing_metadata) AS doc OFFSET 0) AS ud
-    CROSS JOIN LATERAL json_to_record(CASE WHEN json_typeof(ud.doc) = 'object' THEN ud.doc END)
-        AS um(original_request json)
-    CROSS JOIN LATERAL json_to_record(
-        CASE WHEN json_typeof(sm.comparison_budget) = 'object' THEN sm.comparison_budget END)
-        AS bgr(max_pairs_requested json, source json)
+    CROSS JOIN LATERAL (SELECT ud.doc -> 'original_request' AS original_request OFFSET 0) AS um
     CROSS JOIN LATERAL (
         SELECT
-            CASE WHEN json_typeof(bgr.max_pairs_requested) = 'number'
-                      AND bgr.max_pairs_requested::text ~ '^\s*[0-9]{1,9}\s*$'
-                 THEN (bgr.max_pairs_requested::text)::integer END AS max_pairs,
-            CASE WHEN json_typeof(bgr.source) = 'string' THEN bgr.source #>> '{}' END AS source
+            CASE WHEN json_typeof(sm.comparison_budget -> 'max_pairs_requested') = 'number'
+                      AND sm.comparison_budget ->> 'max_pairs_requested' ~ '^[0-9]{1,9}$'
+                 THEN (sm.comparison_budget ->> 'max_pairs_requested')::integer END
+                AS max_pairs,
+            CASE WHEN json_typeof(sm.comparison_budget -> 'source') = 'string'
+                 THEN sm.comparison_budget ->> 'source' END AS source
+        OFFSET 0
     ) AS bg
     -- The original_request the batch was created with (on the upload) and the copy on the
     -- state row that continuations rehydrate from (batch_preparation.create_cj_batch writes
     -- both from one payload), field by field; None-valued keys are omitted upstream, so a
     -- missing key and a JSON null are the same.
-    CROSS JOIN LATERAL json_to_record(
-        CASE WHEN json_typeof(um.original_request) = 'object' THEN um.original_request END)
-        AS ur(assignment_id json, user_id json, language json, course_code json,
-              max_comparisons_override json, llm_config_overrides json,
-              batch_config_overrides json)
-    CROSS JOIN LATERAL json_to_record(
-        CASE WHEN json_typeof(sm.original_request) = 'object' THEN sm.original_request END)
-        AS sr(assignment_id json, user_id json, language json, course_code json,
-              max_comparisons_override json, llm_config_overrides json,
-              batch_config_overrides json)
     CROSS JOIN LATERAL (
         SELECT
-            (json_typeof(um.original_request) IS NOT DISTINCT FROM 'object') AS upload_request,
-            -- upstream: runner_override exactly when max_comparisons_override is truthy (>= 1)
-            (json_typeof(ur.max_comparisons_override) IS NOT DISTINCT FROM 'number')
-                AS upload_override,
-            (json_typeof(sr.max_comparisons_override) IS NOT DISTINCT FROM 'number')
-                AS state_override,
-            (json_typeof(ur.max_comparisons_override) IS NOT DISTINCT FROM 'number'
-             OR json_typeof(ur.llm_config_overrides) IS NOT DISTINCT FROM 'object'
-             OR json_typeof(ur.batch_config_overrides) IS NOT DISTINCT FROM 'object')
-                AS upload_request_has_overrides
+            r.upload_request,
+            r.upload_override,
+            r.state_override,
+            (r.upload_override
+             OR json_typeof(um.original_request -> 'llm_config_overrides')
+                IS NOT DISTINCT FROM 'object'
+             OR json_typeof(um.original_request -> 'batch_config_overrides')
+                IS NOT DISTINCT FROM 'object') AS upload_request_has_overrides
+        FROM (
+            SELECT
+                (json_typeof(um.original_request) IS NOT DISTINCT FROM 'object')
+                    AS upload_request,
+                -- upstream: runner_override exactly when max_comparisons_override is truthy
+                (json_typeof(um.original_request -> 'max_comparisons_override')
+                    IS NOT DISTINCT FROM 'number') AS upload_override,
+                (json_typeof(sm.original_request -> 'max_comparisons_override')
+                    IS NOT DISTINCT FROM 'number') AS state_override
+            OFFSET 0
+        ) AS r
     ) AS rq
     CROSS JOIN LATERAL (
         -- Issue 16, invariant 2 (continuations rehydrate from the original request): the
         -- fields the metadata-persistence checklist names. Objects compare key by key (their
-        -- key order and spacing are the serializer's), scalars by their text.
+        -- key order and spacing are the serializer's), scalars by their text. Both copies come
+        -- from one payload, so they are almost always the same text: then nothing is compared.
         SELECT string_agg(f.name, ',' ORDER BY f.ord) AS rehydration_mismatched_fields
         FROM (VALUES
-            (1, 'assignment_id', ur.assignment_id, sr.assignment_id),
-            (2, 'user_id', ur.user_id, sr.user_id),
-            (3, 'language', ur.language, sr.language),
-            (4, 'course_code', ur.course_code, sr.course_code),
-            (5, 'max_comparisons_override', ur.max_comparisons_override,
-                sr.max_comparisons_override),
-            (6, 'llm_config_overrides', ur.llm_config_overrides, sr.llm_config_overrides),
-            (7, 'batch_config_overrides', ur.batch_config_overrides, sr.batch_config_overrides)
-        ) AS f(ord, name, upload_value, state_value)
+            (1, 'assignment_id'), (2, 'user_id'), (3, 'language'), (4, 'course_code'),
+            (5, 'max_comparisons_override'), (6, 'llm_config_overrides'),
+            (7, 'batch_config_overrides')
+        ) AS k(ord, name)
+        CROSS JOIN LATERAL (
+            SELECT k.ord, k.name, um.original_request -> k.name AS upload_value,
+                   sm.original_request -> k.name AS state_value
+        ) AS f
         CROSS JOIN LATERAL (
             SELECT
                 CASE json_typeof(f.upload_value)
@@ -404,6 +415,7 @@ FROM (
                 END AS state_text
         ) AS c
         WHERE rq.upload_request AND json_typeof(sm.original_request) = 'object'
+          AND um.original_request::text <> sm.original_request::text
           AND c.upload_text IS DISTINCT FROM c.state_text
     ) AS rm
     CROSS JOIN LATERAL (
@@ -436,19 +448,14 @@ FROM (
                 AS anchors_unresolved
         FROM (
             SELECT
-                e1.els_essay_id,
-                e1.is_anchor,
-                e1.meta_anchor,
-                e1.unreadable,
-                e1.anchor,
-                e1.any_anchor,
-                COALESCE(e1.by_anchor_grade, e1.by_known_grade, l3.grade, l4.grade) AS grade,
-                CASE
-                    WHEN e1.by_anchor_grade IS NOT NULL THEN 'anchor_grade'
-                    WHEN e1.by_known_grade IS NOT NULL THEN 'known_grade'
-                    WHEN l3.grade IS NOT NULL THEN 'text_storage_id'
-                    WHEN l4.grade IS NOT NULL THEN 'anchor_ref_id'
-                END AS tier
+                t.els_essay_id,
+                t.is_anchor,
+                t.meta_anchor,
+                t.unreadable,
+                t.anchor,
+                t.any_anchor,
+                split_part(t.resolved, E'\x1f', 1) AS tier,
+                substr(t.resolved, strpos(t.resolved, E'\x1f') + 1) AS grade
             FROM (
                 SELECT
                     d.els_essay_id,
@@ -457,36 +464,57 @@ FROM (
                     d.meta_anchor,
                     COALESCE(d.meta_anchor, d.is_anchor) AS anchor,
                     (d.is_anchor OR COALESCE(d.meta_anchor, false)) AS any_anchor,
-                    -- Tiers 1 and 2 of the lookup: a non-empty string in the metadata.
-                    CASE WHEN json_typeof(d.anchor_grade) = 'string'
-                         THEN NULLIF(d.anchor_grade #>> '{}', '') END AS by_anchor_grade,
-                    CASE WHEN json_typeof(d.known_grade) = 'string'
-                         THEN NULLIF(d.known_grade #>> '{}', '') END AS by_known_grade,
-                    -- Tier 3 reads the essay's text_storage_id column (the ranking's), then the
-                    -- metadata's; tier 4 the metadata's anchor_ref_id, which must be a string
-                    -- (upstream looks it up among str(ref.id)).
-                    COALESCE(NULLIF(d.text_storage_id, ''),
-                             CASE WHEN json_typeof(d.meta_storage_id) = 'string'
-                                  THEN NULLIF(d.meta_storage_id #>> '{}', '') END)
-                        AS storage_id,
-                    CASE WHEN json_typeof(d.anchor_ref_id) = 'string'
-                         THEN d.anchor_ref_id #>> '{}' END AS ref_id
+                    -- The projector's lookup (grade_projector._map_anchor_grades), in its order,
+                    -- as '<tier>\x1f<grade>', the first tier that resolves; only for an anchor
+                    -- (students skip it) whose document can be read (else it is unknown:
+                    -- upstream may read what PostgreSQL cannot). Tiers 1 and 2: a non-empty
+                    -- value in the metadata (upstream tests it for truth; it writes strings).
+                    -- Tier 3: the assignment's reference, of its
+                    -- instructions' grade scale (upstream's ContextBuilder; none without
+                    -- instructions), with the essay's text_storage_id (its column, the
+                    -- ranking's, else the metadata's). Tier 4: the one whose id is the
+                    -- metadata's anchor_ref_id, a string (upstream looks among str(ref.id)).
+                    -- COALESCE stops at the first tier that resolves: the lookups run only
+                    -- for the anchors the metadata does not resolve.
+                    CASE WHEN (d.is_anchor OR COALESCE(d.meta_anchor, false)) AND NOT d.unreadable
+                    THEN COALESCE(
+                        'anchor_grade' || E'\x1f' || NULLIF(d.doc ->> 'anchor_grade', ''),
+                        'known_grade' || E'\x1f' || NULLIF(d.doc ->> 'known_grade', ''),
+                        'text_storage_id' || E'\x1f' || (
+                            SELECT r.grade FROM anchor_essay_references AS r
+                            WHERE r.assignment_id = u.assignment_id
+                              AND r.text_storage_id = COALESCE(
+                                  NULLIF(d.text_storage_id, ''),
+                                  CASE WHEN json_typeof(d.doc -> 'text_storage_id') = 'string'
+                                       THEN NULLIF(d.doc ->> 'text_storage_id', '') END)
+                              AND r.grade_scale = (
+                                  SELECT i.grade_scale FROM assessment_instructions AS i
+                                  WHERE i.assignment_id = u.assignment_id)
+                            LIMIT 1),
+                        'anchor_ref_id' || E'\x1f' || (
+                            SELECT r.grade FROM anchor_essay_references AS r
+                            WHERE r.id = CASE
+                                      WHEN json_typeof(d.doc -> 'anchor_ref_id') = 'string'
+                                           AND d.doc ->> 'anchor_ref_id' ~ '^[1-9][0-9]{0,8}$'
+                                      THEN (d.doc ->> 'anchor_ref_id')::integer END
+                              AND r.assignment_id = u.assignment_id
+                              AND r.grade_scale = (
+                                  SELECT i.grade_scale FROM assessment_instructions AS i
+                                  WHERE i.assignment_id = u.assignment_id))
+                    ) END AS resolved
                 FROM (
                     SELECT
                         d0.els_essay_id,
                         d0.is_anchor,
                         d0.text_storage_id,
+                        d0.doc,
                         (d0.metadata IS NOT NULL AND d0.doc IS NULL) AS unreadable,
                         -- Only a real boolean (or its text spelling) counts; anything else,
                         -- and an unreadable document, is "no key".
-                        CASE lower(m.is_anchor)
+                        CASE lower(d0.doc ->> 'is_anchor')
                             WHEN 'true' THEN true
                             WHEN 'false' THEN false
-                        END AS meta_anchor,
-                        m.anchor_grade,
-                        m.known_grade,
-                        m.text_storage_id AS meta_storage_id,
-                        m.anchor_ref_id
+                        END AS meta_anchor
                     FROM (
                         SELECT
                             pe.els_essay_id,
@@ -498,55 +526,22 @@ FROM (
                         WHERE pe.cj_batch_id = u.id
                         OFFSET 0  -- cj_health_json once per essay (the planner would inline it)
                     ) AS d0
-                    -- Every key the view reads, in one parse of the document.
-                    CROSS JOIN LATERAL json_to_record(
-                        CASE WHEN json_typeof(d0.doc) = 'object' THEN d0.doc END)
-                        AS m(is_anchor text, anchor_grade json, known_grade json,
-                             text_storage_id json, anchor_ref_id json)
-                    -- A fence: without it the planner inlines the expressions into every
-                    -- aggregate above (EXPLAIN VERBOSE; 80 % of the poll at 100,000 batches
-                    -- once, docs/performance.md).
+                    -- A fence: without it the planner inlines meta_anchor into every aggregate
+                    -- above, re-parsing each essay's json document about ten times (EXPLAIN
+                    -- VERBOSE; 80 % of the poll at 100,000 batches, docs/performance.md).
                     OFFSET 0
                 ) AS d
-                OFFSET 0
-            ) AS e1
-            -- Tiers 3 and 4 look among the assignment's references of the grade scale of its
-            -- instructions (upstream's ContextBuilder; none without instructions), and only
-            -- for an anchor the metadata did not resolve. An anchor whose document cannot be
-            -- read has no known tier (upstream may read what PostgreSQL cannot).
-            CROSS JOIN LATERAL (
-                SELECT CASE WHEN e1.any_anchor AND NOT e1.unreadable AND e1.by_anchor_grade IS NULL
-                                 AND e1.by_known_grade IS NULL AND e1.storage_id IS NOT NULL
-                THEN (
-                    SELECT r.grade FROM anchor_essay_references AS r
-                    WHERE r.assignment_id = u.assignment_id
-                      AND r.text_storage_id = e1.storage_id
-                      AND r.grade_scale = (SELECT i.grade_scale FROM assessment_instructions AS i
-                                           WHERE i.assignment_id = u.assignment_id)
-                    LIMIT 1
-                ) END AS grade
-                OFFSET 0
-            ) AS l3
-            CROSS JOIN LATERAL (
-                SELECT CASE WHEN e1.any_anchor AND NOT e1.unreadable AND e1.by_anchor_grade IS NULL
-                                 AND e1.by_known_grade IS NULL AND l3.grade IS NULL
-                                 AND e1.ref_id ~ '^[1-9][0-9]{0,8}$'
-                THEN (
-                    SELECT r.grade FROM anchor_essay_references AS r
-                    WHERE r.id = e1.ref_id::integer
-                      AND r.assignment_id = u.assignment_id
-                      AND r.grade_scale = (SELECT i.grade_scale FROM assessment_instructions AS i
-                                           WHERE i.assignment_id = u.assignment_id)
-                ) END AS grade
-                OFFSET 0
-            ) AS l4
+                OFFSET 0  -- and the lookup once per essay (its tier and grade both read it)
+            ) AS t
         ) AS e
     ) AS es
     CROSS JOIN LATERAL (
         SELECT
             count(*) AS grade_projections,
-            count(*) FILTER (WHERE g.primary_grade !~ '^([A-F][+-]?|U)$')
-                AS unpublishable_projections
+            -- the letter_grade pattern ^([A-F][+-]?|U)$ as a list (hashed: cheaper than a regex)
+            count(*) FILTER (WHERE g.primary_grade NOT IN (
+                'A', 'A+', 'A-', 'B', 'B+', 'B-', 'C', 'C+', 'C-', 'D', 'D+', 'D-', 'E', 'E+',
+                'E-', 'F', 'F+', 'F-', 'U')) AS unpublishable_projections
         FROM grade_projections AS g
         WHERE g.cj_batch_id = u.id
     ) AS gp
@@ -587,83 +582,117 @@ FROM (
         ) AS w
     ) AS ce
     CROSS JOIN LATERAL (
-        -- The run's result events (aggregate_id = the CJ batch id) and the last one written:
-        -- the correction a consumer applied last (RAS is last-writer-wins).
-        SELECT
-            count(*) AS result_events,
-            (array_agg(o.event_data ORDER BY o.created_at DESC, o.id DESC))[1] AS last_event
+        -- The run's result events (aggregate_id = the CJ batch id), counted on the index.
+        SELECT count(*) AS result_events
         FROM event_outbox AS o
         WHERE o.event_type = 'assessment.result.published' AND o.aggregate_id = u.id::text
     ) AS re
     CROSS JOIN LATERAL (
-        SELECT r0.doc, (re.last_event IS NOT NULL AND r0.doc IS NULL) AS unreadable
-        FROM (SELECT cj_health_json(re.last_event) AS doc OFFSET 0) AS r0
+        -- The last one written (the correction a consumer applied last: RAS is last-writer-wins),
+        -- fetched only when there is one, read safely, then its data once (the biggest document
+        -- the view reads) and the two keys of that.
+        SELECT r1.doc -> 'data' AS data, (r1.event_data IS NOT NULL AND r1.doc IS NULL)
+            AS unreadable
+        FROM (
+            SELECT r0.event_data, cj_health_json(r0.event_data) AS doc
+            FROM (
+                SELECT (SELECT o.event_data FROM event_outbox AS o
+                        WHERE re.result_events > 0
+                          AND o.event_type = 'assessment.result.published'
+                          AND o.aggregate_id = u.id::text
+                        ORDER BY o.created_at DESC, o.id DESC LIMIT 1) AS event_data
+                OFFSET 0
+            ) AS r0
+            OFFSET 0
+        ) AS r1
+        OFFSET 0
     ) AS rd
-    CROSS JOIN LATERAL json_to_record(CASE WHEN json_typeof(rd.doc) = 'object' THEN rd.doc END)
-        AS renv(data json)
-    CROSS JOIN LATERAL json_to_record(
-        CASE WHEN json_typeof(renv.data) = 'object' THEN renv.data END)
-        AS rdata(assignment_id json, essay_results json)
     CROSS JOIN LATERAL (
-        -- Students as upstream's publisher tells them (no ANCHOR_ id prefix); each grade
-        -- against the run's projection, "U" where it has none (what it would publish now).
+        SELECT rd.data -> 'assignment_id' AS assignment_id,
+               rd.data -> 'essay_results' AS essay_results
+        OFFSET 0
+    ) AS rdata
+    CROSS JOIN LATERAL (
+        -- Students as upstream's publisher tells them (no ANCHOR_ id prefix), and their grades
+        -- other than "U", sorted: what finalization would publish now is one such grade per
+        -- projection (a student without one is "U"), so the two sorted lists must be equal.
+        -- Comparing lists costs no lookup per student (a permutation of grades among students
+        -- is not seen).
         SELECT
             count(*) AS result_students,
-            count(*) FILTER (WHERE x.letter_grade IS DISTINCT FROM 'U') AS result_students_graded,
-            count(*) FILTER (WHERE x.letter_grade IS DISTINCT FROM COALESCE(x.projected, 'U'))
-                AS result_grade_mismatches
+            count(*) FILTER (WHERE er.letter_grade IS DISTINCT FROM 'U') AS result_students_graded,
+            string_agg(er.letter_grade, ',' ORDER BY er.letter_grade)
+                FILTER (WHERE er.letter_grade IS DISTINCT FROM 'U') AS result_grades
         FROM (
-            SELECT
-                er.letter_grade,
-                (SELECT g.primary_grade FROM grade_projections AS g
-                 WHERE g.cj_batch_id = u.id AND g.els_essay_id = er.essay_id) AS projected
+            SELECT el.value ->> 'essay_id' AS essay_id,
+                   el.value ->> 'letter_grade' AS letter_grade
             FROM json_array_elements(
-                CASE WHEN json_typeof(rdata.essay_results) = 'array' THEN rdata.essay_results END)
-                AS el(value)
-            CROSS JOIN LATERAL json_to_record(
-                CASE WHEN json_typeof(el.value) = 'object' THEN el.value END)
-                AS er(essay_id text, letter_grade text)
-            WHERE NOT starts_with(COALESCE(er.essay_id, ''), 'ANCHOR_')
-        ) AS x
+                CASE WHEN json_typeof(rdata.essay_results) = 'array'
+                     THEN rdata.essay_results END) AS el(value)
+            OFFSET 0
+        ) AS er
+        WHERE NOT starts_with(COALESCE(er.essay_id, ''), 'ANCHOR_')
     ) AS rr
     CROSS JOIN LATERAL (
+        -- The projections' grades, sorted the same way: only for a run with a result to judge.
+        SELECT CASE WHEN rr.result_students > 0 AND gp.grade_projections > 0 THEN (
+            SELECT string_agg(g.primary_grade, ',' ORDER BY g.primary_grade)
+            FROM grade_projections AS g WHERE g.cj_batch_id = u.id) END AS projected_grades
+        OFFSET 0
+    ) AS pg
+    CROSS JOIN LATERAL (
         -- Resource-consumption events are found by their aggregate_id (the BOS batch id) and
-        -- attributed to this run by data.processing_id (R1).
+        -- attributed to this run by data.processing_id (R1): one parse of each (#>> walks the
+        -- path in one pass), and the quantity only of this run's published ones (what was
+        -- charged: charged_quantity, which the poll does not read).
         SELECT
             count(*) AS resource_events,
             count(*) FILTER (WHERE c.mine) AS charge_events,
+            count(*) FILTER (WHERE c.mine AND c.published) AS published_charges,
             -- double precision: a sum of bigints is numeric, and no sum may overflow
-            COALESCE(sum(c.quantity) FILTER (WHERE c.mine AND c.published), 0)::double precision
+            COALESCE(sum(CASE WHEN c.mine AND c.published
+                              AND c.doc #>> '{data,quantity}' ~ '^[0-9]{1,15}$'
+                              THEN (c.doc #>> '{data,quantity}')::bigint END), 0)::double precision
                 AS charged_quantity,
-            (COALESCE(sum(c.quantity) FILTER (WHERE c.mine AND c.published), 0)
-             - COALESCE((array_agg(c.quantity ORDER BY c.created_at, c.id)
-                         FILTER (WHERE c.mine AND c.published))[1], 0))::double precision
-                AS overcharged_quantity,
             count(*) FILTER (WHERE c.unreadable) AS unreadable_charge_events
         FROM (
             SELECT
-                d.id,
-                d.created_at,
-                d.published_at IS NOT NULL AS published,
-                COALESCE(rdat.processing_id = u.id::text, false) AS mine,
-                CASE WHEN json_typeof(rdat.quantity) = 'number'
-                          AND rdat.quantity::text ~ '^\s*[0-9]{1,15}\s*$'
-                     THEN (rdat.quantity::text)::bigint END AS quantity,
-                d.doc IS NULL AS unreadable  -- event_data is NOT NULL
+                d0.doc,
+                d0.published_at IS NOT NULL AS published,
+                COALESCE(d0.doc #>> '{data,processing_id}' = u.id::text, false) AS mine,
+                d0.doc IS NULL AS unreadable  -- event_data is NOT NULL
             FROM (
-                SELECT o.id, o.created_at, o.published_at, cj_health_json(o.event_data) AS doc
+                SELECT o.published_at, cj_health_json(o.event_data) AS doc
                 FROM event_outbox AS o
                 WHERE o.aggregate_id = u.bos_batch_id
                   AND o.event_type = 'huleedu.resource.consumption.v1'
                 OFFSET 0  -- cj_health_json once per event
-            ) AS d
-            CROSS JOIN LATERAL json_to_record(
-                CASE WHEN json_typeof(d.doc) = 'object' THEN d.doc END) AS env(data json)
-            CROSS JOIN LATERAL json_to_record(
-                CASE WHEN json_typeof(env.data) = 'object' THEN env.data END)
-                AS rdat(processing_id text, quantity json)
+            ) AS d0
+            OFFSET 0  -- and whose run it is, once
         ) AS c
     ) AS rc
+    CROSS JOIN LATERAL (
+        -- What was charged beyond the first published charge: read again, in order, only for
+        -- a run charged more than once (rare).
+        SELECT COALESCE(sum(x.quantity) - (array_agg(x.quantity ORDER BY x.created_at, x.id))[1],
+                        0)::double precision AS overcharged_quantity
+        FROM (
+            SELECT o.id, o.created_at,
+                   CASE WHEN q.quantity ~ '^[0-9]{1,15}$' THEN q.quantity::bigint END AS quantity
+            FROM event_outbox AS o
+            CROSS JOIN LATERAL (
+                SELECT d.doc #>> '{data,quantity}' AS quantity,
+                       d.doc #>> '{data,processing_id}' AS processing_id
+                FROM (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
+                OFFSET 0
+            ) AS q
+            WHERE rc.published_charges > 1
+              AND o.aggregate_id = u.bos_batch_id
+              AND o.event_type = 'huleedu.resource.consumption.v1'
+              AND o.published_at IS NOT NULL
+              AND q.processing_id = u.id::text
+        ) AS x
+    ) AS oc
     CROSS JOIN LATERAL (
         -- R4, only for a run without essays: the run now owning the essays its comparisons
         -- judged (cj_processed_essays is keyed by els_essay_id alone, so a re-run moved them).

@@ -223,12 +223,12 @@ def meta_anchor(value: Any) -> bool | None:
 
 def grade(value: Any, storage: str, refs: dict[int, tuple[str, str]]) -> str | None:
     """The grade projector's 4-tier lookup (grade_projector._map_anchor_grades): a non-empty
-    string anchor_grade, then known_grade; then the assignment's reference with the essay's
+    anchor_grade, then known_grade; then the assignment's reference with the essay's
     text_storage_id (its column, else the metadata's); then the one whose id is the metadata's
     anchor_ref_id, a string (upstream looks it up among str(ref.id))."""
     for name in ("anchor_grade", "known_grade"):
-        said = key(value, name)
-        if isinstance(said, str) and said:
+        said = pg_text(key(value, name))
+        if said:  # what ->> returns, non-empty (upstream writes strings and tests for truth)
             return said
     meta_storage = key(value, "text_storage_id")
     storage = storage or (meta_storage if isinstance(meta_storage, str) else "")

@@ -43,7 +43,7 @@ DESIGN_COLUMNS = [
     # would publish now, unpublishable projections, more unreadable documents
     "charge_events", "charged_quantity", "overcharged_quantity", "superseded_by",
     "result_assignment_id", "result_students", "result_students_graded",
-    "result_grade_mismatches", "unpublishable_projections", "unreadable_result_events",
+    "result_grades", "projected_grades", "unpublishable_projections", "unreadable_result_events",
     "unreadable_charge_events", "unreadable_upload_documents",
     # what upstream's diagnostics script shows, budget progress (issue 16, invariant 4)
     "partial_scoring_triggered", "completion_threshold_pct", "current_iteration",
