@@ -236,7 +236,7 @@ FROM (
         re.result_events,
         rc.resource_events,
         rc.charge_events,
-        rc.charged_quantity,
+        cq.charged_quantity,
         oc.overcharged_quantity,
         sp.superseded_by,
         CASE WHEN json_typeof(rdata.assignment_id) = 'string'
@@ -439,10 +439,10 @@ FROM (
             count(*) FILTER (WHERE e.anchor) AS anchors_effective,
             count(DISTINCT e.grade) FILTER (WHERE e.anchor) AS anchor_grades,
             count(*) FILTER (WHERE e.unreadable) AS unreadable_essay_documents,
-            count(*) FILTER (WHERE e.tier = 'anchor_grade') AS anchors_by_anchor_grade,
-            count(*) FILTER (WHERE e.tier = 'known_grade') AS anchors_by_known_grade,
-            count(*) FILTER (WHERE e.tier = 'text_storage_id') AS anchors_by_text_storage_id,
-            count(*) FILTER (WHERE e.tier = 'anchor_ref_id') AS anchors_by_anchor_ref_id,
+            count(*) FILTER (WHERE e.tier = '1') AS anchors_by_anchor_grade,
+            count(*) FILTER (WHERE e.tier = '2') AS anchors_by_known_grade,
+            count(*) FILTER (WHERE e.tier = '3') AS anchors_by_text_storage_id,
+            count(*) FILTER (WHERE e.tier = '4') AS anchors_by_anchor_ref_id,
             -- an anchor whose document cannot be read is unknown, not unresolved
             count(*) FILTER (WHERE e.any_anchor AND e.tier IS NULL AND NOT e.unreadable)
                 AS anchors_unresolved
@@ -454,8 +454,8 @@ FROM (
                 t.unreadable,
                 t.anchor,
                 t.any_anchor,
-                split_part(t.resolved, E'\x1f', 1) AS tier,
-                substr(t.resolved, strpos(t.resolved, E'\x1f') + 1) AS grade
+                left(t.resolved, 1) AS tier,
+                substr(t.resolved, 2) AS grade
             FROM (
                 SELECT
                     d.els_essay_id,
@@ -465,7 +465,7 @@ FROM (
                     COALESCE(d.meta_anchor, d.is_anchor) AS anchor,
                     (d.is_anchor OR COALESCE(d.meta_anchor, false)) AS any_anchor,
                     -- The projector's lookup (grade_projector._map_anchor_grades), in its order,
-                    -- as '<tier>\x1f<grade>', the first tier that resolves; only for an anchor
+                    -- as '<tier 1-4><grade>', the first tier that resolves; only for an anchor
                     -- (students skip it) whose document can be read (else it is unknown:
                     -- upstream may read what PostgreSQL cannot). Tiers 1 and 2: a non-empty
                     -- value in the metadata (upstream tests it for truth; it writes strings).
@@ -478,9 +478,9 @@ FROM (
                     -- for the anchors the metadata does not resolve.
                     CASE WHEN (d.is_anchor OR COALESCE(d.meta_anchor, false)) AND NOT d.unreadable
                     THEN COALESCE(
-                        'anchor_grade' || E'\x1f' || NULLIF(d.doc ->> 'anchor_grade', ''),
-                        'known_grade' || E'\x1f' || NULLIF(d.doc ->> 'known_grade', ''),
-                        'text_storage_id' || E'\x1f' || (
+                        '1' || NULLIF(d.doc ->> 'anchor_grade', ''),
+                        '2' || NULLIF(d.doc ->> 'known_grade', ''),
+                        '3' || (
                             SELECT r.grade FROM anchor_essay_references AS r
                             WHERE r.assignment_id = u.assignment_id
                               AND r.text_storage_id = COALESCE(
@@ -491,7 +491,7 @@ FROM (
                                   SELECT i.grade_scale FROM assessment_instructions AS i
                                   WHERE i.assignment_id = u.assignment_id)
                             LIMIT 1),
-                        'anchor_ref_id' || E'\x1f' || (
+                        '4' || (
                             SELECT r.grade FROM anchor_essay_references AS r
                             WHERE r.id = CASE
                                       WHEN json_typeof(d.doc -> 'anchor_ref_id') = 'string'
@@ -524,7 +524,9 @@ FROM (
                             cj_health_json(pe.processing_metadata) AS doc
                         FROM cj_processed_essays AS pe
                         WHERE pe.cj_batch_id = u.id
-                        OFFSET 0  -- cj_health_json once per essay (the planner would inline it)
+                        -- cj_health_json once per essay: written three times in one level it
+                        -- costs more than this level (its strpos on the text is most of it)
+                        OFFSET 0
                     ) AS d0
                     -- A fence: without it the planner inlines meta_anchor into every aggregate
                     -- above, re-parsing each essay's json document about ten times (EXPLAIN
@@ -643,21 +645,14 @@ FROM (
     CROSS JOIN LATERAL (
         -- Resource-consumption events are found by their aggregate_id (the BOS batch id) and
         -- attributed to this run by data.processing_id (R1): one parse of each (#>> walks the
-        -- path in one pass), and the quantity only of this run's published ones (what was
-        -- charged: charged_quantity, which the poll does not read).
+        -- path in one pass); what they charged is read below, only where it is needed.
         SELECT
             count(*) AS resource_events,
             count(*) FILTER (WHERE c.mine) AS charge_events,
             count(*) FILTER (WHERE c.mine AND c.published) AS published_charges,
-            -- double precision: a sum of bigints is numeric, and no sum may overflow
-            COALESCE(sum(CASE WHEN c.mine AND c.published
-                              AND c.doc #>> '{data,quantity}' ~ '^[0-9]{1,15}$'
-                              THEN (c.doc #>> '{data,quantity}')::bigint END), 0)::double precision
-                AS charged_quantity,
             count(*) FILTER (WHERE c.unreadable) AS unreadable_charge_events
         FROM (
             SELECT
-                d0.doc,
                 d0.published_at IS NOT NULL AS published,
                 COALESCE(d0.doc #>> '{data,processing_id}' = u.id::text, false) AS mine,
                 d0.doc IS NULL AS unreadable  -- event_data is NOT NULL
@@ -672,26 +667,54 @@ FROM (
         ) AS c
     ) AS rc
     CROSS JOIN LATERAL (
-        -- What was charged beyond the first published charge: read again, in order, only for
-        -- a run charged more than once (rare).
-        SELECT COALESCE(sum(x.quantity) - (array_agg(x.quantity ORDER BY x.created_at, x.id))[1],
-                        0)::double precision AS overcharged_quantity
-        FROM (
-            SELECT o.id, o.created_at,
-                   CASE WHEN q.quantity ~ '^[0-9]{1,15}$' THEN q.quantity::bigint END AS quantity
-            FROM event_outbox AS o
-            CROSS JOIN LATERAL (
-                SELECT d.doc #>> '{data,quantity}' AS quantity,
-                       d.doc #>> '{data,processing_id}' AS processing_id
-                FROM (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
-                OFFSET 0
-            ) AS q
-            WHERE rc.published_charges > 1
-              AND o.aggregate_id = u.bos_batch_id
-              AND o.event_type = 'huleedu.resource.consumption.v1'
-              AND o.published_at IS NOT NULL
-              AND q.processing_id = u.id::text
-        ) AS x
+        -- What this run's published charges charged (a quantity that is not a whole number
+        -- counts 0): their events read again, only where it is needed. The poll does not read
+        -- it (the planner drops a column no one reads).
+        SELECT COALESCE(CASE WHEN rc.published_charges > 0 THEN (
+            SELECT sum(q.quantity)
+            FROM (
+                SELECT o.id, o.created_at,
+                       CASE WHEN x.quantity ~ '^[0-9]{1,15}$' THEN x.quantity::bigint END
+                           AS quantity
+                FROM event_outbox AS o
+                CROSS JOIN LATERAL (
+                    SELECT d.doc #>> '{data,processing_id}' AS processing_id,
+                           d.doc #>> '{data,quantity}' AS quantity
+                    FROM (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
+                    OFFSET 0
+                ) AS x
+                WHERE o.aggregate_id = u.bos_batch_id
+                  AND o.event_type = 'huleedu.resource.consumption.v1'
+                  AND o.published_at IS NOT NULL
+                  AND x.processing_id = u.id::text
+            ) AS q) END, 0)::double precision
+            AS charged_quantity
+        OFFSET 0
+    ) AS cq
+    CROSS JOIN LATERAL (
+        -- What was charged beyond the first published charge (the legitimate one, in the order
+        -- they were written): the refund, read only for a run charged more than once.
+        SELECT COALESCE(CASE WHEN rc.published_charges > 1 THEN (
+            SELECT COALESCE(sum(q.quantity), 0)
+                   - COALESCE((array_agg(q.quantity ORDER BY q.created_at, q.id))[1], 0)
+            FROM (
+                SELECT o.id, o.created_at,
+                       CASE WHEN x.quantity ~ '^[0-9]{1,15}$' THEN x.quantity::bigint END
+                           AS quantity
+                FROM event_outbox AS o
+                CROSS JOIN LATERAL (
+                    SELECT d.doc #>> '{data,processing_id}' AS processing_id,
+                           d.doc #>> '{data,quantity}' AS quantity
+                    FROM (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d
+                    OFFSET 0
+                ) AS x
+                WHERE o.aggregate_id = u.bos_batch_id
+                  AND o.event_type = 'huleedu.resource.consumption.v1'
+                  AND o.published_at IS NOT NULL
+                  AND x.processing_id = u.id::text
+            ) AS q) END, 0)::double precision
+            AS overcharged_quantity
+        OFFSET 0
     ) AS oc
     CROSS JOIN LATERAL (
         -- R4, only for a run without essays: the run now owning the essays its comparisons
