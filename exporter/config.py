@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from exporter.errors import OperatorError
-from exporter.vocabulary import ACTIONS
+from exporter.vocabulary import ACTIONS, AUTO_ELECTION, LEADER_ELECTIONS
 
 ENV_PREFIX = "CJ_HEALTH_"
 DEFAULT_PORT = 10124
@@ -77,6 +77,10 @@ class RemediationSettings:
                                       rule=NOT_NEGATIVE)
     replica_id: str | None = setting(None, "name of this replica in the audit table"
                                            " (default host:pid)")
+    leader_election: str = setting(AUTO_ELECTION, "how replicas elect the one that acts: auto"
+                                   " (advisory lock; held in an open transaction behind a"
+                                   " pooler), transaction, none (every replica acts)",
+                                   choices=LEADER_ELECTIONS)
     # What the CJ service writes into a result event when it cannot tell (its settings
     # DEFAULT_LLM_MODEL, DEFAULT_LLM_PROVIDER, DEFAULT_LLM_TEMPERATURE, overridable upstream
     # by CJ_ASSESSMENT_SERVICE_*): set these to the service's values if it overrides them.
@@ -98,6 +102,8 @@ class Settings:
     dsn_file: str | None = setting(None, "file holding the DSN (secrets)", flag="--dsn-file")
     listen_address: str = setting(f":{DEFAULT_PORT}", "HOST:PORT to serve on",
                                   flag="--web.listen-address")
+    telemetry_path: str = setting("/metrics", "path under which to expose metrics",
+                                  flag="--web.telemetry-path")
     poll_interval_seconds: float = setting(15.0, "seconds between polls", flag="--poll-interval",
                                            rule=POSITIVE)
     statement_timeout_seconds: float = setting(10.0, "server-side statement timeout of a poll",
