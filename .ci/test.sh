@@ -41,5 +41,5 @@ if ! cmp -s .ci/node/package-lock.json .ci/node/node_modules/.installed-lock.jso
 fi
 
 echo "== ruff";   .venv/bin/ruff check .
-echo "== mypy";   .venv/bin/mypy exporter tests
+echo "== mypy";   .venv/bin/mypy exporter
 echo "== pytest"; .venv/bin/pytest -q "$@"

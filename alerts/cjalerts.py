@@ -203,6 +203,8 @@ def _batch_records(d: Deployment) -> list[Record]:
         _max("cj_batch_id:cj_batch_completion_events:max", "cj_batch_completion_events")(d),
         _max("cj_batch_id:cj_batch_completion_event_burst:max",
              "cj_batch_completion_event_burst")(d),
+        _max("cj_batch_id:cj_batch_anchor_grade_resolution:max",
+             "cj_batch_anchor_grade_resolution")(d),
         _max("job_problem:cj_batches_problem:max", "cj_batches_problem")(d),
     ]
 
@@ -300,15 +302,17 @@ def _completion_event_runaway(c: Context) -> Iterator[Rule]:
         "the customer again.")
 
 
-# More resource-consumption events for a BOS batch than completed CJ runs: a double charge.
+# More than one resource-consumption event names the run (data.processing_id = the CJ batch
+# id): a double charge. Charges are never counted per BOS batch: a legitimate re-run of the BOS
+# batch is charged once itself.
 batches.problem(
     "duplicate_charge",
     "max without (event) (cj_batch_id:cj_batch_completion_events:max{event=\"resource\"})",
-    panel="Outbox events for this batch", thresholds={"for": "5m"},
-    summary="A customer is charged more than once for a CJ batch.",
-    description=f"{BATCH}: the BOS batch has {{{{ $value | humanize }}}} resource-consumption "
-                "events, more than it has completed CJ runs. Entitlements charge the customer "
-                "for each of them.")
+    panel="Result and charges", thresholds={"for": "5m"},
+    summary="A customer is charged more than once for a CJ run.",
+    description=f"{BATCH} has {{{{ $value | humanize }}}} resource-consumption events naming "
+                "it (at most 1 is allowed). Entitlements charged the customer for each one; "
+                "`cj-health-exporter charges` lists the excess to refund by hand.")
 
 # FAILED (monitor < 80 % path) or COMPLETED with a non-terminal upload status.
 batches.problem(
@@ -318,15 +322,104 @@ batches.problem(
                 "activity {{ $value | humanizeDuration }} ago). Everything that reads "
                 "cj_batch_uploads.status sees it still running.")
 
-# In flight without total_budget / original_request / comparison_budget: the monitor sees 0 %.
+# In flight without total_budget (the monitor sees 0 %), or without the state documents a
+# continuation needs to keep the budget or overrides the request asked for. A NULL document
+# alone is harmless (pre-ADR-0020 batches: upstream uses its default budget) and never flagged.
 batches.problem(
     "metadata_incomplete", AGE, panel="Progress", thresholds={"for": "15m"},
-    summary="An in-flight CJ batch lacks its comparison budget or request metadata.",
+    summary="An in-flight CJ batch lacks metadata that changes what upstream does with it.",
     description=lambda c: (
-        f"{BATCH} is waiting for callbacks without total_budget, original_request or "
-        "comparison_budget (last activity {{ $value | humanizeDuration }} ago). The upstream "
-        "monitor counts it as 0 % done and fails it instead of recovering it after "
-        f"{c.d.upstream_batch_timeout}; continuations cannot rehydrate it."))
+        f"{BATCH} is waiting for callbacks without total_budget, or its state row lacks the "
+        "original_request / comparison_budget that would give a continuation the budget or "
+        "overrides its request asked for (last activity {{ $value | humanizeDuration }} ago). "
+        "Without a budget the upstream monitor counts it as 0 % done and fails it after "
+        f"{c.d.upstream_batch_timeout}."))
+
+# --- what the upstream service's own batches showed (issue 11) -------------------------------
+
+# The last result event is not what finalization would publish now (Batch 20's all-"U" result
+# without assignment_id). RAS is last-writer-wins: only a corrected result heals it. A result
+# is written once at finalization: 5m is only against a poll between the three outbox inserts.
+batches.problem(
+    "wrong_result", AGE, panel="Result and charges", thresholds={"for": "5m"},
+    summary="The result a CJ batch published is wrong: RAS shows teachers wrong grades.",
+    description=f"{BATCH} published a result event that differs from what finalization would "
+                "publish now (no assignment_id while the upload has one, every student \"U\" "
+                "although its anchors are usable, or grades unlike its projections). RAS keeps "
+                "it until a corrected result is published; last activity "
+                "{{ $value | humanizeDuration }} ago.")
+
+# A re-run of the BOS batch moved this run's essays (cj_processed_essays is keyed by
+# els_essay_id alone). Nothing to heal, never to rescore; its extra charges need a refund.
+batches.problem(
+    "superseded", AGE, panel="Problems", thresholds={"for": "15m"},
+    summary="A CJ run was superseded by a newer run of its BOS batch.",
+    description=f"{BATCH} has no essays left: a newer run of the same BOS batch owns them. Do "
+                "not re-finalize it (it would score an empty batch); close it and refund any "
+                "charge beyond one (`cj-health-exporter charges`). Last activity "
+                "{{ $value | humanizeDuration }} ago.")
+
+# A completion event without a result: the three outbox rows are separate transactions, so
+# for a second or two this is the normal order of writes; 5m is far beyond that.
+batches.problem(
+    "completion_without_result",
+    "max without (event) (cj_batch_id:cj_batch_completion_events:max{event=\"completed\"})",
+    panel="Outbox events for this batch", thresholds={"for": "5m"},
+    summary="A CJ batch published its completion but no result.",
+    description=f"{BATCH} has {{{{ $value | humanize }}}} completion event(s) and no result "
+                "event: ELS and BOS consider the assessment done while the Result Aggregator "
+                "never heard of it, so teachers see no result.")
+
+# Finalization began and no resource-consumption event names the run. Finalizing writes the
+# charge seconds after the completion; an unbilled run (user_id NULL) stays unbilled.
+batches.problem(
+    "unbilled", AGE, panel="Result and charges", thresholds={"for": "30m"},
+    summary="A finalized CJ run was never charged.",
+    description=f"{BATCH} reached finalization but no resource-consumption event names it: "
+                "nobody was charged (upstream cannot charge a run without user_id). Last "
+                "activity {{ $value | humanizeDuration }} ago.")
+
+# Projections on a scale whose grades the consumers' letter_grade pattern rejects (ENG5
+# national 1-9): no result can be published until upstream's contract allows them.
+batches.problem(
+    "unpublishable_result", AGE, panel="Grade projections", thresholds={"for": "15m"},
+    summary="A CJ batch has grades no valid result event can carry.",
+    description=f"{BATCH} has grade projections the consumers' letter_grade pattern rejects "
+                "(e.g. the ENG5 national scale's 1-9): a result event with them is dropped as "
+                "a poison pill, so the batch cannot be delivered. A person decides; last "
+                "activity {{ $value | humanizeDuration }} ago.")
+
+# --- the invariants of the metadata-persistence work (issue 16) --------------------------------
+
+# comparison_budget.source against the stored original_request, or a budget a continuation
+# changed. Never on a pre-ADR-0020 batch (NULL state metadata).
+batches.problem(
+    "budget_source_flip", AGE, panel="Budget and partial scoring", thresholds={"for": "15m"},
+    summary="A CJ batch's comparison budget source broke its invariant.",
+    description=f"{BATCH}: comparison_budget.source disagrees with the stored original_request "
+                "(or a continuation changed the budget the first submission fixed), so the "
+                "batch does not run with the budget it was given; `inspect` says which. Last "
+                "activity {{ $value | humanizeDuration }} ago.")
+
+# original_request on the upload vs on the state row (what continuations rehydrate from).
+batches.problem(
+    "rehydration_mismatch", AGE, panel="Problems", thresholds={"for": "15m"},
+    summary="A CJ batch's stored request differs between the upload and the state row.",
+    description=f"{BATCH}: the upload's and the state row's original_request disagree on "
+                "identity, budget or override fields; every continuation rehydrates the state "
+                "row's copy. `inspect` names the fields. Last activity "
+                "{{ $value | humanizeDuration }} ago.")
+
+# Anchors no tier of the projector's lookup resolves: skipped silently upstream.
+batches.problem(
+    "anchor_grade_unresolved",
+    "max without (tier) (cj_batch_id:cj_batch_anchor_grade_resolution:max"
+    "{tier=\"unresolved\"})",
+    panel="Anchor grade resolution", thresholds={"for": "5m"},
+    summary="Anchors of a CJ batch have no grade the projector can resolve.",
+    description=f"{BATCH} has {{{{ $value | humanize }}}} anchor(s) whose grade none of "
+                "anchor_grade, known_grade, text_storage_id or anchor_ref_id resolves: the "
+                "projector skips them, and without 2 graded anchors the batch gets no grades.")
 
 
 # More than `batches` batches wedged at once is one systemic fault, not N incidents: one page

@@ -54,7 +54,7 @@ import psycopg
 from exporter import sqlfiles
 from exporter.config import Settings
 from exporter.upstream import events as ev
-from exporter.vocabulary import problem_set
+from exporter.vocabulary import PROBLEM_COLUMNS, problem_set
 
 DEFAULT_DATA_DIR = Path("/tmp/cjh-bench/pg")
 CJ_TABLES = ("cj_batch_uploads", "cj_batch_states", "cj_processed_essays", "cj_comparison_pairs",
@@ -63,7 +63,7 @@ CJ_TABLES = ("cj_batch_uploads", "cj_batch_states", "cj_processed_essays", "cj_c
 BENCH_SCHEMA = "cjbench"
 # Part of every database name: bump it when the generated content changes, so that a database
 # seeded by older code is never reused as if this code had made it.
-SEED_FORMAT = 2  # the plan and the manifest; never read by the exporter
+SEED_FORMAT = 3  # the plan and the manifest; never read by the exporter
 
 # The exporter's own defaults decide which batches are "recent": the seed places batches
 # relative to them so the watched set is known exactly.
@@ -78,7 +78,8 @@ FAILED_EVENT = "huleedu.cj_assessment.failed.v1"
 
 # Fault kind -> the problems cj_batch_health must flag on such a batch.
 FAULTS: dict[str, frozenset[str]] = {
-    "wedged": problem_set("wedged", "anchor_mismatch", "missing_projections"),
+    # planted without events (as the demo's Batch 20 once was): nobody was charged either
+    "wedged": problem_set("wedged", "anchor_mismatch", "missing_projections", "unbilled"),
     "stuck_scoring": problem_set("stuck_scoring"),
     "inconsistent": problem_set("inconsistent_state"),
     "metadata_incomplete": problem_set("metadata_incomplete"),
@@ -276,7 +277,7 @@ def make_plan(params: SeedParams, now: datetime) -> Plan:
     categories: dict[str, int] = {}
     for r in rows:
         categories[r.kind] = categories.get(r.kind, 0) + 1
-    problems = {name: 0 for name in sorted(set().union(*FAULTS.values()))}
+    problems = {name: 0 for name in sorted(PROBLEM_COLUMNS)}  # every kind, 0 included
     for kind in kinds:
         for name in FAULTS[kind]:
             problems[name] += 1
@@ -564,11 +565,12 @@ class Sql:
             " 'cj_assessment_job_id', p.id::text, 'processing_summary', json_build_object("
             " 'total_essays', p.students + p.anchors, 'successful', p.students, 'failed', 0))"
             " WHEN 2 THEN json_build_object('batch_id', p.bos, 'cj_assessment_job_id', p.id::text,"
-            " 'essay_results', json_build_array())"
+            " 'assignment_id', CASE WHEN p.assignment IS NOT NULL THEN 'assignment-'"
+            " || lpad(p.assignment::text, 4, '0') END, 'essay_results', json_build_array())"
             " ELSE json_build_object('entity_id', p.bos, 'entity_type', 'batch', 'user_id',"
             " p.user_id, 'org_id', 'org-' || mod(p.id, 97), 'resource_type', 'cj_comparison',"
             f" 'quantity', p.pairs, 'service_name', '{ev.SOURCE_SERVICE}', 'processing_id',"
-            f" p.corr, 'consumed_at', {ts(at)}) END"
+            f" p.id::text, 'consumed_at', {ts(at)}) END"
         )
         return self._outbox_insert(
             oid=uid(s, "o", "p.id", "r * 3 + e.kind"),

@@ -16,6 +16,7 @@ from cjdash import (
     RED,
     alert_annotation,
     alertlist,
+    bargauge,
     batch_variable,
     datasource_variable,
     job_instance_variables,
@@ -32,12 +33,14 @@ from cjdash import dashboard as build_dashboard
 BATCH = 'cj_batch_id="$cj_batch_id"'
 
 
-def of_batch(name: str) -> str:
-    """`name{job=~"$job", instance=~"$instance", cj_batch_id="$cj_batch_id"}`."""
-    return metric(name, BATCH)
+def of_batch(name: str, *extra: str) -> str:
+    """`name{job=~"$job", instance=~"$instance", cj_batch_id="$cj_batch_id", extra...}`."""
+    return metric(name, BATCH, *extra)
 
 
 LAST_ACTIVITY = of_batch("cj_batch_last_activity_timestamp_seconds")
+RESULT_EVENTS = of_batch("cj_batch_completion_events", 'event="result"')
+CHARGES = of_batch("cj_batch_completion_events", 'event="resource"')
 AGE = f"time() - max by (job, cj_batch_id) ({LAST_ACTIVITY})"
 
 panels = [
@@ -87,7 +90,10 @@ panels = [
         "Problems",
         "Each problem the batch has (cj_batch_problem), one red tile per problem: wedged, "
         "stuck_scoring, missing_projections, anchor_mismatch, duplicate_completion, "
-        "duplicate_charge, inconsistent_state, metadata_incomplete. Empty is healthy.",
+        "duplicate_charge, inconsistent_state, metadata_incomplete, wrong_result, superseded, "
+        "completion_without_result, unbilled, unpublishable_result, budget_source_flip, "
+        "rehydration_mismatch, anchor_grade_unresolved. Empty is healthy. `cj-health-exporter "
+        "inspect <cj_batch_id>` explains each one and names what differs.",
         queries((f"max by (job, problem) ({of_batch('cj_batch_problem')})", "{{problem}}")),
         pos(0, 5, 8, 8),
         "none",
@@ -125,9 +131,10 @@ panels = [
     ),
     timeseries(
         "Outbox events for this batch",
-        "Outbox rows about the batch: completion and result events (more than 1 is a duplicate "
-        "completion), resource-consumption events of its BOS batch (more than the completed "
-        "runs is a duplicate charge), and the most completion events within any 60 s.",
+        "Outbox rows about the batch: completion and result events (more than 1 completion is "
+        "a duplicate completion; a completion without a result is completion_without_result), "
+        "resource-consumption events naming this run by data.processing_id (more than 1 is a "
+        "duplicate charge), and the most completion events within any 60 s.",
         queries(
             (f"max by (job, event) ({of_batch('cj_batch_completion_events')})", "{{event}} events"),
             (
@@ -162,6 +169,55 @@ panels = [
         "none",
         draw="bars",
         fill=60,
+    ),
+    stat(
+        "Result and charges",
+        "What the run published and what it charged: its result events (the last one is what "
+        "RAS shows: wrong_result when it is not what finalization would publish now), the "
+        "resource-consumption events naming this run (0 once finalized is unbilled, more than "
+        "1 a duplicate charge) and the quantity charged beyond the first charge, to refund by "
+        "hand (`cj-health-exporter charges`).",
+        queries(
+            (f"max by (job) ({RESULT_EVENTS})", "result events"),
+            (f"max by (job) ({CHARGES})", "charges"),
+            (f"max by (job) ({of_batch('cj_batch_overcharged_quantity')})", "over-charged"),
+        ),
+        pos(0, 29, 8, 8),
+        "short",
+    ),
+    bargauge(
+        "Anchor grade resolution",
+        "The batch's anchors (by column or metadata) by the tier of the grade projector's "
+        "lookup that resolves their grade, in its order: anchor_grade, known_grade, the "
+        "assignment's reference by text_storage_id, by anchor_ref_id; unresolved ones are "
+        "skipped by the projector (anchor_grade_unresolved).",
+        queries(
+            (
+                f"max by (job, tier) ({of_batch('cj_batch_anchor_grade_resolution')})",
+                "{{tier}}",
+            ),
+            instant=True,
+        ),
+        pos(8, 29, 8, 8),
+        "short",
+        thresholds=steps((GREEN, None)),
+    ),
+    stat(
+        "Budget and partial scoring",
+        "completed / total_budget (cj_batch_budget_progress_ratio) and whether partial scoring "
+        "is reached by the stored flag (partial_scoring_triggered) and by the counters "
+        "(completed >= total_budget x completion_threshold_pct / 100). The flag is set on the "
+        "callback path and triggers nothing: they may differ. A comparison_budget.source that "
+        "broke its invariant is budget_source_flip; `inspect` shows the budget and its source.",
+        queries(
+            (f"max by (job) ({of_batch('cj_batch_budget_progress_ratio')})", "budget progress"),
+            (
+                f"max by (job, source) ({of_batch('cj_batch_partial_scoring')})",
+                "partial scoring ({{source}})",
+            ),
+        ),
+        pos(16, 29, 8, 8),
+        "short",
     ),
 ]
 

@@ -175,8 +175,10 @@ panels = [
         "Batches with problems",
         "Every exported batch with at least one problem, one row per problem (wedged, "
         "stuck_scoring, missing_projections, anchor_mismatch, duplicate_completion, "
-        "duplicate_charge, inconsistent_state, metadata_incomplete), with the time since the "
-        "batch's last activity. Click a cj_batch_id to open the batch drill-down.",
+        "duplicate_charge, inconsistent_state, metadata_incomplete, wrong_result, superseded, "
+        "completion_without_result, unbilled, unpublishable_result, budget_source_flip, "
+        "rehydration_mismatch, anchor_grade_unresolved), with the time since the batch's last "
+        "activity. Click a cj_batch_id to open the batch drill-down.",
         queries(
             f"max by (job, cj_batch_id, bos_batch_id, problem) ({metric('cj_batch_problem')})\n"
             f"* on (job, cj_batch_id) group_left ()\n({BATCH_AGE})",
@@ -211,7 +213,7 @@ panels = [
     timeseries(
         "Duplicate outbox events",
         "Outbox events beyond the first per watched batch, by event (cj_outbox_duplicate_events;"
-        " for resource: beyond the number of completed runs of the BOS batch, i.e. a customer "
+        " for resource: beyond one per run its data.processing_id names, i.e. a customer "
         "charged twice). Should be flat at 0.",
         queries((f"max by (job, event) ({metric('cj_outbox_duplicate_events')})", "{{event}}")),
         pos(8, 22, 8, 8),
@@ -397,6 +399,62 @@ panels = [
         "short",
         draw="bars",
         fill=80,
+    ),
+    # --- results and charges --------------------------------------------------------------
+    stat(
+        "Over-charged quantity",
+        "Quantity charged beyond one charge per CJ run, summed over the watched batches "
+        "(cj_overcharged_quantity): credits Entitlements took twice. It cannot refund; "
+        "`cj-health-exporter charges` lists each run, user and event to refund by hand, "
+        "history included; alert CJDuplicateResourceConsumption.",
+        queries(f"max by (job) ({metric('cj_overcharged_quantity')})"),
+        pos(0, 58, 8, 8),
+        "short",
+        thresholds=BAD_FROM_ONE,
+    ),
+    table(
+        "Results and charges to check",
+        "Batches whose published result is wrong, that completed without a result, whose "
+        "result cannot be published, that were superseded by a newer run, or that were never "
+        "charged (wrong_result, completion_without_result, unpublishable_result, superseded, "
+        "unbilled), one row per problem. Click a cj_batch_id to open the batch drill-down.",
+        queries(
+            "max by (job, cj_batch_id, bos_batch_id, problem) ("
+            + metric(
+                "cj_batch_problem",
+                'problem=~"wrong_result|completion_without_result|unpublishable_result|'
+                'superseded|unbilled"',
+            )
+            + ")",
+            table=True,
+        ),
+        pos(8, 58, 8, 8),
+        "short",
+        columns=["cj_batch_id", "bos_batch_id", "problem", "job"],
+        value_name="problem",
+        overrides=[drilldown_link()],
+        no_value="none",
+    ),
+    table(
+        "Metadata invariants broken",
+        "Batches breaking an invariant of the metadata-persistence work (budget_source_flip, "
+        "rehydration_mismatch, anchor_grade_unresolved), one row per problem; never a "
+        "pre-ADR-0020 batch (NULL metadata). `inspect` names the fields or the tier.",
+        queries(
+            "max by (job, cj_batch_id, bos_batch_id, problem) ("
+            + metric(
+                "cj_batch_problem",
+                'problem=~"budget_source_flip|rehydration_mismatch|anchor_grade_unresolved"',
+            )
+            + ")",
+            table=True,
+        ),
+        pos(16, 58, 8, 8),
+        "short",
+        columns=["cj_batch_id", "bos_batch_id", "problem", "job"],
+        value_name="problem",
+        overrides=[drilldown_link()],
+        no_value="none",
     ),
 ]
 

@@ -1,4 +1,4 @@
-"""Command line: serve | demo | inspect | install-view | remediate.
+"""Command line: serve | demo | inspect | charges | install-view | remediate.
 
 This module only parses and dispatches. Flags are built from the setting declarations
 (exporter.config), so a setting's flag, help and default are written down once. An
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _setting_flags(inspect, _declared(DSN_KEYS))
     inspect.set_defaults(func=cmd_inspect)
+    _charges_parser(sub)
     install = sub.add_parser("install-view", help="create or replace the views (idempotent)")
     _setting_flags(install, _declared(DSN_KEYS))
     install.add_argument("--no-indexes", action="store_true",
@@ -66,6 +67,18 @@ def _demo_parser(sub: Any) -> None:
     demo.add_argument("--remediation", action="store_true",
                       help="let the finalizer heal the demo's wedged batches (not a dry run)")
     demo.set_defaults(func=cmd_demo)
+
+
+def _charges_parser(sub: Any) -> None:
+    from exporter.commands.charges import FORMATS
+
+    charges = sub.add_parser(
+        "charges", help="list every CJ run charged more than once, with the excess to refund")
+    charges.add_argument("--since", metavar="DATE",
+                         help="only runs with a charge on or after this UTC day (YYYY-MM-DD)")
+    charges.add_argument("--format", choices=FORMATS, default="table")
+    _setting_flags(charges, _declared(DSN_KEYS))
+    charges.set_defaults(func=cmd_charges)
 
 
 def _remediate_parser(sub: Any) -> None:
@@ -117,6 +130,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from exporter.commands import inspect
 
     return inspect.run(load_settings(args), args.batch, args.json)
+
+
+def cmd_charges(args: argparse.Namespace) -> int:
+    from exporter.commands import charges
+
+    return charges.run(load_settings(args), args.since, args.format)
 
 
 def cmd_install_view(args: argparse.Namespace) -> int:

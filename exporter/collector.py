@@ -18,9 +18,9 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
-from exporter.families import new
+from exporter.families import Family, new
 from exporter.handoff import Rendered
-from exporter.poll.snapshot import Snapshot
+from exporter.poll.snapshot import BatchRow, Snapshot
 from exporter.vocabulary import (
     ACTIONS,
     OUTCOMES,
@@ -70,6 +70,10 @@ def batch_families(snap: Snapshot) -> Iterator[Metric]:
     burst = new("cj_batch_completion_event_burst")
     problem = new("cj_batch_problem")
     unreadable = new("cj_batch_unreadable_documents")
+    overcharged = new("cj_batch_overcharged_quantity")
+    tiers = new("cj_batch_anchor_grade_resolution")
+    budget_progress = new("cj_batch_budget_progress_ratio")
+    partial = new("cj_batch_partial_scoring")
     for b in snap.batches:
         bid = str(b.cj_batch_id)
         activity.add_metric([bid, b.bos_batch_id, b.cj_state, b.upload_status], b.last_activity)
@@ -87,14 +91,28 @@ def batch_families(snap: Snapshot) -> Iterator[Metric]:
             anchors.add_metric([bid, source], value)
         mismatches.add_metric([bid], b.anchor_mismatches)
         for event, value in (("completed", b.completion_events), ("result", b.result_events),
-                             ("resource", b.resource_events)):
+                             ("resource", b.charge_events)):
             events.add_metric([bid, b.bos_batch_id, event], value)
         burst.add_metric([bid], b.completion_event_burst)
         for name in sorted(b.problems):
             problem.add_metric([bid, b.bos_batch_id, name], 1)
         unreadable.add_metric([bid], sum(b.unreadable.values()))
+        overcharged.add_metric([bid, b.bos_batch_id], b.overcharged_quantity)
+        for tier, count in b.anchor_tiers.items():
+            tiers.add_metric([bid, tier], count)
+        _budget(b, bid, budget_progress, partial)
     yield from (activity, comparisons, progress, projections, anchors, mismatches, events,
-                burst, problem, unreadable)
+                burst, problem, unreadable, overcharged, tiers, budget_progress, partial)
+
+
+def _budget(b: BatchRow, bid: str, progress: Family, partial: Family) -> None:
+    """completed / total_budget and partial scoring by flag and by counters (NULL: no sample)."""
+    if b.budget_progress is not None:
+        progress.add_metric([bid], b.budget_progress)
+    for source, reached in (("flag", b.partial_scoring_triggered),
+                            ("counters", b.partial_scoring_threshold_reached)):
+        if reached is not None:
+            partial.add_metric([bid, source], int(reached))
 
 
 def aggregate_families(snap: Snapshot) -> Iterator[Metric]:
@@ -111,6 +129,7 @@ def aggregate_families(snap: Snapshot) -> Iterator[Metric]:
     for document in UNREADABLE_DOCUMENT_COLUMNS:
         unreadable.add_metric([document], snap.unreadable_documents.get(document, 0))
     yield from (batches, problems, duplicates, unreadable)
+    yield new("cj_overcharged_quantity", snap.overcharged_quantity)
     yield new("cj_outbox_unpublished_events", snap.outbox.unpublished_events)
     yield new("cj_outbox_oldest_unpublished_age_seconds",
               snap.outbox.oldest_unpublished_age_seconds)

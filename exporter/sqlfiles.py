@@ -14,8 +14,9 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 # In install order: the views call the functions of cj_health_json.sql.
-VIEW_FILES = ("cj_health_json.sql", "cj_batch_health.sql", "cj_outbox_health.sql")
-VIEWS = ("cj_batch_health", "cj_outbox_health")
+VIEW_FILES = ("cj_health_json.sql", "cj_batch_health.sql", "cj_outbox_health.sql",
+              "cj_charge_events.sql")
+VIEWS = ("cj_batch_health", "cj_outbox_health", "cj_charge_events")
 # Indexes earlier versions recommended and that must not stay: install-view drops them.
 OBSOLETE_INDEXES = {
     "cj_health_outbox_completion_job_idx":

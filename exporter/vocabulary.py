@@ -53,7 +53,8 @@ PROBLEM_KINDS: tuple[ProblemKind, ...] = (
         "warning", "CJDuplicateCompletionEvents"),
     ProblemKind(
         "duplicate_charge", "has_duplicate_charge",
-        "more resource-consumption events than finalized runs of the BOS batch",
+        "more than one resource-consumption event names this run (data.processing_id): the "
+        "customer was charged again for each; `charges` lists what to refund",
         "critical", "CJDuplicateResourceConsumption"),
     ProblemKind(
         "inconsistent_state", "inconsistent_state",
@@ -61,12 +62,60 @@ PROBLEM_KINDS: tuple[ProblemKind, ...] = (
         "warning", "CJBatchInconsistentState"),
     ProblemKind(
         "metadata_incomplete", "metadata_incomplete",
-        "in flight without total_budget or request metadata",
+        "in flight without total_budget (the monitor counts 0 %), or the state row cannot give "
+        "a continuation the budget or overrides the upload's request asked for",
         "warning", "CJBatchMetadataIncomplete"),
+    # Issue 11: what the upstream service's own batches showed the view had no signal for.
+    ProblemKind(
+        "wrong_result", "has_wrong_result",
+        "the last result event is not what finalization would publish now (no assignment_id "
+        "while the upload has one, every student \"U\" although the anchors are usable, or "
+        "grades unlike the projections): RAS holds a wrong result",
+        "critical", "CJPublishedResultWrong"),
+    ProblemKind(
+        "superseded", "is_superseded",
+        "its essays now belong to a newer run of the same BOS batch (0 essays left): never "
+        "rescore or republish it; its charges beyond one are refunded by hand",
+        "warning", "CJBatchSuperseded"),
+    ProblemKind(
+        "completion_without_result", "has_completion_without_result",
+        "a completion event was written but no result event: ELS and BOS consider CJ done "
+        "while RAS never heard of the batch",
+        "critical", "CJCompletionWithoutResult"),
+    ProblemKind(
+        "unbilled", "is_unbilled",
+        "finalization began but no resource-consumption event names this run: nobody was "
+        "charged (user_id NULL cannot be charged upstream)",
+        "warning", "CJRunUnbilled"),
+    ProblemKind(
+        "unpublishable_result", "has_unpublishable_result",
+        "grade projections the consumers' letter_grade pattern rejects (the ENG5 national "
+        "scale's 1-9): no valid result event can be published for it",
+        "warning", "CJResultUnpublishable"),
+    # Issue 16: the invariants of the metadata-persistence work (never on pre-ADR-0020 batches).
+    ProblemKind(
+        "budget_source_flip", "has_budget_source_flip",
+        "comparison_budget.source disagrees with the stored original_request, or a "
+        "continuation changed the budget: the batch does not run with the budget it was given",
+        "warning", "CJBudgetSourceFlipped"),
+    ProblemKind(
+        "rehydration_mismatch", "has_rehydration_mismatch",
+        "the upload's and the state row's original_request disagree on identity, budget or "
+        "override fields: continuations rehydrate a different request",
+        "warning", "CJContinuationRequestMismatch"),
+    ProblemKind(
+        "anchor_grade_unresolved", "has_unresolved_anchors",
+        "anchors whose grade no tier of the projector's lookup resolves: the projector skips "
+        "them (all of them: no grades at all, the Batch 20 outcome)",
+        "warning", "CJAnchorGradeUnresolved"),
 )
 PROBLEMS: Mapping[str, ProblemKind] = {k.label: k for k in PROBLEM_KINDS}
 # problem label -> boolean column of cj_batch_health
 PROBLEM_COLUMNS: Mapping[str, str] = {k.label: k.column for k in PROBLEM_KINDS}
+# cj_batch_anchor_grade_resolution{tier}: the projector's lookup order, then the anchors no
+# tier resolves (view columns anchors_by_<tier> and anchors_unresolved).
+ANCHOR_GRADE_TIERS = ("anchor_grade", "known_grade", "text_storage_id", "anchor_ref_id")
+UNRESOLVED = "unresolved"
 
 
 def problem_set(*labels: str) -> frozenset[str]:
@@ -87,6 +136,9 @@ UNREADABLE_DOCUMENT_COLUMNS: Mapping[str, str] = {
     "essay_metadata": "unreadable_essay_documents",  # cj_processed_essays.processing_metadata
     "state_metadata": "unreadable_state_documents",  # cj_batch_states.processing_metadata
     "completion_event": "unreadable_completion_events",  # event_outbox.event_data of its BOS id
+    "upload_metadata": "unreadable_upload_documents",  # cj_batch_uploads.processing_metadata
+    "result_event": "unreadable_result_events",  # its last result event's event_data
+    "charge_event": "unreadable_charge_events",  # resource events of its BOS batch
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +230,27 @@ _FAMILIES: tuple[MetricFamily, ...] = (
         ("cj_batch_id",)),
     MetricFamily(
         "cj_batch_completion_events", GAUGE,
-        "Outbox events written for the batch: completed and result by CJ batch, resource by its"
-        " BOS batch." + REFRESH, ("cj_batch_id", "bos_batch_id", "event")),
+        "Outbox events written for the batch: completed and result by CJ batch, resource by the"
+        " run its data.processing_id names." + REFRESH, ("cj_batch_id", "bos_batch_id", "event")),
+    MetricFamily(
+        "cj_batch_overcharged_quantity", GAUGE,
+        "Quantity the run's published resource-consumption events charged beyond its first"
+        " charge: what to refund by hand (`cj-health-exporter charges`)." + REFRESH,
+        ("cj_batch_id", "bos_batch_id")),
+    MetricFamily(
+        "cj_batch_anchor_grade_resolution", GAUGE,
+        "Anchors of the batch by the tier of the projector's lookup that resolves their grade"
+        " (anchor_grade, known_grade, text_storage_id, anchor_ref_id, or unresolved)."
+        + REFRESH, ("cj_batch_id", "tier")),
+    MetricFamily(
+        "cj_batch_budget_progress_ratio", GAUGE,
+        "completed / total_budget, as partial scoring counts it; absent while the budget is"
+        " NULL." + REFRESH, ("cj_batch_id",)),
+    MetricFamily(
+        "cj_batch_partial_scoring", GAUGE,
+        "1 when partial scoring is reached, by source: flag (partial_scoring_triggered) or"
+        " counters (completed >= total_budget * completion_threshold_pct / 100)." + REFRESH,
+        ("cj_batch_id", "source")),
     MetricFamily(
         "cj_batch_completion_event_burst", GAUGE,
         "Most completion events of the batch within any 60 seconds." + REFRESH,
@@ -201,8 +272,11 @@ _FAMILIES: tuple[MetricFamily, ...] = (
         ("problem",)),
     MetricFamily(
         "cj_outbox_duplicate_events", GAUGE,
-        "Outbox events beyond the first per watched batch (resource: beyond one per finalized"
-        " run of the BOS batch)." + REFRESH, ("event",)),
+        "Outbox events beyond the first per watched batch (resource: beyond one per run its"
+        " data.processing_id names)." + REFRESH, ("event",)),
+    MetricFamily(
+        "cj_overcharged_quantity", GAUGE,
+        "Quantity charged beyond one charge per run, summed over the watched batches." + REFRESH),
     MetricFamily(
         "cj_unreadable_documents", GAUGE,
         "JSON documents of watched batches PostgreSQL cannot read, by document." + REFRESH,

@@ -113,6 +113,9 @@ GRANT USAGE ON SCHEMA :"schema" TO :"ro_role", :"rw_role", :"op_role";
 -- ---------------------------------------------------------------------------------------------
 SET LOCAL search_path = :"schema";
 GRANT SELECT ON cj_batch_health, cj_outbox_health TO :"ro_role";
+-- `charges` (exporter/commands/charges.py): each charge's run, user, org, quantity and time
+-- through the view cj_charge_events, never the events themselves.
+GRANT SELECT ON cj_charge_events TO :"ro_role";
 -- Functions a view calls run with the caller's rights: the views read every JSON document
 -- through these (sql/views/cj_health_json.sql), so both login roles need EXECUTE (PUBLIC's
 -- default grant may have been revoked by the DBA).

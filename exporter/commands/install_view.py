@@ -21,7 +21,8 @@ def run(settings: Settings, *, indexes: bool, remediation: bool) -> int:
         with engine.begin() as conn:
             sqlfiles.install_views(conn)
         print("functions cj_health_json and cj_health_json_parses installed")
-        print("views cj_batch_health and cj_outbox_health installed")
+        *views, last = sqlfiles.VIEWS
+        print(f"views {', '.join(views)} and {last} installed")
         if remediation or settings.remediation.enabled:
             from exporter.finalizer import audit  # light: no numpy (finalizer/__init__.py)
 

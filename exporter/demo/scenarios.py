@@ -19,7 +19,7 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from exporter.vocabulary import problem_set
 
 SWEDISH_8 = ("F", "E", "D", "D+", "C", "C+", "B", "A")
 DEMO_ASSIGNMENT = "demo-assignment-essay-2026"
+SWEDISH_SCALE = "swedish_8_anchor"
 # What the comparisons' LLM callbacks record (cj_comparison_pairs.processing_metadata).
 LLM_PROVIDER, LLM_MODEL = "openai", "gpt-5-mini"
 PREFIX_DEFAULT_MODEL = "gpt-5-mini-2025-08-07"  # the pre-fix code's result model_used
@@ -81,7 +82,24 @@ class BatchSpec:
     bos_batch_id: str | None = None
     user_id: str | None = "teacher-0001"
     essay_metadata: Any = None  # overrides every student's processing_metadata when set
+    # What the run's original_request carries beyond the defaults (e.g. max_comparisons_override:
+    # then comparison_budget.source is runner_override); written to the upload and to the state
+    # row from one payload, as upstream's create_cj_batch does. `state_request` changes only the
+    # state row's copy (a key with None removes it) and `budget_source` overrides the source.
+    request: Mapping[str, Any] = field(default_factory=dict)
+    state_request: Mapping[str, Any] | None = None
+    budget_source: str | None = None
+    iteration: int | None = None  # current_iteration (default: 1 once comparisons were sent)
+    events: tuple[str, ...] = ("completed", "result", "resource")  # what each run writes
+    projection_grades: tuple[str, ...] = ()  # the projections' grades (default: Swedish 8)
+    # Changes to every anchor's processing_metadata (a key with None removes it).
+    anchor_metadata: Mapping[str, Any] = field(default_factory=dict)
+    unresolved_anchors: int = 0  # the first N anchors: no grade any tier of the lookup finds
     prefix_events: bool = False  # the events in the pre-fix code's shape (Batch 20)
+    superseded: bool = False  # a re-run of the BOS batch then took its essays (a healthy run)
+    # The grade scale of the assignment's instructions, references and projections (the ENG5
+    # national scale's grades 1-9 fail the result's letter_grade pattern).
+    grade_scale: str = SWEDISH_SCALE
 
 
 @dataclass(frozen=True)
@@ -104,33 +122,36 @@ class Seeder:
     rng: random.Random = field(default_factory=lambda: random.Random(20))
     _anchor_refs: dict[str, int] = field(default_factory=dict)
     _content: dict[int, Content] = field(default_factory=dict)
+    reruns: dict[int, int] = field(default_factory=dict)  # superseded run -> the run now owning
 
     def naive(self, at: datetime) -> datetime:
         """Upload and essay timestamps are naive UTC upstream."""
         return at.astimezone(UTC).replace(tzinfo=None)
 
-    def anchor_ref(self, grade: str) -> int:
-        if grade not in self._anchor_refs:
-            self._ensure_assignment()
+    def anchor_ref(self, grade: str, scale: str = SWEDISH_SCALE) -> int:
+        key = grade if scale == SWEDISH_SCALE else f"{scale}:{grade}"
+        if key not in self._anchor_refs:
+            assignment = assignment_of(scale)
+            self._ensure_assignment(assignment, scale)
             ref_id = self.conn.execute(
                 text(
                     "INSERT INTO anchor_essay_references (grade, text_storage_id, assignment_id,"
-                    " anchor_label) VALUES (:g, :t, :a, :l) RETURNING id"
+                    " anchor_label, grade_scale) VALUES (:g, :t, :a, :l, :s) RETURNING id"
                 ),
-                {"g": grade, "t": f"anchor-text-{grade}", "a": DEMO_ASSIGNMENT,
-                 "l": f"grade_{grade}_{uuid.uuid4().hex[:6]}"},
+                {"g": grade, "t": f"anchor-text-{key}", "a": assignment,
+                 "l": f"grade_{grade}_{uuid.uuid4().hex[:6]}", "s": scale},
             ).scalar_one()
-            self._anchor_refs[grade] = ref_id
-        return self._anchor_refs[grade]
+            self._anchor_refs[key] = ref_id
+        return self._anchor_refs[key]
 
-    def _ensure_assignment(self) -> None:
+    def _ensure_assignment(self, assignment: str, scale: str) -> None:
         self.conn.execute(
             text(
-                "INSERT INTO assessment_instructions (assignment_id, instructions_text)"
-                " SELECT CAST(:a AS varchar), 'Write an argumentative essay.' WHERE NOT EXISTS"
-                " (SELECT 1 FROM assessment_instructions WHERE assignment_id = :a)"
+                "INSERT INTO assessment_instructions (assignment_id, instructions_text,"
+                " grade_scale) SELECT CAST(:a AS varchar), 'Write an argumentative essay.', :s"
+                " WHERE NOT EXISTS (SELECT 1 FROM assessment_instructions WHERE assignment_id = :a)"
             ),
-            {"a": DEMO_ASSIGNMENT},
+            {"a": assignment, "s": scale},
         )
 
     def insert_batch(self, spec: BatchSpec) -> int:
@@ -143,23 +164,29 @@ class Seeder:
         students = self._insert_students(batch_id, spec)
         anchors = self._insert_anchors(batch_id, spec)
         outcomes = self._insert_pairs(batch_id, students + anchors, spec)
-        grades = self._insert_projections(batch_id, students) if spec.projections else {}
+        grades = (self._insert_projections(batch_id, students, spec.projection_grades or SWEDISH_8,
+                                           spec.grade_scale) if spec.projections else {})
         scores = stand_in_scores(students + anchors, outcomes) if spec.completion_runs else {}
         self._write_scores(batch_id, scores)
         self._content[batch_id] = Content(
             last_activity - timedelta(minutes=30),
-            DEMO_ASSIGNMENT if spec.anchor_grades else None, scores, grades, spec.prefix_events)
+            assignment_of(spec.grade_scale) if spec.anchor_grades else None, scores, grades,
+            spec.prefix_events)
         for run in range(spec.completion_runs):
             at = last_activity - spec.burst_spacing * (spec.completion_runs - 1 - run)
-            self.write_completion_events(batch_id, bos, correlation, spec.user_id, at)
+            self.write_completion_events(batch_id, bos, correlation, spec.user_id, at,
+                                         events=spec.events)
+        if spec.superseded:
+            rerun = self.insert_batch(BatchSpec(bos_batch_id=bos, students=0, completion_runs=1))
+            self.move_essays(batch_id, rerun)
+            self.reruns[batch_id] = rerun
         return batch_id
 
     def _insert_upload(
         self, spec: BatchSpec, bos: str, correlation: str, last_activity: datetime
     ) -> int:
         created = last_activity - timedelta(minutes=30)
-        request = {"assignment_id": DEMO_ASSIGNMENT if spec.anchor_grades else None,
-                   "language": "sv", "course_code": "SV1", "cj_source": "els"}
+        request = original_request(spec)
         return int(self.conn.execute(
             text(
                 "INSERT INTO cj_batch_uploads (bos_batch_id, event_correlation_id, language,"
@@ -173,16 +200,20 @@ class Seeder:
              "updated": self.naive(last_activity),
              "completed": self.naive(last_activity) if spec.finished else None,
              "meta": json.dumps({"original_request": request}),
-             "assignment": DEMO_ASSIGNMENT if spec.anchor_grades else None,
+             "assignment": assignment_of(spec.grade_scale) if spec.anchor_grades else None,
              "user": spec.user_id},
         ).scalar_one())
 
     def _insert_state(self, batch_id: int, spec: BatchSpec, last_activity: datetime) -> None:
         meta: dict[str, Any] = {"llm_batching_mode": "per_request"}
         if spec.request_metadata:
-            meta["original_request"] = {"language": "sv", "course_code": "SV1"}
-            meta["comparison_budget"] = {"max_pairs_requested": spec.budget or 120,
-                                         "source": "service_default"}
+            request = original_request(spec)
+            meta["original_request"] = _changed(request, spec.state_request or {})
+            override = "max_comparisons_override" in request
+            meta["comparison_budget"] = {
+                "max_pairs_requested": spec.budget or 120,
+                "source": spec.budget_source or ("runner_override" if override
+                                                 else "service_default")}
         # Every NOT NULL column is supplied: the create_all variant has no defaults (§1.10).
         self.conn.execute(
             text(
@@ -194,7 +225,9 @@ class Seeder:
                 " 95, :iteration, CAST(:meta AS json), :budget)"
             ),
             {"id": batch_id, "state": spec.state, "sub": spec.submitted, "done": spec.completed,
-             "failed": spec.failed, "at": last_activity, "iteration": 1 if spec.submitted else 0,
+             "failed": spec.failed, "at": last_activity,
+             "iteration": spec.iteration if spec.iteration is not None
+             else 1 if spec.submitted else 0,
              "meta": json.dumps(meta), "budget": spec.budget},
         )
 
@@ -222,13 +255,19 @@ class Seeder:
 
     def _insert_anchors(self, batch_id: int, spec: BatchSpec) -> list[str]:
         ids = []
-        for grade in spec.anchor_grades:
-            ref = self.anchor_ref(grade)
+        for index, grade in enumerate(spec.anchor_grades):
+            ref = self.anchor_ref(grade, spec.grade_scale)
             essay_id = f"ANCHOR_{ref}_{self.rng.getrandbits(32):08x}"
-            meta = {"is_anchor": True, "known_grade": grade, "anchor_ref_id": str(ref),
-                    "text_storage_id": f"anchor-text-{grade}", "anchor_label": f"grade_{grade}"}
-            self._insert_essay(batch_id, essay_id, spec.anchors_flagged, meta,
-                               f"anchor-text-{grade}")
+            storage = self.conn.execute(
+                text("SELECT text_storage_id FROM anchor_essay_references WHERE id = :id"),
+                {"id": ref}).scalar_one()
+            meta = _changed({"is_anchor": True, "known_grade": grade, "anchor_ref_id": str(ref),
+                             "text_storage_id": storage, "anchor_label": f"grade_{grade}"},
+                            spec.anchor_metadata)
+            if index < spec.unresolved_anchors:  # its reference is gone: no tier finds a grade
+                meta = {"is_anchor": True, "anchor_label": f"grade_{grade}"}
+                storage = f"anchor-text-removed-{index}"
+            self._insert_essay(batch_id, essay_id, spec.anchors_flagged, meta, storage)
             ids.append(essay_id)
         return ids
 
@@ -272,40 +311,52 @@ class Seeder:
                      " WHERE els_essay_id = :id AND cj_batch_id = :batch"),
                 {"s": score, "id": essay_id, "batch": batch_id})
 
-    def _insert_projections(self, batch_id: int, students: list[str]) -> dict[str, str]:
+    def _insert_projections(self, batch_id: int, students: list[str],
+                            grades_of: tuple[str, ...] = SWEDISH_8,
+                            scale: str = SWEDISH_SCALE) -> dict[str, str]:
         grades = {}
         for essay_id in students:
-            grade = self.rng.choice(SWEDISH_8)
+            grade = self.rng.choice(grades_of)
             grades[essay_id] = grade
             self.conn.execute(
                 text(
                     "INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
-                    " confidence_score, confidence_label, calculation_metadata, population_prior)"
-                    " VALUES (:id, :batch, :grade, 0.894, 'HIGH', CAST(:meta AS json), 0.15)"
+                    " confidence_score, confidence_label, calculation_metadata, population_prior,"
+                    " grade_scale) VALUES (:id, :batch, :grade, 0.894, 'HIGH',"
+                    " CAST(:meta AS json), 0.15, :scale)"
                 ),
-                {"id": essay_id, "batch": batch_id, "grade": grade,
+                {"id": essay_id, "batch": batch_id, "grade": grade, "scale": scale,
                  "meta": json.dumps({"calibration_method": "gaussian_mixture",
-                                     "primary_anchor_grade": grade,
-                                     "grade_scale": "swedish_8_anchor"})},
+                                     "primary_anchor_grade": grade, "grade_scale": scale})},
             )
         return grades
 
     def write_completion_events(
         self, batch_id: int, bos: str, correlation: str, user_id: str | None, at: datetime,
-        published: bool = True,
+        published: bool = True, events: tuple[str, ...] = ("completed", "result", "resource"),
     ) -> None:
-        """What one upstream finalize_scoring call writes: completed, result, resource."""
+        """What one upstream finalize_scoring call writes: completed, result, resource (no
+        resource event without a user; `events` leaves out what an interrupted one did not)."""
         c = self._content.get(batch_id) or Content(at, None, {}, {}, False)
-        rows = [ev.completion_row(batch_id, bos, correlation, completion_summary(c, at), at,
-                                  started_at=c.created_at),
-                ev.result_row(batch_id, bos, correlation, result_payload(c, at), at)]
-        if user_id is not None:
+        rows = []
+        if "completed" in events:
+            rows.append(ev.completion_row(batch_id, bos, correlation, completion_summary(c, at),
+                                          at, started_at=c.created_at))
+        if "result" in events:
+            rows.append(ev.result_row(batch_id, bos, correlation, result_payload(c, at), at))
+        if user_id is not None and "resource" in events:
             students = len([e for e in c.scores if not e.startswith("ANCHOR_")])
             rows.append(ev.resource_row(bos, correlation, user_id, "org-demo",
                                         students * (students - 1) // 2, at,
                                         processing_id=str(batch_id)))
         for row in rows:
             ev.insert_row(self.conn, row, at, published_at=at if published else None)
+
+    def move_essays(self, from_batch: int, to_batch: int) -> None:
+        """A re-run of the BOS batch with the same ELS essays: upstream's upsert re-parents the
+        essay rows (cj_processed_essays is keyed by els_essay_id alone)."""
+        self.conn.execute(text("UPDATE cj_processed_essays SET cj_batch_id = :to"
+                               " WHERE cj_batch_id = :src"), {"to": to_batch, "src": from_batch})
 
     def outbox_backlog(self, pending: int, failed: int, oldest: timedelta) -> None:
         """Unpublished rows; `failed` of them past the relay's 5 retries (never delivered)."""
@@ -319,6 +370,29 @@ class Seeder:
             gave_up = i < failed
             ev.insert_row(self.conn, row, at, retry_count=5 if gave_up else 1,
                           last_error="Exceeded max retries (5)" if gave_up else "broker timeout")
+
+
+def assignment_of(scale: str) -> str:
+    """The demo's assignment with instructions (and references) on `scale`."""
+    return DEMO_ASSIGNMENT if scale == SWEDISH_SCALE else f"{DEMO_ASSIGNMENT}-{scale}"
+
+
+def original_request(spec: BatchSpec) -> dict[str, Any]:
+    """The request a batch was created with, as create_cj_batch stores it (None-valued keys
+    omitted)."""
+    request: dict[str, Any] = {
+        "assignment_id": assignment_of(spec.grade_scale) if spec.anchor_grades else None,
+        "language": "sv",
+        "course_code": "SV1", "cj_source": "els", "cj_request_type": "cj_comparison",
+        "user_id": spec.user_id, "org_id": "org-demo" if spec.user_id else None,
+        **spec.request}
+    return {k: v for k, v in request.items() if v is not None}
+
+
+def _changed(document: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`document` with `changes` applied; a change to None removes the key."""
+    out = {**document, **changes}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def stand_in_scores(essays: Sequence[str], outcomes: Sequence[tuple[str, str]]
@@ -403,7 +477,7 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
                   anchors_flagged=False, idle=BATCH20_IDLE, completion_runs=1,
                   prefix_events=True),
-        problem_set("wedged", "anchor_mismatch", "missing_projections")),
+        problem_set("wedged", "anchor_mismatch", "missing_projections", "wrong_result")),
     "stuck_scoring": (
         BatchSpec(status="FETCHING_CONTENT", state="SCORING", finished=False,
                   idle=timedelta(minutes=50)),
@@ -419,6 +493,48 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", budget=None,
                   completed=5, request_metadata=False, finished=False),
         problem_set("metadata_incomplete")),
+    # --- what the upstream service's own batches showed (issue 11) ---------------------------
+    # Finished and graded, but its result event has no assignment_id (the pre-fix code's).
+    "wrong_result_published": (
+        BatchSpec(anchor_grades=GRADES, projections=True, completion_runs=1, prefix_events=True),
+        problem_set("wrong_result")),
+    # The runaway run of the fixture, in small: a re-run of its BOS batch took its essays.
+    "superseded_run": (
+        BatchSpec(status="COMPLETE_STABLE", state="COMPLETED", completion_runs=1,
+                  superseded=True),
+        problem_set("superseded")),
+    # The ENG5 national batch: the completion was written, then building the result raised on
+    # the grades 1-9; stuck in SCORING, never charged.
+    "eng5_national_scoring": (
+        BatchSpec(status="PERFORMING_COMPARISONS", state="SCORING", finished=False,
+                  anchor_grades=tuple("123456789"), grade_scale="eng5_np_national_9_step",
+                  projections=True,
+                  projection_grades=("1", "2", "4", "9"), completion_runs=1,
+                  events=("completed",), idle=timedelta(minutes=50)),
+        problem_set("stuck_scoring", "completion_without_result", "unbilled",
+                    "unpublishable_result")),
+    # user_id NULL: projections written, then finalization raised before any event.
+    "no_user_scoring": (
+        BatchSpec(status="PERFORMING_COMPARISONS", state="SCORING", finished=False,
+                  anchor_grades=GRADES, projections=True, user_id=None,
+                  idle=timedelta(minutes=50)),
+        problem_set("stuck_scoring", "unbilled")),
+    # --- the invariants of the metadata-persistence work (issue 16) --------------------------
+    # A third continuation runs with runner_override although no stored request has an override.
+    "budget_source_flipped": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
+                  finished=False, iteration=3, budget_source="runner_override"),
+        problem_set("budget_source_flip")),
+    # The state row's original_request names another user than the upload's.
+    "rehydration_mismatch": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
+                  finished=False, state_request={"user_id": "teacher-0002"}),
+        problem_set("rehydration_mismatch")),
+    # One anchor whose reference is gone: no tier of the projector's lookup resolves it.
+    "anchor_grade_unresolved": (
+        BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=12,
+                  finished=False, anchor_grades=GRADES, unresolved_anchors=1),
+        problem_set("anchor_grade_unresolved")),
 }
 
 
@@ -427,6 +543,8 @@ def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozen
     seeder = Seeder(conn, now=now or datetime.now(UTC))
     planted = {seeder.insert_batch(spec): problems
                for spec, problems in DEMO_SCENARIOS.values()}
+    # The runs that took a superseded run's essays are healthy re-runs.
+    planted.update({rerun: problem_set() for rerun in seeder.reruns.values()})
     # A BOS batch run twice, each run finalized once: legitimate, not a duplicate.
     for _ in range(RERUNS):
         planted[seeder.insert_batch(BatchSpec(bos_batch_id=RERUN_BOS_BATCH_ID,

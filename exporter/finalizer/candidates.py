@@ -4,6 +4,9 @@ Only the watched set is read, with the poll's own SQL (exporter.poll.watched): t
 the active batches, not the years of history. Wedged and stuck-SCORING batches are refinalize
 candidates; batches with an essay whose metadata says anchor but whose column does not are
 backfill_anchors candidates (a reverse mismatch is never a candidate: nothing to backfill).
+Essay documents are read through cj_health_json (sql/views/cj_health_json.sql): the planner may
+evaluate the EXISTS for every watched batch, and one document ->> cannot read would otherwise fail
+the whole cycle.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ _SQL = text(
     "  h.state_age_seconds,"
     "  (h.has_anchor_mismatch AND EXISTS (SELECT 1 FROM cj_processed_essays AS e"
     "   WHERE e.cj_batch_id = h.cj_batch_id"
-    "   AND lower(e.processing_metadata ->> 'is_anchor') = 'true'"
+    "   AND lower(cj_health_json(e.processing_metadata) ->> 'is_anchor') = 'true'"
     "   AND e.is_anchor IS DISTINCT FROM true)) AS anchors_to_flag"
     f" FROM cj_batch_health AS h WHERE {is_watched('h')}"
     "  AND (h.is_wedged OR h.is_stuck_scoring OR h.has_anchor_mismatch)"

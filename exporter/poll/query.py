@@ -10,14 +10,14 @@ from sqlalchemy import Engine, text
 
 from exporter.config import Settings
 from exporter.db import read_only_snapshot
-from exporter.poll.snapshot import BatchRow, Snapshot, build_snapshot
+from exporter.poll.snapshot import TIER_COLUMNS, BatchRow, Snapshot, build_snapshot
 from exporter.poll.watched import WATCHED_CTE, is_watched
 from exporter.vocabulary import PROBLEM_COLUMNS, UNREADABLE_DOCUMENT_COLUMNS
 
 _VIEW_COLUMNS = [f.name for f in fields(BatchRow) if f.name not in
-                 ("last_activity", "completed_at", "problems", "unreadable")]
+                 ("last_activity", "completed_at", "problems", "unreadable", "anchor_tiers")]
 _VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEM_COLUMNS.values(),
-                  *UNREADABLE_DOCUMENT_COLUMNS.values()]
+                  *UNREADABLE_DOCUMENT_COLUMNS.values(), *TIER_COLUMNS.values()]
 # Times are fetched as epoch seconds: 'infinity' (a valid timestamptz) or a year past 9999 has no
 # Python datetime, and psycopg would fail the whole fetch on it, so one odd row would make every
 # poll fail. As a double it arrives as inf and only its own row is skipped (and counted).

@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from exporter.vocabulary import PROBLEM_COLUMNS, UNREADABLE_DOCUMENT_COLUMNS
+from exporter.vocabulary import (
+    ANCHOR_GRADE_TIERS,
+    PROBLEM_COLUMNS,
+    UNREADABLE_DOCUMENT_COLUMNS,
+    UNRESOLVED,
+)
 
 NO_STATE = "NONE"  # label for a batch that has no cj_batch_states row yet
+# tier label -> view column (cj_batch_anchor_grade_resolution{tier})
+TIER_COLUMNS: Mapping[str, str] = {
+    **{tier: f"anchors_by_{tier}" for tier in ANCHOR_GRADE_TIERS}, UNRESOLVED: "anchors_unresolved"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,17 @@ class BatchRow:
     result_events: int
     resource_events: int
     completion_event_burst: int
+    charge_events: int  # resource-consumption events naming this run (data.processing_id)
+    overcharged_quantity: float
+    budget_progress: float | None  # completed / total_budget
+    partial_scoring_triggered: bool | None
+    partial_scoring_threshold_reached: bool | None
     is_terminal: bool
     problems: frozenset[str]
     # document label (vocabulary.UNREADABLE_DOCUMENT_COLUMNS) -> count, only the kinds above 0
     unreadable: Mapping[str, int]
+    # tier (TIER_COLUMNS) -> anchors it resolves; empty for a batch without anchors
+    anchor_tiers: Mapping[str, int]
 
     @property
     def flagged(self) -> bool:
@@ -77,6 +92,7 @@ class Snapshot:
     by_state: Mapping[tuple[str, str], int]
     problem_counts: Mapping[str, int]
     duplicate_events: Mapping[str, int]
+    overcharged_quantity: float  # over the watched set
     outbox: OutboxFacts
 
 
@@ -110,6 +126,7 @@ def build_snapshot(rows: Sequence[Mapping[Any, Any]], outbox: Mapping[Any, Any],
         by_state=Counter((b.cj_state, b.upload_status) for b in parsed),
         problem_counts={p: sum(p in b.problems for b in parsed) for p in PROBLEM_COLUMNS},
         duplicate_events=_duplicates(parsed),
+        overcharged_quantity=sum(b.overcharged_quantity for b in parsed),
         outbox=OutboxFacts(
             unpublished_events=int(outbox["unpublished_events"]),
             failed_events=int(outbox["failed_events"]),
@@ -124,16 +141,12 @@ def _exported(b: BatchRow, now: float, recent_window: float) -> bool:
 
 
 def _duplicates(batches: Sequence[BatchRow]) -> dict[str, int]:
-    """Events beyond the first per watched batch; resource events beyond one per BOS batch
-    run are counted once per BOS batch (its runs share the same events)."""
-    resource: dict[str, int] = {}
-    for b in batches:
-        if "duplicate_charge" in b.problems:
-            resource[b.bos_batch_id] = max(b.resource_events - 1, 0)
+    """Events beyond the first per watched batch. Charges are the run's own (attributed by
+    data.processing_id), so a BOS batch's runs never share one and nothing is counted twice."""
     return {
         "completed": sum(max(b.completion_events - 1, 0) for b in batches),
         "result": sum(max(b.result_events - 1, 0) for b in batches),
-        "resource": sum(resource.values()),
+        "resource": sum(max(b.charge_events - 1, 0) for b in batches),
     }
 
 
@@ -164,10 +177,17 @@ def _parse_row(row: Mapping[Any, Any]) -> BatchRow | str:
             result_events=int(row["result_events"]),
             resource_events=int(row["resource_events"]),
             completion_event_burst=int(row["completion_event_burst"]),
+            charge_events=int(row["charge_events"]),
+            overcharged_quantity=float(row["overcharged_quantity"]),
+            budget_progress=_optional_float(row["budget_progress"]),
+            partial_scoring_triggered=_optional_bool(row["partial_scoring_triggered"]),
+            partial_scoring_threshold_reached=_optional_bool(
+                row["partial_scoring_threshold_reached"]),
             is_terminal=bool(row["is_terminal"]),
             problems=frozenset(p for p, column in PROBLEM_COLUMNS.items() if row[column]),
             unreadable={d: int(row[column]) for d, column in UNREADABLE_DOCUMENT_COLUMNS.items()
                         if row[column]},
+            anchor_tiers=_anchor_tiers(row),
         )
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -189,3 +209,16 @@ def _optional_timestamp(value: float | datetime | None) -> float | None:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _optional_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _anchor_tiers(row: Mapping[Any, Any]) -> dict[str, int]:
+    counts = {tier: int(row[column]) for tier, column in TIER_COLUMNS.items()}
+    return counts if any(counts.values()) else {}

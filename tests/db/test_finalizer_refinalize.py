@@ -32,7 +32,9 @@ def test_batch20_wedge_is_healed_end_to_end(remediation_db: RemediationDb) -> No
     db, engine = remediation_db, remediation_db.engine
     b20 = db.batch("wedged")
     before = health(engine, b20)
-    assert problems(before) == {"wedged", "anchor_mismatch", "missing_projections"}
+    # the pre-fix code's all-"U" result without assignment_id is published (wrong_result)
+    assert problems(before) == {"wedged", "anchor_mismatch", "missing_projections",
+                                "wrong_result"}
     anchors = len(scenarios.GRADES)
     assert before["anchors_flagged"] == 0 and before["anchors_in_metadata"] == anchors
 

@@ -274,7 +274,8 @@ def test_poll_exports_a_batch_with_unreadable_documents(engine: Engine) -> None:
     ours = next(b for b in snap.batches if b.cj_batch_id == batch)
     assert ours.unreadable == {"essay_metadata": 6}
     assert snap.unreadable_documents == {"essay_metadata": 6, "state_metadata": 0,
-                                         "completion_event": 0}
+                                         "completion_event": 0, "upload_metadata": 0,
+                                         "result_event": 0, "charge_event": 0}
 
 
 @pytest.mark.parametrize("name", sorted(READABLE_FRAGMENTS))

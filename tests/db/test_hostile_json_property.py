@@ -222,14 +222,23 @@ def meta_anchor(value: Any) -> bool | None:
     return {"true": True, "false": False}.get(said.lower()) if said is not None else None
 
 
-def grade(value: Any, refs: dict[int, str]) -> str | None:
+def grade(value: Any, storage: str, refs: dict[int, tuple[str, str]]) -> str | None:
+    """The grade projector's 4-tier lookup (grade_projector._map_anchor_grades): a non-empty
+    anchor_grade, then known_grade; then the assignment's reference with the essay's
+    text_storage_id (its column, else the metadata's); then the one whose id is the metadata's
+    anchor_ref_id, a string (upstream looks it up among str(ref.id))."""
     for name in ("anchor_grade", "known_grade"):
         said = pg_text(key(value, name))
-        if said is not None:
+        if said:  # what ->> returns, non-empty (upstream writes strings and tests for truth)
             return said
-    ref = pg_text(key(value, "anchor_ref_id"))
-    if ref is not None and re.fullmatch(r"[0-9]{1,9}", ref):
-        return refs.get(int(ref))
+    meta_storage = key(value, "text_storage_id")
+    storage = storage or (meta_storage if isinstance(meta_storage, str) else "")
+    by_storage = {s: g for g, s in refs.values()}
+    if storage in by_storage:
+        return by_storage[storage]
+    ref = key(value, "anchor_ref_id")
+    if isinstance(ref, str) and re.fullmatch(r"[1-9][0-9]{0,8}", ref) and int(ref) in refs:
+        return refs[int(ref)][0]
     return None
 
 
@@ -237,11 +246,12 @@ def grade(value: Any, refs: dict[int, str]) -> str | None:
 class Essay:
     els_essay_id: str
     is_anchor: bool
+    text_storage_id: str
 
 
 def expected_row(essays: list[tuple[Essay, Doc, bool]], state: tuple[Doc, bool],
                  events: list[tuple[Doc, bool, datetime]], batch_id: int,
-                 refs: dict[int, str]) -> dict[str, Any]:
+                 refs: dict[int, tuple[str, str]]) -> dict[str, Any]:
     """What the view must say about the batch; `bool`s say whether each document was read."""
     metas, anchors, grades = [], [], []
     for essay, doc, was_read in essays:
@@ -250,7 +260,7 @@ def expected_row(essays: list[tuple[Essay, Doc, bool]], state: tuple[Doc, bool],
         metas.append((essay, meta))
         anchors.append(anchor)
         if anchor:
-            grades.append(grade(doc.value, refs) if was_read else None)
+            grades.append(grade(doc.value, essay.text_storage_id, refs) if was_read else None)
     students = sum(not a for a in anchors)
     anchor_grades = len({g for g in grades if g is not None})
     projectable = sum(anchors) >= 1 and anchor_grades >= 2 and students >= 1
@@ -293,7 +303,7 @@ class FuzzDb:
     other_id: int
     bos: str
     essays: list[Essay]
-    refs: dict[int, str]
+    refs: dict[int, tuple[str, str]]  # the assignment's: id -> (grade, text_storage_id)
     must_read_depth: int
     baseline: dict[int, dict[str, Any]]
     stats: Counter[str]
@@ -303,18 +313,22 @@ def prepare(url: Any) -> FuzzDb:
     engine = create_engine(url)
     with engine.begin() as conn:
         seeder = Seeder(conn, rng=random.Random(4))
+        # Its request asks for a budget, so a state document without original_request or
+        # comparison_budget has a consequence (metadata_incomplete): what the oracle checks.
         target = seeder.insert_batch(BatchSpec(
             status="COMPLETE_STABLE", state="WAITING_CALLBACKS", students=4,
-            anchor_grades=("C", "B"), idle=timedelta(hours=2)))
+            anchor_grades=("C", "B"), idle=timedelta(hours=2),
+            request={"max_comparisons_override": 30}))
         other = seeder.insert_batch(BatchSpec(status="COMPLETE_STABLE", completion_runs=1,
                                               anchor_grades=("C", "B"), projections=True))
         bos = conn.execute(text("SELECT bos_batch_id FROM cj_batch_uploads WHERE id = :b"),
                            {"b": target}).scalar_one()
-        essays = [Essay(i, a) for i, a in conn.execute(text(
-            "SELECT els_essay_id, is_anchor FROM cj_processed_essays WHERE cj_batch_id = :b"
+        essays = [Essay(i, a, t) for i, a, t in conn.execute(text(
+            "SELECT els_essay_id, is_anchor, text_storage_id FROM cj_processed_essays"
+            " WHERE cj_batch_id = :b"
             " ORDER BY els_essay_id"), {"b": target})]
-        refs: dict[int, str] = {int(i): str(g) for i, g in conn.execute(
-            text("SELECT id, grade FROM anchor_essay_references"))}
+        refs = {i: (g, s) for i, g, s in conn.execute(text(
+            "SELECT id, grade, text_storage_id FROM anchor_essay_references"))}
         version = conn.execute(text("SHOW server_version")).scalar_one()
         stack = conn.execute(text("SELECT pg_size_bytes(current_setting('max_stack_depth'))")
                              ).scalar_one()

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client.samples import Sample
@@ -27,6 +28,7 @@ from exporter.demo.scenarios import (
     OUTBOX_UNPUBLISHED,
     RUNAWAY_COMPLETION_RUNS,
     RUNAWAY_DUPLICATES,
+    Seeder,
 )
 from exporter.poll.scheduler import Poller, PollScheduler
 from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
@@ -151,6 +153,11 @@ def test_state_change_and_leaving_the_set_remove_old_series(poller: Poller,
                           " now() WHERE batch_id = :id"), {"id": stuck})
         conn.execute(text("UPDATE cj_batch_uploads SET status = 'COMPLETE_STABLE' WHERE id = :id"),
                      {"id": stuck})
+        bos = conn.execute(text("SELECT bos_batch_id FROM cj_batch_uploads WHERE id = :id"),
+                           {"id": stuck}).scalar_one()
+        # finalized at last: its three events, the charge included (else it is unbilled)
+        Seeder(conn).write_completion_events(stuck, bos, "corr", "teacher-0001",
+                                             datetime.now(UTC))
         conn.execute(text("UPDATE cj_batch_states SET last_activity_at = now() - interval '2 h'"
                           " WHERE batch_id = :id"), {"id": healthy})
     engine.dispose()

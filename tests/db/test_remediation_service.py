@@ -60,27 +60,38 @@ def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
         remediation_db: RemediationDb) -> None:
     db = remediation_db
     b20, stuck = db.batch("wedged"), db.batch("stuck_scoring")
+    (eng5,) = db.refused()
+    no_user = next(b for b in db.healed() if b not in (b20, stuck))
     rem = remediator(db.url)
     try:
         report = rem.run_cycle()
         assert report.leader and report.error is None
         assert [(r.cj_batch_id, r.action, r.outcome) for r in report.results] == [
             (b20, "backfill_anchors", APPLIED), (b20, "refinalize", APPLIED),
-            (stuck, "refinalize", APPLIED)]  # oldest first, backfill before refinalize
+            (stuck, "refinalize", APPLIED), (eng5, "refinalize", NEEDS_PERSON),
+            (no_user, "refinalize", APPLIED)]  # oldest first, backfill before refinalize
         for batch in (b20, stuck):
             assert problems(health(db.engine, batch)) == set()
+        # by the policy: completed without a charge (no user to charge), and left flagged
+        assert problems(health(db.engine, no_user)) == {"unbilled"}
+        assert problems(health(db.engine, eng5)) == db.planted[eng5]  # a person decides
         rows = audit_rows(db.engine)
         assert [(r["cj_batch_id"], r["action"], r["outcome"], r["replica"]) for r in rows] == [
             (b20, "backfill_anchors", "applied", "test-replica"),
             (b20, "refinalize", "applied", "test-replica"),
-            (stuck, "refinalize", "applied", "test-replica")]
+            (stuck, "refinalize", "applied", "test-replica"),
+            (eng5, "refinalize", "needs_person", "test-replica"),
+            (no_user, "refinalize", "applied", "test-replica")]
         again = rem.run_cycle()
         assert again.results == () and again.decision is not None
-        assert sum(again.decision.blocked.values()) == 0
+        # only the refused ENG5 batch is still a candidate, and it cools down
+        assert dict(again.decision.blocked) | {"cooldown": 0} == dict.fromkeys(
+            again.decision.blocked, 0)
+        assert again.decision.blocked["cooldown"] == len(db.refused())
         assert len(audit_rows(db.engine)) == db.planned_actions()
         metrics = exposed(rem.metrics)
         assert metrics.value("cj_health_remediations_total", action="refinalize",
-                             outcome="applied") == len(db.wedged())
+                             outcome="applied") == len(db.healed())
         assert metrics.value("cj_health_remediations_total", action="backfill_anchors",
                              outcome="applied") == 1
         assert metrics.value("cj_health_remediation_cycles_total", result="ok") == 2
@@ -98,12 +109,17 @@ def test_dry_run_cycles_audit_the_plan_change_nothing_and_cool_down(
     rem = remediator(db.url, dry_run=True)
     try:
         first = rem.run_cycle()
-        assert {r.outcome for r in first.results} == {DRY_RUN}
+        # a refusal does not depend on dry_run: the ENG5 batch is needs_person either way
+        assert {r.cj_batch_id for r in first.results if r.outcome == NEEDS_PERSON} == set(
+            db.refused())
+        assert {r.outcome for r in first.results if r.cj_batch_id not in db.refused()} == {
+            DRY_RUN}
         assert len(first.results) == db.planned_actions()
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
         assert len(rows) == db.planned_actions()
-        assert all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows)
+        assert all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows
+                   if r["cj_batch_id"] not in db.refused())
         assert rows[1]["detail"]["plan"][0].startswith("lock cj_batch_uploads")
         second = rem.run_cycle()  # the plan is not repeated every cycle: cooldown
         assert second.results == () and second.decision is not None
@@ -139,7 +155,7 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
 def test_too_many_wedged_batches_is_a_persons_call(remediation_db: RemediationDb) -> None:
     db = remediation_db
     before = snapshot(db.engine)
-    assert len(db.wedged()) == 2
+    assert len(db.wedged()) == 4
     rem = remediator(db.url, max_wedged_for_auto=1)
     try:
         report = rem.run_cycle()
@@ -166,15 +182,16 @@ def test_unusable_anchors_are_reported_then_left_after_max_attempts(
         assert [(r.outcome, r.reason.split(":")[0]) for r in mine] == [
             (NEEDS_PERSON, "anchors expected but unusable")]
         assert problems(health(db.engine, bad)) >= {"wedged"}  # untouched
-        assert [r.cj_batch_id for r in rem.run_cycle().results] == [bad]  # attempt 2
+        # attempt 2, with the demo's other refusal (retried alike: cooldown 0)
+        assert [r.cj_batch_id for r in rem.run_cycle().results] == [bad, *db.refused()]
         third = rem.run_cycle()
         assert third.results == () and third.decision is not None
-        assert third.decision.blocked["max_attempts"] == 1
+        assert third.decision.blocked["max_attempts"] == 1 + len(db.refused())
         rows = [r for r in audit_rows(db.engine) if r["cj_batch_id"] == bad]
         assert [r["outcome"] for r in rows] == ["needs_person", "needs_person"]
         assert rows[0]["detail"]["grades"] == ["B"]
         assert exposed(rem.metrics).value("cj_health_remediations_total", action="refinalize",
-                                          outcome="needs_person") == 2
+                                          outcome="needs_person") == 2 * (1 + len(db.refused()))
     finally:
         rem.close()
 
@@ -235,8 +252,8 @@ def test_a_failed_action_is_audited_and_counted(remediation_db: RemediationDb) -
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
         assert {(r["cj_batch_id"], r["outcome"]) for r in rows} >= {(stuck, "failed")}
-        assert exposed(rem.metrics).value(  # Batch 20 fails the same way
+        assert exposed(rem.metrics).value(  # every batch it would heal fails the same way
             "cj_health_remediations_total", action="refinalize",
-            outcome="failed") == len(db.wedged())
+            outcome="failed") == len(db.healed())
     finally:
         rem.close()

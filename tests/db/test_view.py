@@ -39,6 +39,25 @@ DESIGN_COLUMNS = [
     "inconsistent_state", "metadata_incomplete",
     # JSON documents of the batch PostgreSQL cannot read (sql/views/cj_health_json.sql)
     "unreadable_essay_documents", "unreadable_state_documents", "unreadable_completion_events",
+    # issue 11: charges per run, the superseding run, the last result against what finalization
+    # would publish now, unpublishable projections, more unreadable documents
+    "charge_events", "charged_quantity", "overcharged_quantity", "superseded_by",
+    "result_assignment_id", "result_students", "result_students_graded",
+    "result_grades", "projected_grades", "unpublishable_projections", "unreadable_result_events",
+    "unreadable_charge_events", "unreadable_upload_documents",
+    # what upstream's diagnostics script shows, budget progress (issue 16, invariant 4)
+    "partial_scoring_triggered", "completion_threshold_pct", "current_iteration",
+    "llm_batching_mode", "has_config_overrides", "budget_max_pairs", "budget_source",
+    "budget_progress", "partial_scoring_threshold_reached",
+    # issue 16: anchors by the tier that resolves their grade, the request fields that differ,
+    # the budget invariant broken
+    "anchors_by_anchor_grade", "anchors_by_known_grade", "anchors_by_text_storage_id",
+    "anchors_by_anchor_ref_id", "anchors_unresolved", "rehydration_mismatched_fields",
+    "budget_source_violation",
+    # the new problem kinds
+    "has_wrong_result", "is_superseded", "has_completion_without_result", "is_unbilled",
+    "has_unpublishable_result", "has_budget_source_flip", "has_rehydration_mismatch",
+    "has_unresolved_anchors",
 ]
 
 
@@ -101,7 +120,8 @@ def test_batch20_wedge_columns(conn: Connection) -> None:
     assert row["last_activity_at"].tzinfo is not None
     assert row["completed_at"] == pytest.approx(now - timedelta(hours=2),
                                                 abs=timedelta(seconds=1))
-    assert problems(row) == {"wedged", "anchor_mismatch", "missing_projections"}
+    # Planted without the events the pre-fix code published: nobody was charged either.
+    assert problems(row) == {"wedged", "anchor_mismatch", "missing_projections", "unbilled"}
     assert row["is_terminal"] is False
 
 
@@ -226,19 +246,41 @@ def test_metadata_is_anchor_true_as_string_counts(conn: Connection) -> None:
     assert row["anchors_in_metadata"] == STUDENTS and row["anchor_mismatches"] == STUDENTS
 
 
-@pytest.mark.parametrize("state_meta", [
+MALFORMED_STATE_METADATA = [
     {"original_request": "not an object", "comparison_budget": {"max_pairs_requested": 30}},
     {"original_request": {}, "comparison_budget": None},
     {"comparison_budget": {"max_pairs_requested": 30}},
     [1, 2], "text",
-])
-def test_in_flight_with_malformed_request_metadata_is_incomplete(conn: Connection,
-                                                                  state_meta: Any) -> None:
+]
+
+
+@pytest.mark.parametrize("state_meta", MALFORMED_STATE_METADATA)
+def test_in_flight_without_the_request_a_continuation_needs_is_incomplete(
+        conn: Connection, state_meta: Any) -> None:
+    """The upload's request asked for a budget: a state row that cannot give it back to a
+    continuation (no original_request, or no comparison_budget) has a consequence."""
+    batch = Seeder(conn).insert_batch(BatchSpec(
+        status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=5, finished=False,
+        request={"max_comparisons_override": 30}))
+    conn.execute(text("UPDATE cj_batch_states SET processing_metadata = CAST(:m AS json)"
+                      " WHERE batch_id = :id"), {"m": json.dumps(state_meta), "id": batch})
+    # an empty copy of the request also disagrees with the upload's, field by field
+    also = {"rehydration_mismatch"} if state_meta == MALFORMED_STATE_METADATA[1] else set()
+    assert problems(health(conn, batch)) == {"metadata_incomplete"} | also
+
+
+@pytest.mark.parametrize("state_meta", [*MALFORMED_STATE_METADATA, None])
+def test_missing_request_metadata_without_a_consequence_is_not_flagged(
+        conn: Connection, state_meta: Any) -> None:
+    """No override and a budget set: upstream falls back to its defaults, which is what the
+    request asked for (the pre-ADR-0020 Batch 20 has NULL metadata and is not flagged)."""
     batch = Seeder(conn).insert_batch(BatchSpec(
         status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=5, finished=False))
     conn.execute(text("UPDATE cj_batch_states SET processing_metadata = CAST(:m AS json)"
-                      " WHERE batch_id = :id"), {"m": json.dumps(state_meta), "id": batch})
-    assert problems(health(conn, batch)) == {"metadata_incomplete"}
+                      " WHERE batch_id = :id"),
+                 {"m": None if state_meta is None else json.dumps(state_meta), "id": batch})
+    also = {"rehydration_mismatch"} if state_meta == MALFORMED_STATE_METADATA[1] else set()
+    assert problems(health(conn, batch)) == also
 
 
 def test_anchor_grade_falls_back_to_the_reference(conn: Connection) -> None:
@@ -257,7 +299,8 @@ def test_monitor_failed_and_completed_with_open_status(conn: Connection) -> None
     seeder = Seeder(conn)
     failed = seeder.insert_batch(BatchSpec(status="FETCHING_CONTENT", state="FAILED",
                                            completed=10, finished=False))
-    done = seeder.insert_batch(BatchSpec(status="PERFORMING_COMPARISONS", state="COMPLETED"))
+    done = seeder.insert_batch(BatchSpec(status="PERFORMING_COMPARISONS", state="COMPLETED",
+                                         completion_runs=1))
     assert problems(health(conn, failed)) == {"inconsistent_state"}
     assert problems(health(conn, done)) == {"inconsistent_state"}
 

@@ -88,7 +88,8 @@ def test_install_view_is_idempotent(pg_server: Server) -> None:
         for outcome in ("created", "present"):
             result = run_cli("install-view", "--dsn", db.url)
             assert result.returncode == 0, result.stderr
-            assert "views cj_batch_health and cj_outbox_health installed" in result.stdout
+            assert ("views cj_batch_health, cj_outbox_health and cj_charge_events installed"
+                    in result.stdout)
             assert f"index cj_health_outbox_unpublished_idx {outcome}" in result.stdout
             # no JSON expression index any more (it made the CJ service's writes fail)
             assert "cj_health_outbox_completion_job_idx" not in result.stdout
@@ -136,7 +137,7 @@ def test_install_view_upgrades_a_view_whose_column_types_changed(pg_server: Serv
     with database(pg_server, schema="reference") as db:
         engine = create_engine(db.url)
         with engine.begin() as conn:
-            sqlfiles.run_script(conn, sqlfiles.read("views/cj_health_json.sql"))  # it calls them
+            sqlfiles.run_script(conn, sqlfiles.read("views/cj_health_json.sql"))  # it calls it
             sqlfiles.run_script(conn, old_view)
             conn.execute(text("DROP ROLE IF EXISTS cjh_upgrade_reader"))
             conn.execute(text("CREATE ROLE cjh_upgrade_reader"))

@@ -216,7 +216,8 @@ def test_malformed_rows_are_counted_never_fatal(seeded_db: SeededDb) -> None:
                                                    state="WAITING_CALLBACKS", finished=False))
         odd_json = seeder.insert_batch(BatchSpec(status="PERFORMING_COMPARISONS",
                                                  state="WAITING_CALLBACKS", finished=False,
-                                                 submitted=10, completed=4))
+                                                 submitted=10, completed=4,
+                                                 request={"max_comparisons_override": 10}))
         infinite = seeder.insert_batch(BatchSpec(status="PERFORMING_COMPARISONS",
                                                  state="WAITING_CALLBACKS", finished=False))
         # Upstream may add labels (never renames); ADD VALUE must commit before it is used.
@@ -262,7 +263,8 @@ def test_malformed_rows_are_counted_never_fatal(seeded_db: SeededDb) -> None:
                                 upload_status="AWAITING_REVIEW") is not None
             assert sample_value(body, "cj_batches", cj_state="PAUSED",
                                 upload_status="AWAITING_REVIEW") == 1
-            # Non-object request metadata is "incomplete", not an error.
+            # Non-object state metadata, while the request asked for a budget a continuation
+            # would then lose, is "incomplete", not an error.
             assert sample_value(body, "cj_batch_problem", cj_batch_id=str(odd_json),
                                 problem="metadata_incomplete") == 1
             assert sample_value(body, "cj_batch_anchors", cj_batch_id=str(odd_json),

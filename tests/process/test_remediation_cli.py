@@ -154,9 +154,11 @@ def remediation_env(url: str | None, **extra: str) -> dict[str, str]:
 def test_serve_with_remediation_heals_and_exports_it(remediation_db: RemediationDb) -> None:
     db = remediation_db
     b20, stuck = db.batch("wedged"), db.batch("stuck_scoring")
+    healed = len(db.healed())  # Batch 20, the stuck one, the one without a user (not ENG5)
     with ExporterProcess(db.url, env=remediation_env(db.url)) as exporter:
         body = parse(exporter.wait_for(lambda b: sample_value(
-            b, "cj_health_remediations_total", action="refinalize", outcome="applied") == 2, 20))
+            b, "cj_health_remediations_total", action="refinalize", outcome="applied")
+            == healed, 20))
         assert body.value("cj_health_remediation_enabled") == 1.0
         assert body.value("cj_health_remediation_leader") == 1.0
 
@@ -167,14 +169,19 @@ def test_serve_with_remediation_heals_and_exports_it(remediation_db: Remediation
                     and not metrics.samples("cj_batch_problem", cj_batch_id=str(b20))
                     and not metrics.samples("cj_batch_problem", cj_batch_id=str(stuck)))
 
-        healed = parse(exporter.wait_for(healed_and_exported, 20))
-        assert healed.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == STUDENTS
-        assert healed.value("cj_batches_problem", problem="wedged") == 0.0
-        assert healed.value("cj_batches_problem", problem="stuck_scoring") == 0.0
+        after = parse(exporter.wait_for(healed_and_exported, 20))
+        assert after.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == STUDENTS
+        assert after.value("cj_batches_problem", problem="wedged") == 0.0
+        # the ENG5 national batch is refused (no valid result exists): still stuck
+        assert after.value("cj_batches_problem", problem="stuck_scoring") == len(db.refused())
     rows = audit_rows(db.engine)
-    assert sorted((r["cj_batch_id"], r["action"], r["outcome"]) for r in rows) == sorted([
+    (eng5,) = db.refused()
+    no_user = next(b for b in db.healed() if b not in (b20, stuck))
+    assert sorted((r["cj_batch_id"], r["action"], r["outcome"]) for r in rows
+                  if r["cj_batch_id"] != eng5) == sorted([
         (b20, "backfill_anchors", "applied"), (b20, "refinalize", "applied"),
-        (stuck, "refinalize", "applied")])
+        (stuck, "refinalize", "applied"), (no_user, "refinalize", "applied")])
+    assert {r["outcome"] for r in rows if r["cj_batch_id"] == eng5} == {"needs_person"}
 
 
 def test_serve_refuses_unauthorized_remediation_but_keeps_exporting(
@@ -197,8 +204,9 @@ def test_serve_refuses_unauthorized_remediation_but_keeps_exporting(
 def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
     with DemoProcess("--remediation") as demo:
         summary = demo.summary
-        b20 = int(re.search(r"^\s+(\d+): anchor_mismatch, missing_projections, wedged$",
-                            summary, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        b20 = int(re.search(
+            r"^\s+(\d+): anchor_mismatch, missing_projections, wedged, wrong_result$",
+            summary, re.MULTILINE).group(1))  # type: ignore[union-attr]
         # By the time two cycles have run, every action is done: exactly one per action.
         body = parse("")
         deadline = time.monotonic() + 30
@@ -210,8 +218,9 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
         assert set(body.families) == set(FAMILIES)  # the finalizer's own families joined
         assert body.value("cj_health_remediations_total", action="backfill_anchors",
                           outcome="applied") == 1.0, body
+        # Batch 20, the batch stuck in SCORING and the one without a user (ENG5 is refused)
         assert body.value("cj_health_remediations_total", action="refinalize",
-                          outcome="applied") == 2.0  # Batch 20 and the batch stuck in SCORING
+                          outcome="applied") == 3.0
         # ... and the next poll shows Batch 20 healthy.
         while time.monotonic() < deadline:
             body = parse(demo.metrics())

@@ -62,9 +62,17 @@ class RemediationDb:
         return next(b for b, p in sorted(self.planted.items()) if problem in p)
 
     def wedged(self) -> list[int]:
-        """The planted batches the finalizer acts on: wedged, or stuck in SCORING (2 in the
-        demo: Batch 20 and the stuck one)."""
+        """The planted batches the finalizer acts on: wedged, or stuck in SCORING (4 in the
+        demo: Batch 20, the stuck one, the ENG5 national one and the one without a user)."""
         return sorted(b for b, p in self.planted.items() if p & {"wedged", "stuck_scoring"})
+
+    def refused(self) -> list[int]:
+        """Those the policy refuses with needs_person: a result no consumer accepts
+        (unpublishable_result: the demo's ENG5 national batch)."""
+        return [b for b in self.wedged() if "unpublishable_result" in self.planted[b]]
+
+    def healed(self) -> list[int]:
+        return [b for b in self.wedged() if b not in self.refused()]
 
     def planned_actions(self) -> int:
         """What one cycle plans for them: a refinalize each, and a backfill_anchors before it

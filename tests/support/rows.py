@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from exporter.poll.snapshot import TIER_COLUMNS
 from exporter.vocabulary import PROBLEM_COLUMNS, UNREADABLE_DOCUMENT_COLUMNS
 
 NOW = 1_750_000_000.0  # the `now` of every unit-test snapshot: Unix seconds, June 2025
@@ -29,6 +30,13 @@ def view_row(cj_batch_id: int, /, *, problems: Iterable[str] = (), idle: float =
         "anchors_in_metadata": 5, "anchors_by_id": 5, "anchor_mismatches": 0,
         "completion_events": 1, "result_events": 1, "resource_events": 1,
         "completion_event_burst": 1, "is_terminal": True,
+        # charged once (the run's own resource event), nothing over-charged
+        "charge_events": 1, "overcharged_quantity": 0.0,
+        "budget_progress": 28 / 30, "partial_scoring_triggered": False,
+        "partial_scoring_threshold_reached": False,
+        # its 5 anchors resolve by known_grade
+        **{column: 5 if tier == "known_grade" else 0 for tier, column in TIER_COLUMNS.items()},
+        **dict.fromkeys(UNREADABLE_DOCUMENT_COLUMNS.values(), 0),
     }
     wanted = set(problems)
     assert wanted <= set(PROBLEM_COLUMNS), wanted - set(PROBLEM_COLUMNS)
@@ -47,6 +55,7 @@ def in_flight_row(cj_batch_id: int, /, **columns: Any) -> dict[str, Any]:
         "completed_at": None, "completed_comparisons": 10, "failed_comparisons": 1,
         "pending_callbacks": 19, "progress_ratio": 11 / 30, "grade_projections": 0,
         "completion_events": 0, "result_events": 0, "resource_events": 0,
-        "completion_event_burst": 0, "is_terminal": False,
+        "completion_event_burst": 0, "is_terminal": False, "charge_events": 0,
+        "budget_progress": 10 / 30,
     }
     return view_row(cj_batch_id, **{**defaults, **columns})

@@ -147,19 +147,22 @@ def test_problem_counts_by_state_and_the_outbox() -> None:
     assert sorted(b.cj_batch_id for b in snap.batches if b.problems) == [1, 2, 3]
 
 
-def test_duplicates_beyond_the_first_and_resource_events_once_per_bos_batch() -> None:
+def test_duplicates_beyond_the_first_and_charges_per_run() -> None:
     rows = [
         # a runaway loop: 83 runs of the three events for one CJ batch
         view_row(1, problems=["duplicate_completion", "duplicate_charge"],
-                 completion_events=83, result_events=83, resource_events=83),
-        # one BOS batch run twice, each run finalized once: resource events are per BOS
-        # batch, so both runs see 2 of them, which is legitimate (no duplicate_charge)
-        view_row(2, bos_batch_id="bos-rerun", resource_events=2),
-        view_row(3, bos_batch_id="bos-rerun", resource_events=2),
-        # a BOS batch charged three times over its two runs: counted once, not per run
-        view_row(4, bos_batch_id="bos-charged", problems=["duplicate_charge"], resource_events=3),
-        view_row(5, bos_batch_id="bos-charged", problems=["duplicate_charge"], resource_events=3),
+                 completion_events=83, result_events=83, resource_events=83,
+                 charge_events=83, overcharged_quantity=82 * 30.0),
+        # one BOS batch run twice, each run charged once (its data.processing_id): the BOS
+        # batch has 2 resource events, which is legitimate (no duplicate_charge)
+        view_row(2, bos_batch_id="bos-rerun", resource_events=2, charge_events=1),
+        view_row(3, bos_batch_id="bos-rerun", resource_events=2, charge_events=1),
+        # a BOS batch charged three times over its two runs: one run twice, the other once
+        view_row(4, bos_batch_id="bos-charged", problems=["duplicate_charge"], resource_events=3,
+                 charge_events=2, overcharged_quantity=30.0),
+        view_row(5, bos_batch_id="bos-charged", resource_events=3, charge_events=1),
         in_flight_row(6),  # no events yet: never negative
     ]
-    assert snapshot(rows).duplicate_events == {"completed": 82, "result": 82,
-                                               "resource": 82 + 2}
+    snap = snapshot(rows)
+    assert snap.duplicate_events == {"completed": 82, "result": 82, "resource": 82 + 1}
+    assert snap.overcharged_quantity == 83 * 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from exporter.collector import SelfStats, SnapshotCollector, render
 from exporter.poll.snapshot import Snapshot, build_snapshot
+from exporter.vocabulary import UNREADABLE_DOCUMENT_COLUMNS
 from tests.support.exposition import parse
 from tests.support.rows import EMPTY_OUTBOX, NOW, view_row
 
@@ -26,8 +27,9 @@ def test_a_batch_with_unreadable_documents_is_exported_however_old_and_counted()
     assert snap.malformed_rows == 0
     assert {b.cj_batch_id: dict(b.unreadable) for b in snap.batches} == {
         1: {"essay_metadata": 2, "completion_event": 1}, 3: {"state_metadata": 1}}
-    assert dict(snap.unreadable_documents) == {"essay_metadata": 2, "state_metadata": 1,
-                                               "completion_event": 1}
+    assert dict(snap.unreadable_documents) == {
+        **dict.fromkeys(UNREADABLE_DOCUMENT_COLUMNS, 0),
+        "essay_metadata": 2, "state_metadata": 1, "completion_event": 1}
     stats = SelfStats(up=True, stale=False, last_success=NOW, last_duration=0.1, polls=1,
                       errors={}, skipped=0)
     metrics = parse(render(SnapshotCollector(snap, stats)).text)

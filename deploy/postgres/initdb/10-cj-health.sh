@@ -21,7 +21,7 @@ run_psql() {
 # cj_health_json.sql, so it comes first; indexes.sql last.
 for file in "$sql_dir"/schema/*.sql "$sql_dir"/views/cj_health_json.sql \
         "$sql_dir"/views/cj_batch_health.sql "$sql_dir"/views/cj_outbox_health.sql \
-        "$sql_dir"/views/indexes.sql; do
+        "$sql_dir"/views/cj_charge_events.sql "$sql_dir"/views/indexes.sql; do
     echo "cj-health: loading ${file#"$sql_dir"/}"
     # one statement at a time in autocommit: indexes.sql uses CREATE INDEX CONCURRENTLY
     run_psql --file "$file"
