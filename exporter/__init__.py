@@ -3,6 +3,8 @@
 The rooms, and what each holds (docs/design.md tells the whole story):
 
 - cli           parse the command line and dispatch; nothing else
+- logs          log lines in logfmt or JSON, passwords scrubbed
+- assets        the files the wheel ships for operators (rules, dashboards, roles.sql)
 - errors        OperatorError: one line on stderr, exit 2
 - config        every setting, declared once (name, type, default, help, env, flag), and loading
 - vocabulary    problem kinds, poll error reasons, remediation actions/outcomes, metric families
@@ -15,7 +17,8 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - families      metric families built from their declarations
 - handoff       Rendered, Page, Store: what a poll publishes and a scrape reads
 - web/          the HTTP server and the exporter-toolkit web config (TLS, basic auth, reload)
-- commands/     the one-shot commands: inspect, install_view, remediate
+- commands/     the one-shot commands: inspect, install_view, remediate, healthcheck,
+                check_config, assets
 - demo/         the zero-setup demo: embedded PostgreSQL, planted scenarios, the command
 - upstream/     shapes of what the CJ service writes (its outbox events)
 - finalizer/    remediation (imported only when asked for; see its own module map)
@@ -25,4 +28,14 @@ config, errors. Nothing in the core imports the finalizer except behind the reme
 and no module imports cli (tests/unit/test_architecture.py walks the import graph).
 """
 
+from importlib import metadata
+
 PROG = "cj-health-exporter"
+
+
+def version() -> str:
+    """The installed distribution's version (`--version`, the landing page, build_info)."""
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,6 +1,10 @@
 """`inspect BATCH`: everything the view knows about a batch, plus its outbox events.
 
 BATCH is a cj_batch_id or a bos_batch_id (which may have several CJ runs: all are shown).
+
+It reads the view like the poller, and the batch's outbox rows, which the polling role
+(cj_health_ro) may not read: people run it under a login granted cj_health_operator
+(sql/roles.sql). A missing grant is one line naming the grant, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
-from exporter import PROG
+from exporter import PROG, db
 from exporter.config import Settings
+from exporter.errors import OperatorError
 from exporter.service import connect
 from exporter.upstream import events as ev
 from exporter.vocabulary import PROBLEM_COLUMNS, PROBLEMS
@@ -23,6 +30,9 @@ _BATCHES = text(
     " OR (:key ~ '^[0-9]{1,9}$' AND cj_batch_id = CAST(:num AS integer))"
     " ORDER BY cj_batch_id"
 )
+# What _EVENTS reads of event_outbox (sql/roles.sql grants these columns to cj_health_operator).
+EVENT_COLUMNS = ("event_type", "aggregate_id", "event_data", "created_at", "published_at",
+                 "retry_count", "last_error")
 _EVENTS = text(
     "SELECT event_type, aggregate_id, created_at, published_at, retry_count, last_error"
     " FROM event_outbox WHERE (event_type = :completed"
@@ -38,6 +48,8 @@ def run(settings: Settings, key: str, as_json_output: bool) -> int:
     engine = connect(settings)
     try:
         found = find(engine, key)
+    except DBAPIError as exc:
+        raise OperatorError(_refused(exc)) from None
     finally:
         engine.dispose()
     if not found:
@@ -58,6 +70,16 @@ def find(engine: Engine, key: str) -> list[dict[str, Any]]:
             batch["outbox_events"] = [dict(r) for r in conn.execute(_EVENTS, params).mappings()]
             batch["problems"] = [p for p, column in PROBLEM_COLUMNS.items() if batch[column]]
     return batches
+
+
+def _refused(exc: DBAPIError) -> str:
+    if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege) and "event_outbox" in str(
+            exc.orig):
+        return (f"inspect lists the batch's outbox rows, which this role may not read "
+                f"({db.describe_error(exc)}): it needs SELECT ({', '.join(EVENT_COLUMNS)}) ON "
+                "event_outbox; cj_health_operator has it (sql/roles.sql): run inspect as a "
+                "login granted cj_health_operator")
+    return f"inspect failed: {db.explain(exc)}"
 
 
 def _plain(value: Any) -> Any:

@@ -5,30 +5,39 @@ makes the scheduler skip ticks (counted in cj_health_polls_skipped_total) instea
 queries. A failed poll keeps the previous snapshot and sets cj_health_up to 0; once no poll has
 succeeded for `stale_after` intervals the per-batch series are withdrawn, so nothing stale is
 served as fresh. The next good poll recovers without a restart.
+
+After a failed poll the next attempt comes sooner than the interval, with exponential backoff
+(RETRY_FIRST_SECONDS, doubling, with jitter so replicas do not retry in step, never more often
+than the interval would once it is reached): a database that comes back a second after a failed
+start is polled a second later, and a long outage costs one attempt per interval.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.core import Metric
 from sqlalchemy import Engine
 
 from exporter.collector import SelfStats, SnapshotCollector, idle_remediation_families, render
 from exporter.config import Settings
-from exporter.db import InFlight, describe_error, error_reason
+from exporter.db import InFlight, error_reason, explain
 from exporter.handoff import Page, Store
 from exporter.poll import query
 from exporter.poll.snapshot import Snapshot
 from exporter.vocabulary import POLL_ERROR_REASONS
 
 log = logging.getLogger(__name__)
+RETRY_FIRST_SECONDS = 1.0
 
 
 class Poller:
@@ -84,7 +93,7 @@ class Poller:
                 self._errors[reason] += 1
                 self._up = False
                 self._last_duration = time.monotonic() - started
-                self.last_error = f"{reason}: {describe_error(exc)}"
+                self.last_error = f"{reason}: {explain(exc)}"
                 self._failures_in_a_row += 1
                 failures = self._failures_in_a_row
             # One warning when an outage starts, then a reminder every 20 polls: a long outage
@@ -110,6 +119,15 @@ class Poller:
             self._skipped += 1
         log.warning("poll skipped: the previous poll is still running")
         self.publish()
+
+    def retry_delay(self) -> float | None:
+        """Seconds until the next attempt after a failed poll (None after a good one)."""
+        with self._lock:
+            failures = self._failures_in_a_row
+        if not failures:
+            return None
+        delay: float = RETRY_FIRST_SECONDS * 2.0 ** min(failures - 1, 30)
+        return min(delay * random.uniform(1.0, 1.2), self.settings.poll_interval_seconds)
 
     def is_stale(self) -> bool:
         snap = self.snapshot
@@ -137,8 +155,12 @@ class Poller:
             "up": stats.up,
             "stale": stats.stale,
             "last_success": _iso(stats.last_success),
+            "last_success_timestamp": stats.last_success,
+            "stale_after_seconds": self.settings.stale_after_seconds,
             "last_error": self.last_error,
-            "exported_batches": len(self.snapshot.batches) if self.snapshot else 0,
+            # what /metrics has: nothing per batch while stale
+            "exported_batches": len(self.snapshot.batches) if self.snapshot and not stats.stale
+            else 0,
             "poll_interval_seconds": self.settings.poll_interval_seconds,
         }
         return Page(rendered, status)
@@ -156,11 +178,23 @@ class PollScheduler:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.scheduler.add_listener(poller.count_skip, EVENT_JOB_MAX_INSTANCES)
         self.scheduler.add_job(
-            poller.poll_once, "interval", id="poll", name="poll",
+            self._poll_job, "interval", id="poll", name="poll",
             seconds=poller.settings.poll_interval_seconds,
             max_instances=1, coalesce=True, misfire_grace_time=None,
             next_run_time=datetime.now().astimezone(),
         )
+
+    def _poll_job(self) -> None:
+        self.poller.poll_once()
+        delay = self.poller.retry_delay()
+        if delay is None:
+            return
+        job = self.scheduler.get_job("poll")
+        retry_at = datetime.now().astimezone() + timedelta(seconds=delay)
+        if job is not None and job.next_run_time is not None and retry_at < job.next_run_time:
+            # The interval trigger continues from the retry: retry + interval, and so on.
+            with contextlib.suppress(JobLookupError):  # removed by a shutdown meanwhile
+                self.scheduler.modify_job("poll", next_run_time=retry_at)
 
     def add_interval_job(self, func: Callable[[], None], seconds: float, job_id: str) -> None:
         self.scheduler.add_job(

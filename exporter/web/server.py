@@ -1,4 +1,4 @@
-"""HTTP endpoint: /metrics serves pre-rendered bytes, / links to it, /healthz says we are alive.
+"""HTTP endpoint: /metrics serves pre-rendered bytes; the other pages are exporter.web.pages'.
 
 A scrape only copies the bytes the last poll rendered (content negotiation picks OpenMetrics or
 text 0.0.4, gzip or not), so it never touches the database and never renders. Every endpoint is
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from exporter.handoff import Store
 from exporter.web.negotiation import choose
-from exporter.web.pages import healthz, landing_page
+from exporter.web.pages import page as other_page
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class PeerRejected(ConnectionError):
 
 def make_handler(store: Store, authorize: Authorizer | None = None,
                  tls: TLSProvider | None = None,
-                 headers: HeadersProvider | None = None) -> type[BaseHTTPRequestHandler]:
+                 headers: HeadersProvider | None = None,
+                 telemetry_path: str = "/metrics") -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "cj-health-exporter"
         protocol_version = "HTTP/1.1"
@@ -94,16 +95,14 @@ def make_handler(store: Store, authorize: Authorizer | None = None,
                 return
             page = store.page
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == telemetry_path:
                 body, ctype, gz = choose(page.metrics, self.headers.get("Accept", ""),
                                          self.headers.get("Accept-Encoding", ""))
                 extra = {"Content-Encoding": "gzip", "Vary": "Accept, Accept-Encoding"} if gz \
                     else {"Vary": "Accept, Accept-Encoding"}
                 self._send(200, ctype, body, extra, head)
-            elif path == "/":
-                self._send(200, "text/html; charset=utf-8", landing_page(page.status), {}, head)
-            elif path == "/healthz":
-                self._send(200, "application/json", healthz(page.status), {}, head)
+            elif found := other_page(path, page.status, telemetry_path):
+                self._send(found[0], found[1], found[2], {}, head)
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n", {}, head)
 
@@ -167,9 +166,11 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, store: Store,
                  authorize: Authorizer | None = None, tls: TLSProvider | None = None,
-                 headers: HeadersProvider | None = None) -> None:
+                 headers: HeadersProvider | None = None,
+                 telemetry_path: str = "/metrics") -> None:
         server_class = _IPv6Server if ":" in host else _Server
-        self.httpd = server_class((host, port), make_handler(store, authorize, tls, headers))
+        self.httpd = server_class((host, port), make_handler(store, authorize, tls, headers,
+                                                             telemetry_path))
         self.httpd.tls = tls
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http",
