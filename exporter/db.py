@@ -149,6 +149,8 @@ def explain(exc: BaseException) -> str:
         return f"{text}: the role lacks that grant; {ROLES_HINT}"
     if isinstance(orig, psycopg.errors.UndefinedTable) and any(v in str(orig) for v in VIEWS):
         return f"{text}: run `cj-health-exporter install-view`"
+    if isinstance(orig, psycopg.errors.UndefinedTable):
+        return f"{text}: is the DSN's database the CJ Assessment Service's?"
     if isinstance(orig, psycopg.errors.UndefinedColumn | psycopg.errors.UndefinedFunction):
         return (f"{text}: the views do not match this exporter or the CJ schema; run "
                 "`cj-health-exporter install-view` and read its error")

@@ -65,12 +65,16 @@ FORMATTERS: dict[str, type[logging.Formatter]] = {"logfmt": LogfmtFormatter,
                                                    "json": JsonFormatter}
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so that a second setup() replaces it and leaves other handlers alone."""
+
+
 def setup(level: str, fmt: str = "logfmt", stream: TextIO | None = None) -> None:
-    """Route every logger to stderr in `fmt` at `level` (replacing earlier handlers)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Route every logger to stderr in `fmt` at `level` (replacing an earlier setup)."""
+    handler = _Handler(stream or sys.stderr)
     handler.setFormatter(FORMATTERS[fmt]())
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -58,14 +58,14 @@ def test_serve_endpoints(seeded_db: SeededDb) -> None:
         assert b"cj_health_build_info{" in http_get(f"{exp.url}/metrics")[2]
 
 
-def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
+def test_serve_with_fail_fast_refuses_a_database_without_the_views(pg_server: Server) -> None:
     admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text("DROP DATABASE IF EXISTS no_views"))
         conn.execute(text("CREATE DATABASE no_views"))
     admin.dispose()
     result = cli("serve", "--dsn", url_string(pg_server.url("no_views")),
-                 "--web.listen-address", "127.0.0.1:0")
+                 "--web.listen-address", "127.0.0.1:0", "--fail-fast")
     drop_database(pg_server, "no_views")
     assert result.returncode == 2
     assert "run `cj-health-exporter install-view`" in result.stderr

@@ -118,7 +118,7 @@ def test_password_never_leaks(password_postgres: EmbeddedPostgres, tmp_path: Pat
                 errors="replace"), f"/proc/PID/{name}")
     output = exp.output()
     assert "password authentication failed" in output, "the auth failures were not logged"
-    assert "DEBUG" in output  # the most talkative level was on
+    assert "level=debug" in output  # the most talkative level was on
     no_secret(output, "the log")
     for where, content in seen:
         no_secret(content, where)
@@ -137,7 +137,7 @@ def test_startup_errors_never_show_the_password(password_postgres: EmbeddedPostg
                  ["--dsn", "postgresql://cj_health_ro:" + ENCODED + "@/x?host=/nonexistent"]):
         result = subprocess.run(
             [sys.executable, "-m", "exporter", "serve", *args, "--web.listen-address", listen,
-             "--log-level", "debug"], capture_output=True, text=True, timeout=60)
+             "--log-level", "debug", "--fail-fast"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "***" in result.stderr or "cannot" in result.stderr
@@ -150,13 +150,19 @@ def test_settings_repr_hides_dsns() -> None:
     no_secret(repr(settings), "repr(Settings)")
 
 
-def test_dsn_file_beats_nothing_and_conflicts_with_dsn(tmp_path: Path) -> None:
-    """CJ_HEALTH_DSN_FILE plus a --dsn is refused rather than silently picking one."""
+def test_dsn_flag_beats_a_dsn_file_from_the_environment(tmp_path: Path) -> None:
+    """CJ_HEALTH_DSN_FILE plus a --dsn: the flag wins (README: flags win), as check-config
+    shows; both on one layer are refused rather than silently picking one."""
     path = tmp_path / "dsn"
     path.write_text("postgresql://u@h/d")
     result = subprocess.run(
-        [sys.executable, "-m", "exporter", "serve", "--dsn", "postgresql://u@h/d2"],
+        [sys.executable, "-m", "exporter", "check-config", "--dsn", "postgresql://u@h/d2"],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "CJ_HEALTH_DSN_FILE": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert "ok: dsn postgresql+psycopg://u@h/d2" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", "--dsn", "postgresql://u@h/d2",
+         "--dsn-file", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "either dsn or dsn_file" in result.stderr
