@@ -9,6 +9,7 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
+command -v shellcheck >/dev/null || missing+=(shellcheck)  # the initdb script is linted
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "need root (or: sudo apt-get install ${missing[*]})" >&2
