@@ -10,6 +10,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
 command -v shellcheck >/dev/null || missing+=(shellcheck)  # the initdb script is linted
+command -v jq >/dev/null || missing+=(jq)  # the runbooks pipe inspect --json into jq (wheel walk)
+command -v curl >/dev/null || missing+=(curl)  # ... and curl the exporter
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "need root (or: sudo apt-get install ${missing[*]})" >&2

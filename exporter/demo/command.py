@@ -3,8 +3,8 @@
 Nothing to set up: pgserver brings PostgreSQL, the reference CJ schema and the views are loaded,
 `scenarios.seed_demo` plants healthy, in-flight and broken batches, and the exporter serves them
 until Ctrl-C, after which the database is deleted. With `--remediation` the finalizer is on (not
-a dry run, both actions, a short min_wedged_seconds): its first cycle heals the wedged Batch 20
-and the batch stuck in SCORING, which the next poll shows healthy.
+a dry run, both actions, a short min_wedged_seconds): its first cycle heals the wedged batch
+planted like Batch 20 and the batch stuck in SCORING, which the next poll shows healthy.
 """
 
 from __future__ import annotations
