@@ -402,3 +402,4 @@ def test_serve_from_the_wheel_stops_cleanly(walk: Walk) -> None:
     assert walk.serve_log is not None
     log = walk.serve_log.read_text()
     assert "Traceback" not in log and "level=warning" not in log, log
+
