@@ -128,7 +128,10 @@ def _check_config_parser(sub: Any) -> None:
     check.add_argument("--connect", action="store_true",
                        help="also connect and check the views, the grants and, when "
                             "remediation is on, the write DSN and the audit table")
-    _setting_flags(check, config.declarations())
+    # serve's flags and the health check's: the write DSN comes from the file or the
+    # environment, as for serve
+    _setting_flags(check, (d for d in config.declarations()
+                           if not d.key.startswith("remediation.")))
     check.set_defaults(func=cmd_check_config)
 
 
