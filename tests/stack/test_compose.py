@@ -321,7 +321,8 @@ def test_dockerfile_builds_a_non_root_exporter_with_a_healthcheck() -> None:
     assert user not in ("root", "0") and not user.startswith("0:")
     assert instructions("EXPOSE") == [str(exporter_config.DEFAULT_PORT)]
     (healthcheck,) = instructions("HEALTHCHECK")
-    assert f"127.0.0.1:{exporter_config.DEFAULT_PORT}/healthz" in healthcheck
+    # the subcommand reads serve's settings and web config (tests/process/test_day_one.py)
+    assert json.loads(healthcheck.split("CMD", 1)[1]) == ["cj-health-exporter", "healthcheck"]
     assert json.loads(instructions("ENTRYPOINT")[0]) == ["cj-health-exporter"]
     assert any("pip wheel" in run or "pip install" in run for run in instructions("RUN"))
 
@@ -435,10 +436,10 @@ def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db
             # and the image's HEALTHCHECK command passes against it
             (healthcheck,) = instructions("HEALTHCHECK")
             command = json.loads(healthcheck.split("CMD", 1)[1])
-            assert command[0] == "python"
-            port = f":{exporter_config.DEFAULT_PORT}/"
-            probe = [sys.executable, *(a.replace(port, f":{exporter.port}/") for a in command[1:])]
-            assert subprocess.run(probe, timeout=10).returncode == 0
+            assert command[0] == "cj-health-exporter"
+            probe = [sys.executable, "-m", "exporter", *command[1:]]
+            listen = {"CJ_HEALTH_LISTEN_ADDRESS": f"127.0.0.1:{exporter.port}"}  # the env
+            assert subprocess.run(probe, timeout=10, env={**os.environ, **listen}).returncode == 0
         assert 'cj_batches_problem{problem="wedged"} 1.0' in metrics
         assert "cj_batch_problem{" in metrics
     finally:

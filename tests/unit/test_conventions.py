@@ -187,3 +187,24 @@ def test_landing_page_has_the_version_links_and_no_python_reprs() -> None:
         assert repr_ not in body, repr_
     assert ">none<" in body and ">15s<" in body
     assert pages.page("/nope", status(), "/metrics") is None
+
+
+def test_failed_polls_are_retried_with_backoff_up_to_the_interval() -> None:
+    """Nothing listens on port 1: each poll fails at once (connection refused)."""
+    from exporter import db
+    from exporter.config import Settings, parse_dsn
+    from exporter.poll.scheduler import Poller
+
+    settings = Settings(poll_interval_seconds=6.0, connect_timeout_seconds=2)
+    engine = db.make_engine(parse_dsn("postgresql://u@127.0.0.1:1/db"), 2)
+    poller = Poller(settings, engine)
+    assert poller.retry_delay() is None  # nothing failed yet
+    delays = []
+    for _ in range(5):
+        poller.poll_once()
+        delays.append(poller.retry_delay())
+    engine.dispose()
+    assert poller.stats().errors["connection"] == 5
+    low = [1.0, 2.0, 4.0, 6.0, 6.0]
+    for delay, bottom in zip(delays, low, strict=True):
+        assert delay is not None and bottom <= delay <= min(bottom * 1.2, 6.0), delays
