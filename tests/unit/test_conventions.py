@@ -208,3 +208,23 @@ def test_failed_polls_are_retried_with_backoff_up_to_the_interval() -> None:
     low = [1.0, 2.0, 4.0, 6.0, 6.0]
     for delay, bottom in zip(delays, low, strict=True):
         assert delay is not None and bottom <= delay <= min(bottom * 1.2, 6.0), delays
+
+
+def test_the_telemetry_path_moves_the_metrics_and_the_pages_stay() -> None:
+    from exporter.handoff import Page, Store
+    from exporter.web.server import MetricsServer
+    from tests.support.process import http_get
+
+    rendered = render(SnapshotCollector(None, stats()))
+    server = MetricsServer("127.0.0.1", 0, Store(Page(rendered, status())),
+                           telemetry_path="/probe/metrics")
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        code, _, body = http_get(f"{base}/probe/metrics")
+        assert code == 200 and body == rendered.text
+        assert http_get(f"{base}/metrics")[0] == 404
+        assert http_get(f"{base}/-/healthy")[0] == 200
+        assert b'href="/probe/metrics"' in http_get(f"{base}/")[2]
+    finally:
+        server.stop()
