@@ -31,14 +31,15 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from exporter.errors import OperatorError
 from exporter.vocabulary import ACTIONS
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ENV_PREFIX = "CJ_HEALTH_"
 # The one CJ_HEALTH_* variable that is not a setting: the default of --config, so that a
@@ -533,6 +534,11 @@ def resolve_dsn(dsn: str | None, dsn_file: str | None, what: str = "dsn") -> URL
 
 
 def parse_dsn(dsn: str, what: str = "dsn") -> URL:
+    # Imported here: SQLAlchemy takes most of a second to import, and `healthcheck` (a probe
+    # run every few seconds, often with a 1 s timeout) never needs it.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(dsn)
     except ArgumentError:

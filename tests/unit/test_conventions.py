@@ -228,3 +228,18 @@ def test_the_telemetry_path_moves_the_metrics_and_the_pages_stay() -> None:
         assert b'href="/probe/metrics"' in http_get(f"{base}/")[2]
     finally:
         server.stop()
+
+
+def test_the_healthcheck_stays_light() -> None:
+    """A probe runs every few seconds, often with a 1 s timeout: it must not import SQLAlchemy
+    (most of a second) or the finalizer's numpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from exporter import cli; from exporter.commands import healthcheck; "
+            "cli.build_parser(); print(sorted(m for m in ('sqlalchemy', 'numpy', 'psycopg') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
