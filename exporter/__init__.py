@@ -20,7 +20,7 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - commands/     the one-shot commands: inspect, install_view, remediate, healthcheck,
                 check_config, assets
 - demo/         the zero-setup demo: embedded PostgreSQL, planted scenarios, the command
-- upstream/     shapes of what the CJ service writes (its outbox events)
+- upstream/     what the CJ service writes (its outbox events) and its consumers' contracts
 - finalizer/    remediation (imported only when asked for; see its own module map)
 
 Dependencies point one way: cli -> service/commands/demo -> poll, web, collector -> vocabulary,
