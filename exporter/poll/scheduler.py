@@ -93,12 +93,14 @@ class Poller:
                 self._errors[reason] += 1
                 self._up = False
                 self._last_duration = time.monotonic() - started
-                self.last_error = f"{reason}: {explain(exc)}"
+                error = f"{reason}: {explain(exc)}"
+                changed, self.last_error = error != self.last_error, error
                 self._failures_in_a_row += 1
                 failures = self._failures_in_a_row
-            # One warning when an outage starts, then a reminder every 20 polls: a long outage
+            # One warning when an outage starts or its cause changes (the server went away,
+            # then the password was rotated), then a reminder every 20 polls: a long outage
             # must not bury the log, and cj_health_poll_errors_total has the exact count.
-            if failures == 1 or failures % 20 == 0:
+            if failures == 1 or changed or failures % 20 == 0:
                 log.warning("poll failed (%s), %d in a row", self.last_error, failures)
         else:
             with self._lock:

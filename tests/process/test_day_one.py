@@ -96,7 +96,8 @@ def test_serve_starts_on_a_closed_port_and_recovers_when_the_database_appears(
         assert exp.stop() == 0
     log = exp.output()
     assert "poll recovered after" in log and "Traceback" not in log
-    assert len(re.findall(r"poll failed", log)) == 1  # one warning when the outage starts
+    # one warning when the outage starts (and when its cause changes), not one per attempt
+    assert 1 <= len(re.findall(r"poll failed", log)) <= 2, log
 
 
 def test_serve_without_views_then_install_view_recovers(pg_server: Server) -> None:
