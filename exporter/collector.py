@@ -154,6 +154,16 @@ STANDARD = (ProcessCollector(registry=CollectorRegistry()),
             GCCollector(registry=CollectorRegistry()))
 
 
+class _Sampled(Collector):
+    """Metrics collected once, yielded again for every encoding of one render."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._metrics)
+
+
 def render(collector: Collector, standard: bool = True) -> Rendered:
     """Render both exposition formats and their gzip once; scrapes then only copy bytes.
 
@@ -162,8 +172,8 @@ def render(collector: Collector, standard: bool = True) -> Rendered:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     if standard:
-        for extra in STANDARD:
-            registry.register(extra)
+        # Sampled once: the text and OpenMetrics renderings must carry the same values.
+        registry.register(_Sampled([m for c in STANDARD for m in c.collect()]))
     text = generate_latest(registry)
     om = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
     return Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6))

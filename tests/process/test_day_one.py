@@ -23,12 +23,12 @@ from exporter import sqlfiles
 from exporter.demo import scenarios
 from exporter.demo.embedded import EmbeddedPostgres
 from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
+from tests.support.exposition import parse
 from tests.support.hardening import (
     Pki,
     apply_roles,
     drop_roles,
     make_pki,
-    metric,
     wait_until,
 )
 from tests.support.paths import ROOT
@@ -43,6 +43,10 @@ K8S_SERVICE_LINKS = {
     "CJ_HEALTH_EXPORTER_PORT_10124_TCP_PORT": "10124",
     "CJ_HEALTH_EXPORTER_PORT_10124_TCP_ADDR": "10.0.0.12",
 }
+
+
+def metric(body: bytes | str, name: str, **labels: str) -> float | None:
+    return parse(body).value(name, **labels)
 
 
 def cli(*args: str, env: dict[str, str] | None = None,
@@ -313,3 +317,18 @@ def test_remediate_finds_batches_like_inspect(remediation_db: object) -> None:
     no_write = cli("remediate", "--dsn", url, "--pause", "x")
     assert no_write.returncode == 2
     assert "--write-dsn, CJ_HEALTH_REMEDIATION_WRITE_DSN" in no_write.stderr
+
+
+def test_the_healthcheck_stays_light() -> None:
+    """A probe runs every few seconds, often with a 1 s timeout: it must not import SQLAlchemy
+    (most of a second) or the finalizer's numpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from exporter import cli; from exporter.commands import healthcheck; "
+            "cli.build_parser(); print(sorted(m for m in ('sqlalchemy', 'numpy', 'psycopg') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -45,7 +45,8 @@ from exporter import sqlfiles
 from exporter.demo import scenarios
 from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
 from exporter.vocabulary import PROBLEM_KINDS
-from tests.support.hardening import libpq_url, metric
+from tests.support.exposition import parse
+from tests.support.hardening import libpq_url
 from tests.support.paths import ALEMBIC_SCHEMA, ROOT
 from tests.support.process import free_port, http_get
 from tests.support.wheel import Venv, build_wheel, fresh_venv, wheel_files
@@ -69,6 +70,10 @@ SKIPPED = {
 # Pages whose alert is not a problem kind: the problem of the batch they are about.
 PAGE_PROBLEM = {"CJCompletionEventRunaway": "duplicate_completion",
                 "CJManyBatchesWedged": "wedged"}
+
+
+def metric(body: bytes | str, name: str, **labels: str) -> float | None:
+    return parse(body).value(name, **labels)
 
 
 @dataclass
