@@ -8,7 +8,7 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - errors        OperatorError: one line on stderr, exit 2
 - config        every setting, declared once (name, type, default, help, env, flag), and loading
 - vocabulary    problem kinds, poll error reasons, remediation actions/outcomes, metric families
-- service       run `serve`: logging, connect, poller, finalizer, HTTP server, signals
+- service       run `serve`: start whatever the database does, poller, finalizer, HTTP, signals
 - db            engines, read-only snapshots with server-side timeouts, error classification
 - sqlfiles      the project's SQL (views, indexes, reference schema) and how to install it
 - poll/         the poll core: watched (which batches), query (the SQL), snapshot (rows ->

@@ -4,6 +4,7 @@ dsn vs dsn_file, and errors that name every way to give a missing DSN."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,13 @@ SERVICE_LINKS = {
 
 
 def load(tmp_path: Path, yaml_text: str | None = None, env: dict[str, str] | None = None,
-         warnings: list[str] | None = None, **flags: object) -> config.Settings:
+         warnings: list[str] | None = None, flag_map: Mapping[str, object] | None = None,
+         **flags: object) -> config.Settings:
     path = None
     if yaml_text is not None:
         path = tmp_path / "cfg.yml"
         path.write_text(yaml_text)
-    return config.load(str(path) if path else None, env or {}, flags,
+    return config.load(str(path) if path else None, env or {}, {**(flag_map or {}), **flags},
                        warn=None if warnings is None else warnings.append)
 
 
@@ -84,7 +86,7 @@ def test_durations_in_the_file_the_environment_and_on_flags(tmp_path: Path) -> N
 def test_bad_durations_are_one_clear_line(tmp_path: Path, flags: dict[str, str],
                                           message: str) -> None:
     with pytest.raises(OperatorError) as info:
-        load(tmp_path, **flags)
+        load(tmp_path, flag_map=flags)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -140,7 +142,7 @@ def test_unknown_yaml_keys_stay_fatal(tmp_path: Path) -> None:
 def test_flags_win_for_dsn_and_dsn_file(tmp_path: Path, yaml_text: str | None,
                                         env: dict[str, str], flags: dict[str, str],
                                         dsn: str | None, dsn_file: str | None) -> None:
-    s = load(tmp_path, yaml_text, env, **flags)
+    s = load(tmp_path, yaml_text, env, flag_map=flags)
     assert (s.dsn, s.dsn_file) == (dsn, dsn_file)
 
 
