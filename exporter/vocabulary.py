@@ -254,6 +254,9 @@ STANDARD_FAMILIES: tuple[MetricFamily, ...] = (
     MetricFamily("python_gc_collections", COUNTER,
                  "Number of times this generation was collected", ("generation",)),
 )
+# Every family /metrics may carry: ours and the standard ones (tests compare expositions to it).
+EXPORTED_FAMILIES: Mapping[str, MetricFamily] = {
+    **FAMILIES, **{f.name: f for f in STANDARD_FAMILIES}}
 
 
 def family(name: str) -> MetricFamily:

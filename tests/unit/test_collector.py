@@ -28,11 +28,11 @@ from exporter.poll.scheduler import Poller
 from exporter.poll.snapshot import Snapshot, build_snapshot
 from exporter.vocabulary import (
     ACTIONS,
+    EXPORTED_FAMILIES,
     FAMILIES,
     OUTCOMES,
     POLL_ERROR_REASONS,
     PROBLEM_COLUMNS,
-    STANDARD_FAMILIES,
     exposed_name,
 )
 from tests.support.exposition import Exposition, parse
@@ -43,9 +43,8 @@ STATS = SelfStats(up=True, stale=False, last_success=NOW, last_duration=0.25, po
 OUTBOX = {"unpublished_events": 7, "failed_events": 3, "oldest_unpublished_age_seconds": 1500.0}
 # Families that come from the poll's snapshot (withdrawn when it is stale or missing).
 SNAPSHOT_FAMILIES = {name for name in FAMILIES if name.startswith(("cj_batch", "cj_outbox"))}
-# prometheus_client's process/platform/GC collectors, rendered with every snapshot.
-STANDARD = {f.name: f for f in STANDARD_FAMILIES}
-DECLARED = {**FAMILIES, **STANDARD}
+# ours and prometheus_client's process/platform/GC families, rendered with every snapshot
+DECLARED = EXPORTED_FAMILIES
 
 
 def a_snapshot(*rows: dict[str, object], max_batches: int = 100) -> Snapshot:
