@@ -28,13 +28,18 @@ config, errors. Nothing in the core imports the finalizer except behind the reme
 and no module imports cli (tests/unit/test_architecture.py walks the import graph).
 """
 
+import functools
 from importlib import metadata
 
 PROG = "cj-health-exporter"
 
 
+@functools.cache
 def version() -> str:
-    """The installed distribution's version (`--version`, the landing page, build_info)."""
+    """The installed distribution's version (`--version`, the landing page, build_info).
+
+    Read once: importlib.metadata opens the dist-info's METADATA file each time, and a render or
+    a page that needs a free file descriptor fails whenever clients hold them all."""
     try:
         return metadata.version(PROG)
     except metadata.PackageNotFoundError:

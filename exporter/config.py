@@ -139,7 +139,7 @@ class Settings:
     dsn_file: str | None = setting(None, "file holding the DSN (secrets)", flag="--dsn-file")
     listen_address: str = setting(f":{DEFAULT_PORT}", "HOST:PORT to serve on",
                                   flag="--web.listen-address")
-    telemetry_path: str = setting("/metrics", "path under which the metrics are served",
+    telemetry_path: str = setting("/metrics", "path under which to expose metrics",
                                   flag="--web.telemetry-path")
     poll_interval_seconds: float = setting(15.0, "time between polls", flag="--poll-interval",
                                            rule=POSITIVE)
@@ -486,10 +486,7 @@ def _validate(s: Settings) -> None:
     if s.lookback_seconds < s.recent_window_seconds:
         raise OperatorError("lookback_seconds must be at least recent_window_seconds")
     parse_listen_address(s.listen_address)
-    path = s.telemetry_path
-    if not path.startswith("/") or path in RESERVED_PATHS or "?" in path or " " in path:
-        raise OperatorError(f"telemetry_path must be a path like /metrics, other than "
-                            f"{', '.join(RESERVED_PATHS)}, got {path!r}")
+    check_telemetry_path(s.telemetry_path)
     for first, second in ALTERNATIVES:
         if _value(s, first) and _value(s, second):
             raise OperatorError(f"give either {first} or {second}, not both")
@@ -513,6 +510,14 @@ def _check_rule(d: Declaration, value: Any) -> None:
         if bad:
             raise OperatorError(f"{d.key} must be one of {', '.join(d.choices)}, "
                                 f"got {value!r}")
+
+
+def check_telemetry_path(path: str) -> str:
+    """--web.telemetry-path: an absolute path that is not one of the other pages."""
+    if not path.startswith("/") or path in RESERVED_PATHS or any(c in path for c in "?# "):
+        raise OperatorError(f"web.telemetry-path must be a path like /metrics, other than "
+                            f"{', '.join(RESERVED_PATHS)} (no query), got {path!r}")
+    return path
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

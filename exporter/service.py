@@ -3,7 +3,8 @@
 `serve` and `demo` both end up in `run()`: it wires a Poller (exporter.poll.scheduler), the
 finalizer when remediation is authorized (exporter.finalizer, imported only then: the core never
 needs numpy, scipy or choix), and the metrics server (exporter.web), then waits for SIGTERM or
-SIGINT and stops everything within SHUTDOWN_SECONDS.
+SIGINT and stops everything within SHUTDOWN_SECONDS. SIGHUP re-reads the web config and the
+read DSN file (docs/security.md, "Signals").
 
 `serve` starts whatever the database's state, as postgres_exporter does: what the operator gave
 must be usable (settings, DSN syntax and file, web config, the port), but a database that is
@@ -12,7 +13,7 @@ down, lacks the views or the grants is what `cj_health_up 0` and
 the poller retries (with backoff, exporter.poll.scheduler) until it works. A database outage
 during a rollout is then "poll failing", not a crash loop paging "exporter down".
 `fail_fast` (`--fail-fast`) restores the old behaviour: exit 2 at start unless the first
-connection and the views work.
+connection and the views work. Logging is set up by exporter.cli (exporter.logs).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from exporter import db
@@ -96,15 +100,17 @@ def serve(settings: Settings) -> int:
 
 
 def _exit_lingering(code: int) -> None:
-    """A job that ignored the cancel (say, a connect to a black-holed host) would make the
-    interpreter wait for its thread at exit. Every database change is one transaction, which
-    Postgres rolls back when the connection drops, so leaving now is safe."""
+    """A job that ignored the cancel (say, a connect to a black-holed host, or a finalizer
+    action inside its transaction) would make the interpreter wait for its thread at exit:
+    concurrent.futures joins its workers at exit even though APScheduler's are daemon threads
+    (SIGTERM inside a finalizer transaction once waited for the whole remediation cycle). Every
+    database change is one transaction, which Postgres rolls back when the connection drops, so
+    leaving now is safe; os._exit unwinds nothing, so no native code is interrupted mid-call."""
     end = time.monotonic() + 1.0
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
-    lingering = [t.name for t in threading.enumerate()
-                 if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    for thread in others:
+        thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
+    lingering = [t.name for t in others if t.is_alive()]
     if lingering:
         log.warning("exiting with %s still running", ", ".join(lingering))
         logging.shutdown()
@@ -133,7 +139,7 @@ def _server(settings: Settings, host: str, port: int, poller: Poller,
     try:
         return MetricsServer(
             host, port, poller.store,
-            authorize=security.authorize if security else None,
+            auth=security.basic_auth if security else None,
             tls=security if security and security.tls_enabled else None,
             headers=security.headers if security else None,
             telemetry_path=settings.telemetry_path)
@@ -142,9 +148,81 @@ def _server(settings: Settings, host: str, port: int, poller: Poller,
                             f"{exc.strerror}") from None
 
 
+class ReadDsn:
+    """The read DSN of a running exporter, re-read from `dsn_file` on SIGHUP.
+
+    New connections take their parameters from the DSN in use (a `do_connect` hook), so after a
+    reload the pool is emptied and the next poll connects with the new DSN, say a rotated
+    password; a poll running meanwhile finishes on its connection. A file that cannot be read
+    or parsed keeps the DSN in use (logged). A DSN given directly (`--dsn`) cannot change.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.url = engine.url
+        self._base = self._params(engine.url)  # what the engine's own URL contributes
+        self._current = self._base
+        event.listen(engine, "do_connect", self._on_connect)
+
+    def _params(self, url: URL) -> dict[str, Any]:
+        return dict(self.engine.dialect.create_connect_args(url)[1])
+
+    def _on_connect(self, dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        for key in self._base:
+            cparams.pop(key, None)
+        cparams.update(self._current)
+
+    def reload(self) -> None:
+        path = self.settings.dsn_file
+        if not path:
+            log.info("SIGHUP: the DSN was given directly, not in a file: nothing to re-read")
+            return
+        try:
+            url = resolve_dsn(None, path)
+        except OperatorError as exc:
+            log.error("SIGHUP: keeping the DSN in use: %s", exc)
+            return
+        if url == self.url:
+            log.info("SIGHUP: dsn_file %s unchanged", path)
+            return
+        self._current, self.url = self._params(url), url
+        self.engine.dispose()  # idle pooled connections close; the next poll reconnects
+        log.info("SIGHUP: read DSN reloaded from %s (%s)", path, redact(url))
+
+
+class Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; both are handled on the main thread."""
+
+    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._received: deque[int] = deque()
+        for sig in self.HANDLED:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._received.append(signum)  # only this here: the real work waits for the main loop
+        self._wake.set()
+
+    def wait(self, on_hangup: Callable[[], None]) -> None:
+        """Until SIGTERM or SIGINT; each SIGHUP meanwhile calls `on_hangup()`."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._received:
+                signum = self._received.popleft()
+                if signum != signal.SIGHUP:
+                    log.info("%s received", signal.Signals(signum).name)
+                    return
+                on_hangup()
+
+
 def run(settings: Settings, engine: Engine, host: str, port: int,
         security: WebSecurity | None = None, banner: str | None = None) -> int:
-    """Poll + HTTP until SIGTERM or SIGINT; returns once everything is stopped."""
+    """Poll + HTTP until SIGTERM or SIGINT (SIGHUP reloads); returns once everything stopped."""
+    signals = Signals()  # first: a signal during the start-up is handled, not fatal
     remediator = _start_remediator(settings)
     poller = _poller(settings, engine, remediator)
     try:
@@ -158,16 +236,15 @@ def run(settings: Settings, engine: Engine, host: str, port: int,
         remediator.on_cycle_done = poller.publish  # counters show up without waiting a poll
         scheduler.add_interval_job(remediator.tick, settings.remediation.interval_seconds,
                                    "remediation")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    dsn = ReadDsn(settings, engine)
     scheduler.start()
     server.start()
     _announce(settings, host, server.port, security, banner)
-    stop.wait()
+    signals.wait(lambda: _hangup(security, dsn))
     log.info("shutting down")
-    # Jobs first (no new poll starts, a running one is cancelled server-side), then HTTP, whose
-    # serve loop needs up to 0.5 s to notice.
+    # Jobs first (no new poll starts, a running one is cancelled server-side), then HTTP: it
+    # closes every connection and waits for a bcrypt check in progress (never killed inside
+    # bcrypt's native code, which aborted the process).
     if not scheduler.stop(timeout=SHUTDOWN_SECONDS - 1.5):
         log.warning("the running poll did not stop in time")
     server.stop()
@@ -175,6 +252,13 @@ def run(settings: Settings, engine: Engine, host: str, port: int,
         remediator.close()  # releases the leader lock: another replica takes over
     engine.dispose()
     return 0
+
+
+def _hangup(security: WebSecurity | None, dsn: ReadDsn) -> None:
+    log.info("SIGHUP: re-reading the web config and the DSN file")
+    if security is not None and not security.reload():
+        log.info("SIGHUP: web config %s unchanged or not usable", security.path)
+    dsn.reload()
 
 
 def _announce(settings: Settings, host: str, port: int, security: WebSecurity | None,

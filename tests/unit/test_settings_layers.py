@@ -177,7 +177,7 @@ def test_telemetry_path(tmp_path: Path, path: str, ok: bool) -> None:
     if ok:
         assert load(tmp_path, telemetry_path=path).telemetry_path == path
     else:
-        with pytest.raises(OperatorError, match="telemetry_path must be a path"):
+        with pytest.raises(OperatorError, match=r"web\.telemetry-path must be a path"):
             load(tmp_path, telemetry_path=path)
 
 
