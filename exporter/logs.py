@@ -22,7 +22,7 @@ from typing import TextIO
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@")
 _KEYWORD_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']+)")
 # Chatty libraries: their INFO lines are not for operators.
-QUIET = ("apscheduler", "pgserver")
+QUIET = ("pgserver",)
 
 
 def scrub(text: str) -> str:

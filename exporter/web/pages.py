@@ -6,8 +6,9 @@
   `status` is `ok`, `degraded` (the last poll failed, or none succeeded yet) or `stale`
   (no successful poll for `stale_after` intervals: per-batch series are withdrawn).
 - `/-/ready` is **readiness**: 200 while the exporter has a snapshot that is not
-  stale, 503 before the first good poll and while stale. Staleness is judged at request time,
-  so a poll that hangs cannot leave it saying ready.
+  stale, 503 before the first good poll and while stale. The poller's watchdog republishes the
+  page within a second of the snapshot turning stale, so a poll that hangs cannot leave it
+  saying ready.
 - `/` links to both and to the metrics, with the version and the poll status in words.
 
 Route table: `page()`; exporter.web.server serves what it returns.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,54 +29,49 @@ LIVENESS_PATHS = ("/healthz", "/-/healthy")
 READINESS_PATHS = ("/-/ready",)
 
 
-def page(path: str, status: Mapping[str, Any], telemetry_path: str,
-         now: float | None = None) -> tuple[int, str, bytes] | None:
+def page(path: str, status: Mapping[str, Any],
+         telemetry_path: str) -> tuple[int, str, bytes] | None:
     """(HTTP status, content type, body) of a page, or None for a path we do not serve."""
     if path == "/":
-        return 200, HTML, landing_page(status, telemetry_path, now)
+        return 200, HTML, landing_page(status, telemetry_path)
     if path in LIVENESS_PATHS:
-        return 200, JSON, healthz(status, now)
+        return 200, JSON, healthz(status)
     if path in READINESS_PATHS:
-        ready = is_ready(status, now)
-        body = json.dumps({"ready": ready, "status": health(status, now)}).encode()
+        ready = is_ready(status)
+        body = json.dumps({"ready": ready, "status": health(status)}).encode()
         return (200 if ready else 503), JSON, body
     return None
 
 
-def is_stale(status: Mapping[str, Any], now: float | None = None) -> bool:
-    last = status.get("last_success_timestamp")
-    if status.get("stale"):
-        return True
-    if last is None:
-        return False
-    age = (time.time() if now is None else now) - float(last)
-    return age > float(status["stale_after_seconds"])
+def is_stale(status: Mapping[str, Any]) -> bool:
+    """As the last page says: the poller's watchdog republishes the moment the snapshot turns
+    stale (monotonic clock), so no wall-clock arithmetic here, whose steps would hide or invent
+    staleness."""
+    return bool(status.get("stale"))
 
 
-def health(status: Mapping[str, Any], now: float | None = None) -> str:
-    if is_stale(status, now):
+def health(status: Mapping[str, Any]) -> str:
+    if is_stale(status):
         return "stale"
     return "ok" if status.get("up") else "degraded"
 
 
-def is_ready(status: Mapping[str, Any], now: float | None = None) -> bool:
-    return status.get("last_success_timestamp") is not None and not is_stale(status, now)
+def is_ready(status: Mapping[str, Any]) -> bool:
+    return status.get("last_success") is not None and not is_stale(status)
 
 
-def healthz(status: Mapping[str, Any], now: float | None = None) -> bytes:
-    public = {k: v for k, v in status.items()
-              if k not in ("last_success_timestamp", "stale_after_seconds")}
-    return json.dumps({**public, "status": health(status, now),
-                       "stale": is_stale(status, now), "version": version()}).encode()
+def healthz(status: Mapping[str, Any]) -> bytes:
+    return json.dumps({**status, "status": health(status),
+                       "stale": is_stale(status), "version": version()}).encode()
 
 
-def _words(status: Mapping[str, Any], now: float | None) -> list[tuple[str, str]]:
+def _words(status: Mapping[str, Any]) -> list[tuple[str, str]]:
     interval = status.get("poll_interval_seconds")
     return [
-        ("status", health(status, now)),
+        ("status", health(status)),
         ("last poll", "succeeded" if status.get("up") else "failed or not done yet"),
-        ("snapshot", "stale: per-batch series withdrawn" if is_stale(status, now)
-         else "fresh" if status.get("last_success_timestamp") is not None else "none yet"),
+        ("snapshot", "stale: per-batch series withdrawn" if is_stale(status)
+         else "fresh" if status.get("last_success") is not None else "none yet"),
         ("last success", status.get("last_success") or "never"),
         ("last error", status.get("last_error") or "none"),
         ("exported batches", str(status.get("exported_batches", 0))),
@@ -85,10 +80,9 @@ def _words(status: Mapping[str, Any], now: float | None) -> list[tuple[str, str]
     ]
 
 
-def landing_page(status: Mapping[str, Any], telemetry_path: str = "/metrics",
-                 now: float | None = None) -> bytes:
+def landing_page(status: Mapping[str, Any], telemetry_path: str = "/metrics") -> bytes:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                   for k, v in _words(status, now))
+                   for k, v in _words(status))
     metrics = html.escape(telemetry_path, quote=True)
     return (
         f"<!doctype html><html><head><title>{PROG}</title></head><body>"
