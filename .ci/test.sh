@@ -12,6 +12,9 @@ command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their cert
 # PostgreSQL 15 (upstream's version) next to pgserver's 16: the hostile-JSON property test runs
 # on both (tests/support/debian_postgres.py); only the binaries are used, no cluster is started.
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
+command -v shellcheck >/dev/null || missing+=(shellcheck)  # the initdb script is linted
+command -v jq >/dev/null || missing+=(jq)  # the runbooks pipe inspect --json into jq (wheel walk)
+command -v curl >/dev/null || missing+=(curl)  # ... and curl the exporter
 command -v npm >/dev/null || missing+=(nodejs npm)   # tsc and the schema packages of .ci/node
 # tests/process/test_pgbouncer.py (fails, never skips, without it); /usr/sbin is not on every PATH
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)

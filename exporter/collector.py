@@ -11,13 +11,19 @@ import gzip
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from exporter import version
 from exporter.families import Family, new
 from exporter.handoff import Rendered
 from exporter.poll.snapshot import BatchRow, Snapshot
@@ -167,30 +173,38 @@ def self_families(snap: Snapshot | None, stats: SelfStats) -> Iterator[Metric]:
         yield new("cj_health_malformed_rows", snap.malformed_rows)
     yield new("cj_health_remediation_enabled", int(stats.remediation_enabled))
     info = new("cj_health_build_info")
-    info.add_metric([_version(), platform.python_version()], 1)
+    info.add_metric([version(), platform.python_version()], 1)
     yield info
 
 
-def _read_version() -> str:
-    try:
-        return metadata.version("cj-health-exporter")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+# vocabulary.STANDARD_COLLECTORS, built once (they hold no state of ours) and rendered with
+# every snapshot. Each registers itself in the registry it is given: a throwaway one, so that
+# they stay out of prometheus_client's global registry.
+STANDARD = (ProcessCollector(registry=CollectorRegistry()),
+            PlatformCollector(registry=CollectorRegistry()),
+            GCCollector(registry=CollectorRegistry()))
 
 
-# Read once, at import: importlib.metadata opens the dist-info's METADATA file each time, and a
-# render that needs a free file descriptor fails whenever clients hold them all.
-_VERSION = _read_version()
+class _Sampled(Collector):
+    """Metrics collected once, yielded again for every encoding of one render."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._metrics)
 
 
-def _version() -> str:
-    return _VERSION
+def render(collector: Collector, standard: bool = True) -> Rendered:
+    """Render both exposition formats and their gzip once; scrapes then only copy bytes.
 
-
-def render(collector: Collector) -> Rendered:
-    """Render both exposition formats and their gzip once; scrapes then only copy bytes."""
+    standard: add process_*, python_info and python_gc_* (vocabulary.STANDARD_FAMILIES).
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    if standard:
+        # Sampled once: the text and OpenMetrics renderings must carry the same values.
+        registry.register(_Sampled([m for c in STANDARD for m in c.collect()]))
     text = generate_latest(registry)
     om = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
     return Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6))

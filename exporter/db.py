@@ -168,6 +168,28 @@ class InFlight:
         return len(conns)
 
 
+VIEWS = ("cj_batch_health", "cj_outbox_health")
+ROLES_HINT = ("grant it with sql/roles.sql, run as the tables' owner (`cj-health-exporter assets"
+              " roles.sql` prints where the file is)")
+
+
+def explain(exc: BaseException) -> str:
+    """describe_error() plus what to do about it, when the error says: a missing grant is
+    reported as a missing grant, a missing view as a missing view."""
+    text = describe_error(exc)
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, psycopg.errors.InsufficientPrivilege):
+        return f"{text}: the role lacks that grant; {ROLES_HINT}"
+    if isinstance(orig, psycopg.errors.UndefinedTable) and any(v in str(orig) for v in VIEWS):
+        return f"{text}: run `cj-health-exporter install-view`"
+    if isinstance(orig, psycopg.errors.UndefinedTable):
+        return f"{text}: is the DSN's database the CJ Assessment Service's?"
+    if isinstance(orig, psycopg.errors.UndefinedColumn | psycopg.errors.UndefinedFunction):
+        return (f"{text}: the views do not match this exporter or the CJ schema; run "
+                "`cj-health-exporter install-view` and read its error")
+    return text
+
+
 def check_connection(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))

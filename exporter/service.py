@@ -1,10 +1,19 @@
-"""Running the exporter: logging, the database, the poller, the finalizer, HTTP and signals.
+"""Running the exporter: the database, the poller, the finalizer, HTTP and signals.
 
 `serve` and `demo` both end up in `run()`: it wires a Poller (exporter.poll.scheduler), the
 finalizer when remediation is authorized (exporter.finalizer, imported only then: the core never
 needs numpy, scipy or choix), and the metrics server (exporter.web), then waits for SIGTERM or
 SIGINT and stops everything within SHUTDOWN_SECONDS. SIGHUP re-reads the web config and the
 read DSN file (docs/security.md, "Signals").
+
+`serve` starts whatever the database's state, as postgres_exporter does: what the operator gave
+must be usable (settings, DSN syntax and file, web config, the port), but a database that is
+down, lacks the views or the grants is what `cj_health_up 0` and
+`cj_health_poll_errors_total{reason}` report, with the reason in the log and on /healthz, and
+the poller retries (with backoff, exporter.poll.scheduler) until it works. A database outage
+during a rollout is then "poll failing", not a crash loop paging "exporter down".
+`fail_fast` (`--fail-fast`) restores the old behaviour: exit 2 at start unless the first
+connection and the views work. Logging is set up by exporter.cli (exporter.logs).
 """
 
 from __future__ import annotations
@@ -12,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -23,8 +31,14 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from exporter import PROG, db
-from exporter.config import Settings, parse_listen_address, redact, resolve_dsn
+from exporter import db
+from exporter.config import (
+    Settings,
+    format_duration,
+    parse_listen_address,
+    redact,
+    resolve_dsn,
+)
 from exporter.errors import OperatorError
 from exporter.poll.scheduler import Poller, PollScheduler
 from exporter.web.reload import WebSecurity
@@ -39,42 +53,47 @@ log = logging.getLogger("exporter")
 SHUTDOWN_SECONDS = 4.0
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def open_engine(settings: Settings) -> Engine:
+    """Engine for the read DSN, without connecting: OperatorError only for a DSN that cannot
+    be used at all (none given, unreadable file, not a postgresql:// URL)."""
+    url = resolve_dsn(settings.dsn, settings.dsn_file)
+    return db.make_engine(url, settings.connect_timeout_seconds)
 
 
 def connect(settings: Settings, check_view: bool = True) -> Engine:
-    """Engine for the read DSN; OperatorError (exit 2) when it cannot be used at all."""
-    url = resolve_dsn(settings.dsn, settings.dsn_file)
-    engine = db.make_engine(url, settings.connect_timeout_seconds)
+    """Engine for the read DSN, connected once; OperatorError (exit 2) when it cannot be used:
+    unreachable, or (check_view) the views missing or not granted to the role."""
+    engine = open_engine(settings)
+    url = engine.url
     try:
         db.check_connection(engine)
     except DBAPIError as exc:
+        engine.dispose()
         raise OperatorError(f"cannot connect to {redact(url)}: "
                             f"{db.describe_error(exc)}") from None
     if check_view:
-        _check_view(engine, url)
+        try:
+            check_views(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise OperatorError(f"cannot read the views in {redact(url)}: "
+                                f"{db.explain(exc)}") from None
     return engine
 
 
-def _check_view(engine: Engine, url: URL) -> None:
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1 FROM cj_batch_health LIMIT 0"))
-            conn.execute(text("SELECT 1 FROM cj_outbox_health LIMIT 0"))
-    except DBAPIError as exc:
-        raise OperatorError(f"the views are missing or broken in {redact(url)} "
-                            f"({db.describe_error(exc)}): run `{PROG} install-view`") from None
+def check_views(engine: Engine) -> None:
+    """What a poll needs first: both views readable (DBAPIError otherwise)."""
+    with engine.connect() as conn:
+        for view in db.VIEWS:
+            conn.execute(text(f"SELECT 1 FROM {view} LIMIT 0"))
 
 
 def serve(settings: Settings) -> int:
-    """The `serve` command: validate, connect, run until a signal, then exit promptly."""
-    setup_logging(settings.log_level)
+    """The `serve` command: validate, run until a signal, then exit promptly."""
     host, port = parse_listen_address(settings.listen_address)
-    # Before connecting: a broken web config is an operator error like a bad setting.
+    # Before anything runs: a broken web config is an operator error like a bad setting.
     security = WebSecurity(settings.web_config_file) if settings.web_config_file else None
-    engine = connect(settings)
+    engine = connect(settings) if settings.fail_fast else open_engine(settings)
     code = run(settings, engine, host, port, security=security)
     _exit_lingering(code)
     return code
@@ -249,7 +268,7 @@ def _announce(settings: Settings, host: str, port: int, security: WebSecurity | 
         log.info("web config %s: %s", settings.web_config_file, security.describe())
         if security.auth_enabled and not security.tls_enabled:
             log.warning("basic auth without TLS: passwords cross the network in clear text")
-    log.info("serving %s (poll every %ss)", url, settings.poll_interval_seconds)
+    log.info("serving %s (poll every %s)", url, format_duration(settings.poll_interval_seconds))
     if banner:
         print(banner.format(url=url), flush=True)
 

@@ -120,7 +120,7 @@ def install_indexes(engine: Engine) -> list[str]:
         with _autocommit(engine) as conn:
             valid = _index_valid(conn, name)
         if valid:
-            done.append(f"index {name} present")
+            done.append(f"index {name} already present")
             continue
         if valid is False:
             _drop_index(engine, name)

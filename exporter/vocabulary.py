@@ -4,9 +4,10 @@ actions and outcomes, and every metric family it exports (name, type, help, labe
 Everything else reads these declarations: the collector may only build families declared here
 (`family()` raises for an unknown name, as postgres_exporter refuses a collector whose name is
 not declared), `inspect` explains problems with `ProblemKind.explanation`, the alert generator
-and the dashboards iterate `PROBLEM_KINDS`, the bench seed and the demo scenarios name problems
-by their labels, and a test compares docs/metrics.md with these declarations and with a real
-`/metrics`. No other module of the package is imported here, so anything may import it.
+and the dashboards iterate `PROBLEM_KINDS`, the standard process/platform/GC families of
+prometheus_client are listed in `STANDARD_FAMILIES`, the bench seed and the demo scenarios name
+problems by their labels, and a test compares docs/metrics.md with these declarations and with a
+real `/metrics`. No other module of the package is imported here, so anything may import it.
 """
 
 from __future__ import annotations
@@ -342,6 +343,35 @@ _FAMILIES: tuple[MetricFamily, ...] = (
                  "Unix time of the last remediation cycle."),
 )
 FAMILIES: Mapping[str, MetricFamily] = {f.name: f for f in _FAMILIES}
+
+# prometheus_client's standard collectors, exported beside the families above as every Python
+# exporter exports them (restarts: process_start_time_seconds; memory, CPU, file descriptors;
+# the interpreter). Their names, types and help text are the client library's, not ours, so
+# they are listed here rather than built through `families.new()`; a test holds this list to
+# what the library renders, and docs/metrics.md lists them. Like everything on /metrics they
+# are sampled when a poll renders (exporter.collector), not per scrape.
+STANDARD_COLLECTORS = ("process", "platform", "gc")
+STANDARD_FAMILIES: tuple[MetricFamily, ...] = (
+    MetricFamily("process_virtual_memory_bytes", GAUGE, "Virtual memory size in bytes."),
+    MetricFamily("process_resident_memory_bytes", GAUGE, "Resident memory size in bytes."),
+    MetricFamily("process_start_time_seconds", GAUGE,
+                 "Start time of the process since unix epoch in seconds."),
+    MetricFamily("process_cpu_seconds", COUNTER, "Total user and system CPU time spent in"
+                 " seconds."),
+    MetricFamily("process_open_fds", GAUGE, "Number of open file descriptors."),
+    MetricFamily("process_max_fds", GAUGE, "Maximum number of open file descriptors."),
+    MetricFamily("python_info", GAUGE, "Python platform information",
+                 ("implementation", "major", "minor", "patchlevel", "version")),
+    MetricFamily("python_gc_objects_collected", COUNTER, "Objects collected during gc",
+                 ("generation",)),
+    MetricFamily("python_gc_objects_uncollectable", COUNTER,
+                 "Uncollectable objects found during GC", ("generation",)),
+    MetricFamily("python_gc_collections", COUNTER,
+                 "Number of times this generation was collected", ("generation",)),
+)
+# Every family /metrics may carry: ours and the standard ones (tests compare expositions to it).
+EXPORTED_FAMILIES: Mapping[str, MetricFamily] = {
+    **FAMILIES, **{f.name: f for f in STANDARD_FAMILIES}}
 
 
 def family(name: str) -> MetricFamily:

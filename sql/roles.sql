@@ -1,9 +1,11 @@
 -- cj-health-exporter: least-privilege roles for a CJ database. Run with psql as a role that may
--- create roles and grant on the CJ tables (the owner of the tables, or a superuser), in the CJ
--- database, AFTER `cj-health-exporter install-view` (and `install-view --remediation` if the
--- finalizer is used):
+-- create roles AND grant on the CJ tables (a superuser, or the tables' owner if it has
+-- CREATEROLE), in the CJ database, AFTER `cj-health-exporter install-view` (and
+-- `install-view --remediation` if the finalizer is used). The file ships in the wheel:
+-- `cj-health-exporter assets roles.sql` prints where it is.
 --
---   psql "postgresql://admin@cj-db/huleedu_cj_assessment" -v ON_ERROR_STOP=1 -f sql/roles.sql
+--   psql "postgresql://admin@cj-db/huleedu_cj_assessment" -v ON_ERROR_STOP=1 \
+--       -f "$(cj-health-exporter assets roles.sql)"
 --
 -- It is idempotent and authoritative: every run first revokes what these roles hold on the
 -- schema's tables, then grants exactly what is below. Re-run it after every upgrade of the
@@ -18,9 +20,12 @@
 --                                  batch needs; UPDATEs only the columns upstream's
 --                                  finalize_scoring changes; INSERTs grade projections, outbox
 --                                  events and audit rows. No DELETE, no TRUNCATE, no DDL anywhere.
---   op_role  cj_health_operator    NOLOGIN, for people: grant it to a person's own login role.
---                                  Polling and finalizer rights, `inspect`'s outbox columns,
---                                  and the pause switch (`remediate --pause/--resume`).
+--   op_role  cj_health_operator    NOLOGIN, for people: grant it to a person's own login role
+--                                  (GRANT cj_health_operator TO alice). Polling and finalizer
+--                                  rights, what `inspect` and the runbooks' SQL read
+--                                  (docs/runbooks/), and the pause switch
+--                                  (`remediate --pause/--resume`). Still never an essay text,
+--                                  an LLM prompt, a justification or a raw LLM response.
 --
 -- Passwords never live in this file. Either set one afterwards with psql's \password (it sends
 -- only a SCRAM verifier, so the server log never sees the password), or pass a variable, ideally
@@ -183,11 +188,22 @@ GRANT SELECT ON cj_health_remediations TO :"op_role";
 \endif
 
 -- ---------------------------------------------------------------------------------------------
--- People (cj_health_operator): `inspect` lists a batch's outbox rows, and may run the manual
--- `remediate` with the finalizer's rights. Membership is granted without ADMIN OPTION.
+-- People (cj_health_operator): `inspect` lists a batch's outbox rows, the runbooks' SQL reads
+-- the columns below (a test runs every statement of docs/runbooks/ under this role), and the
+-- manual `remediate` runs with the finalizer's rights. Membership is granted without ADMIN
+-- OPTION.
 -- ---------------------------------------------------------------------------------------------
 GRANT :"ro_role", :"rw_role" TO :"op_role";
-GRANT SELECT (event_type, aggregate_id, event_data, created_at, published_at, retry_count,
-              last_error) ON event_outbox TO :"op_role";
+GRANT SELECT (id, event_type, aggregate_type, aggregate_id, event_data, created_at,
+              published_at, retry_count, last_error) ON event_outbox TO :"op_role";
+-- The state row's counters and notes: the monitor's failed_reason / forced_to_scoring, the
+-- budget, the batching mode, and the request the batch was started with (its assignment
+-- settings; it may carry the assignment prompt and rubric as the request did).
+GRANT SELECT (total_comparisons, processing_metadata) ON cj_batch_states TO :"op_role";
+-- Scores of the failed run (CJBatchStuckScoring, CJBatchCompletedWithoutProjections).
+GRANT SELECT (current_bt_score) ON cj_processed_essays TO :"op_role";
+-- When open comparisons were sent and how answered ones failed; never the prompt, the
+-- justification or the raw response.
+GRANT SELECT (submitted_at, error_code) ON cj_comparison_pairs TO :"op_role";
 
 COMMIT;

@@ -6,6 +6,10 @@ the view's facts and problems it shows what the CJ service's own diagnostics scr
 iteration, LLM batching mode, config overrides, comparison budget), and the outbox events per
 type with the run each names (`cj_assessment_job_id`, `processing_id`), so a charge of another
 run of the BOS batch is told from a second charge of this one.
+
+It reads the view like the poller, and the batch's outbox rows, which the polling role
+(cj_health_ro) may not read: people run it under a login granted cj_health_operator
+(sql/roles.sql). A missing grant is one line naming the grant, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
-from exporter import PROG
+from exporter import PROG, db
 from exporter.config import Settings
+from exporter.errors import OperatorError
 from exporter.service import connect
 from exporter.upstream import events as ev
 from exporter.vocabulary import (
@@ -37,6 +44,9 @@ _BATCHES = text(
 # The run's completion and result events and every charge of its BOS batch. Documents are read
 # through cj_health_json (sql/views/cj_health_json.sql): one that ->/->> cannot read is listed
 # as unreadable instead of failing the command.
+# What _EVENTS reads of event_outbox (sql/roles.sql grants these columns to cj_health_operator).
+EVENT_COLUMNS = ("event_type", "aggregate_id", "event_data", "created_at", "published_at",
+                 "retry_count", "last_error")
 _EVENTS = text(
     "SELECT d.event_type, d.aggregate_id, d.created_at, d.published_at, d.retry_count,"
     " d.last_error, d.doc -> 'data' ->> 'cj_assessment_job_id' AS cj_assessment_job_id,"
@@ -60,6 +70,8 @@ def run(settings: Settings, key: str, as_json_output: bool) -> int:
     engine = connect(settings)
     try:
         found = find(engine, key)
+    except DBAPIError as exc:
+        raise OperatorError(_refused(exc)) from None
     finally:
         engine.dispose()
     if not found:
@@ -84,6 +96,14 @@ def _events(conn: Connection, batch: dict[str, Any]) -> list[dict[str, Any]]:
               "completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
               "resource": ev.RESOURCE_EVENT}
     return [dict(r) for r in conn.execute(_EVENTS, params).mappings()]
+def _refused(exc: DBAPIError) -> str:
+    if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege) and "event_outbox" in str(
+            exc.orig):
+        return (f"inspect lists the batch's outbox rows, which this role may not read "
+                f"({db.describe_error(exc)}): it needs SELECT ({', '.join(EVENT_COLUMNS)}) ON "
+                "event_outbox; cj_health_operator has it (sql/roles.sql): run inspect as a "
+                "login granted cj_health_operator")
+    return f"inspect failed: {db.explain(exc)}"
 
 
 def _plain(value: Any) -> Any:

@@ -11,11 +11,10 @@ from sqlalchemy.exc import DBAPIError
 from exporter import db, sqlfiles
 from exporter.config import Settings
 from exporter.errors import OperatorError
-from exporter.service import connect, setup_logging
+from exporter.service import connect
 
 
 def run(settings: Settings, *, indexes: bool, remediation: bool) -> int:
-    setup_logging(settings.log_level)
     engine = connect(settings, check_view=False)
     try:
         with engine.begin() as conn:
@@ -42,7 +41,16 @@ def run(settings: Settings, *, indexes: bool, remediation: bool) -> int:
     except sqlfiles.IndexBuildFailed as exc:
         raise OperatorError(f"install-view failed: {exc}") from None
     except (DBAPIError, psycopg.Error) as exc:  # scripts run on the driver's own cursor
-        raise OperatorError(f"install-view failed: {db.describe_error(exc)}") from None
+        raise OperatorError(f"install-view failed: {_explain(exc)}") from None
     finally:
         engine.dispose()
     return 0
+
+
+def _explain(exc: BaseException) -> str:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, psycopg.errors.ReadOnlySqlTransaction
+                  | psycopg.errors.InsufficientPrivilege):
+        return (f"{db.describe_error(exc)}: run install-view as a role that may create views "
+                "and indexes on the CJ tables (their owner), not as cj_health_ro")
+    return db.describe_error(exc)

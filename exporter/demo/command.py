@@ -3,21 +3,25 @@
 Nothing to set up: pgserver brings PostgreSQL, the reference CJ schema and the views are loaded,
 `scenarios.seed_demo` plants healthy, in-flight and broken batches, and the exporter serves them
 until Ctrl-C, after which the database is deleted. With `--remediation` the finalizer is on (not
-a dry run, both actions, a short min_wedged_seconds): its first cycle heals the wedged Batch 20
-and the batch stuck in SCORING, which the next poll shows healthy.
+a dry run, both actions, a short min_wedged_seconds): its first cycle heals the wedged batch
+planted like Batch 20 and the batch stuck in SCORING, which the next poll shows healthy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+import os
+import shlex
+import socket
+import sys
 
 from sqlalchemy import text
 
-from exporter import config, db, service, sqlfiles
+from exporter import PROG, config, db, service, sqlfiles
 from exporter.config import RemediationSettings, Settings
 from exporter.demo import scenarios
 from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
+from exporter.errors import OperatorError
 from exporter.vocabulary import ACTIONS
 
 DATABASE = "cj_demo"
@@ -62,26 +66,48 @@ def demo_remediation(dsn: str, poll_interval: float) -> RemediationSettings:
                                replica_id="demo")
 
 
-def run(listen_address: str, poll_interval: float, log_level: str,
-        remediation: bool = False) -> int:
-    host, port = config.parse_listen_address(listen_address)
-    service.setup_logging(log_level)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # initdb chatter is not for users
+def _check_port(host: str, port: int, address: str) -> None:
+    """Fail before the seconds of starting and seeding PostgreSQL, not after them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OperatorError(f"cannot listen on {address}: {exc.strerror}") from None
+
+
+def self_command() -> str:
+    """How to run this program again from a shell: the path it was started by (a venv's bin/
+    need not be on PATH), or `python -m exporter`."""
+    if os.path.basename(sys.argv[0]) == PROG:
+        return shlex.quote(os.path.abspath(sys.argv[0]))
+    return f"{shlex.quote(sys.executable)} -m exporter"
+
+
+def run(settings: Settings, remediation: bool = False) -> int:
+    """The `demo` command: `settings` holds the listen address, poll interval and logging."""
+    host, port = config.parse_listen_address(settings.listen_address)
+    _check_port(host, port, settings.listen_address)
     runtime_dir_env()
     pg = EmbeddedPostgres()
     try:
         planted = prepare(pg, remediation)
         print(summary(planted), flush=True)
         dsn = pg.url(DATABASE).render_as_string(hide_password=False)
-        settings = Settings(dsn=dsn, listen_address=listen_address,
-                            poll_interval_seconds=poll_interval, log_level=log_level)
+        settings = dataclasses.replace(settings, dsn=dsn)
         if remediation:
             settings = dataclasses.replace(
-                settings, remediation=demo_remediation(dsn, poll_interval))
+                settings, remediation=demo_remediation(dsn, settings.poll_interval_seconds))
         engine = db.make_engine(pg.url(DATABASE), settings.connect_timeout_seconds)
-        banner = ("cj-health-exporter demo: metrics at {url}\n"
-                  f"inspect a batch: cj-health-exporter inspect ID --dsn '{settings.dsn}'\n"
-                  "Ctrl-C stops the demo and deletes its database.")
+        me = self_command()
+        banner = (f"{PROG} demo: metrics at {{url}}\n"
+                  "landing page /, liveness /healthz, readiness /-/ready on the same port\n"
+                  f"inspect a batch (problems explained): {me} inspect ID --dsn "
+                  f"{shlex.quote(settings.dsn or '')}\n"
+                  + ("" if remediation else
+                     f"to watch the finalizer heal the wedged batches: {me} demo --remediation\n")
+                  + "Ctrl-C stops the demo and deletes its database.")
         return service.run(settings, engine, host, port, banner=banner)
     finally:
         pg.close()

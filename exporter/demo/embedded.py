@@ -41,11 +41,13 @@ class EmbeddedPostgres:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
                user=self._server.system_user)
 
-    def start_server(self) -> None:
-        """Start it again on the same socket (tests: the database comes back)."""
+    def start_server(self, tcp_port: int | None = None) -> None:
+        """Start it again on the same socket (tests: the database comes back); with tcp_port
+        also on 127.0.0.1:tcp_port (tests: a database appears where nothing listened)."""
         from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
-        pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l",
+        listen = f"-h 127.0.0.1 -p {tcp_port}" if tcp_port else '-h ""'
+        pg_ctl(["-w", "-o", listen, "-o", f"-k {self.socket_dir}", "-l",
                 str(self.data_dir / "log"), "start"],
                pgdata=self.data_dir, user=self._server.system_user, timeout=20)
 

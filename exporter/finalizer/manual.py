@@ -114,5 +114,19 @@ def _print(result: Result, out: Callable[[str], None]) -> None:
     for step in detail.pop("plan", []):
         out(f"  - {step}")
     for key, value in detail.items():
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-        out(f"  {key}: {shown}")
+        out(f"  {key}: {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A detail value for people: no Python reprs (True, None, {...}, [])."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_shown(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) or "none"
+    return str(value)

@@ -10,11 +10,17 @@ without a restart.
 Staleness is measured on the monotonic clock from the last good poll, and a watchdog republishes
 the page the moment it turns stale: a poll that hangs publishes nothing, and a step of the wall
 clock (either way) must neither hide staleness nor invent it.
+
+After a failed poll the next attempt comes sooner than the interval, with exponential backoff
+(RETRY_FIRST_SECONDS, doubling, with jitter so replicas do not retry in step, never more often
+than the interval would once it is reached): a database that comes back a second after a failed
+start is polled a second later, and a long outage costs one attempt per interval.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +31,7 @@ from sqlalchemy import Engine
 
 from exporter.collector import SelfStats, SnapshotCollector, idle_remediation_families, render
 from exporter.config import Settings
-from exporter.db import InFlight, describe_error, error_reason
+from exporter.db import InFlight, error_reason, explain
 from exporter.handoff import Page, Store
 from exporter.poll import query
 from exporter.poll.snapshot import Snapshot
@@ -34,6 +40,7 @@ from exporter.poll.warnings import FaultLog
 from exporter.vocabulary import POLL_ERROR_REASONS
 
 log = logging.getLogger(__name__)
+RETRY_FIRST_SECONDS = 1.0
 
 
 class Poller:
@@ -95,12 +102,14 @@ class Poller:
                 self._errors[reason] += 1
                 self._up = False
                 self._last_duration = time.monotonic() - started
-                self.last_error = f"{reason}: {describe_error(exc)}"
+                error = f"{reason}: {explain(exc)}"
+                changed, self.last_error = error != self.last_error, error
                 self._failures_in_a_row += 1
                 failures = self._failures_in_a_row
-            # One warning when an outage starts, then a reminder every 20 polls: a long outage
+            # One warning when an outage starts or its cause changes (the server went away,
+            # then the password was rotated), then a reminder every 20 polls: a long outage
             # must not bury the log, and cj_health_poll_errors_total has the exact count.
-            if failures == 1 or failures % 20 == 0:
+            if failures == 1 or changed or failures % 20 == 0:
                 log.warning("poll failed (%s), %d in a row", self.last_error, failures)
         else:
             with self._lock:
@@ -124,6 +133,15 @@ class Poller:
             self._skipped += 1
         log.warning("poll skipped: the previous poll is still running")
         self.publish()
+
+    def retry_delay(self) -> float | None:
+        """Seconds until the next attempt after a failed poll (None after a good one)."""
+        with self._lock:
+            failures = self._failures_in_a_row
+        if not failures:
+            return None
+        delay: float = RETRY_FIRST_SECONDS * 2.0 ** min(failures - 1, 30)
+        return min(delay * random.uniform(1.0, 1.2), self.settings.poll_interval_seconds)
 
     def is_stale(self) -> bool:
         """Monotonic seconds since the last good poll beyond stale_after (never the wall clock:
@@ -160,7 +178,9 @@ class Poller:
             "stale": stats.stale,
             "last_success": _iso(stats.last_success),
             "last_error": self.last_error,
-            "exported_batches": len(self.snapshot.batches) if self.snapshot else 0,
+            # what /metrics has: nothing per batch while stale
+            "exported_batches": len(self.snapshot.batches) if self.snapshot and not stats.stale
+            else 0,
             "poll_interval_seconds": self.settings.poll_interval_seconds,
         }
         return Page(rendered, status)
@@ -186,11 +206,17 @@ class PollScheduler:
         self.poller = poller
         interval = poller.settings.poll_interval_seconds
         self.tickers = [
-            Ticker("poll", interval, poller.poll_once, on_missed=poller.count_skip),
+            Ticker("poll", interval, self._poll_job, on_missed=poller.count_skip),
             # Often enough that withdrawal comes within a second (or a quarter of stale_after).
             Ticker("stale-watchdog", min(1.0, poller.settings.stale_after_seconds / 4),
                    poller.check_stale),
         ]
+
+    def _poll_job(self) -> None:
+        self.poller.poll_once()
+        delay = self.poller.retry_delay()
+        if delay is not None:
+            self.tickers[0].sooner(delay)  # the fixed rate goes on from the retry
 
     def add_interval_job(self, func: Callable[[], None], seconds: float, job_id: str) -> None:
         self.tickers.append(Ticker(job_id, seconds, func, first_delay=1.0))

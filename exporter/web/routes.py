@@ -1,4 +1,4 @@
-"""What each path answers: the telemetry path, the landing page (/) and /healthz.
+"""What each path answers: the telemetry path here, the other pages in exporter.web.pages.
 
 A scrape only copies the bytes the last poll rendered (content negotiation picks OpenMetrics or
 text 0.0.4, gzip or not), so it never touches the database and never renders.
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.errors import OperatorError
 from exporter.handoff import Store
 from exporter.web.http1 import Request
 from exporter.web.negotiation import choose
-from exporter.web.pages import healthz, landing_page
+from exporter.web.pages import page as other_page
 
 READ_METHODS = ("GET", "HEAD")
 # Known methods that would change something: 405 (after authentication, so an anonymous
@@ -30,14 +29,6 @@ class Response:
     close: bool = False
 
 
-def check_telemetry_path(path: str) -> str:
-    """--web.telemetry-path: an absolute path that is not one of the other pages."""
-    if not path.startswith("/") or path in ("/", "/healthz") or any(c in path for c in "?# "):
-        raise OperatorError(f"web.telemetry-path must be a path like /metrics (not / or "
-                            f"/healthz, no query), got {path!r}")
-    return path
-
-
 def route(store: Store, request: Request, telemetry_path: str) -> Response:
     """The answer to an authenticated request."""
     if request.method in WRITE_METHODS:
@@ -50,8 +41,7 @@ def route(store: Store, request: Request, telemetry_path: str) -> Response:
                                  request.header("accept-encoding"))
         vary = ("Vary", "Accept, Accept-Encoding")
         return Response(200, ctype, body, (("Content-Encoding", "gzip"), vary) if gz else (vary,))
-    if path == "/":
-        return Response(200, "text/html; charset=utf-8", landing_page(page.status))
-    if path == "/healthz":
-        return Response(200, "application/json", healthz(page.status))
+    found = other_page(path, page.status, telemetry_path)
+    if found is not None:
+        return Response(*found)
     return Response(404, TEXT, b"not found\n")

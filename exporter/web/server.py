@@ -40,6 +40,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from exporter.config import check_telemetry_path
 from exporter.handoff import Store
 from exporter.web.auth import BasicAuth, Pending
 from exporter.web.gate import Gate, Outcome
@@ -56,7 +57,6 @@ from exporter.web.routes import (
     TEXT,
     WRITE_METHODS,
     Response,
-    check_telemetry_path,
     route,
 )
 

@@ -432,7 +432,7 @@ def test_install_view_rebuilds_an_invalid_index_it_finds(
         assert sqlfiles.invalid_indexes(conn) == []
 
     assert cli.main(["install-view", "--dsn", seeded_db.url]) == 0  # idempotent
-    assert "index cj_health_states_last_activity_idx present" in capsys.readouterr().out
+    assert "index cj_health_states_last_activity_idx already present" in capsys.readouterr().out
 
 
 def test_install_view_never_leaves_the_index_it_failed_to_build(

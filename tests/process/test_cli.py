@@ -48,9 +48,10 @@ def test_serve_endpoints(seeded_db: SeededDb) -> None:
         assert parse(http_get(f"{exp.url}/metrics")[2]).samples("cj_health_build_info")
 
 
-def test_serve_refuses_a_database_without_the_views(pg_server: Server) -> None:
+def test_serve_with_fail_fast_refuses_a_database_without_the_views(pg_server: Server) -> None:
     with database(pg_server, schema="none") as no_views:
-        result = run_cli("serve", "--dsn", no_views.url, "--web.listen-address", "127.0.0.1:0")
+        result = run_cli("serve", "--dsn", no_views.url, "--web.listen-address", "127.0.0.1:0",
+                         "--fail-fast")
     assert result.returncode == 2
     assert "run `cj-health-exporter install-view`" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -85,7 +86,7 @@ def test_inspect_runaway_json(seeded_db: SeededDb) -> None:
 
 def test_install_view_is_idempotent(pg_server: Server) -> None:
     with database(pg_server, schema="reference") as db:
-        for outcome in ("created", "present"):
+        for outcome in ("created", "already present"):  # says which, the first time too
             result = run_cli("install-view", "--dsn", db.url)
             assert result.returncode == 0, result.stderr
             assert ("views cj_batch_health, cj_outbox_health and cj_charge_events installed"

@@ -23,11 +23,11 @@ def test_cli_missing_dsn_exits_2() -> None:
     assert result.returncode == 2 and "no dsn given" in result.stderr
 
 
-def test_cli_unreachable_dsn_exits_2_without_the_password(tmp_path: Path) -> None:
+def test_cli_unreachable_dsn_with_fail_fast_exits_2_without_the_password(tmp_path: Path) -> None:
     socket_dir = tmp_path / "nothing-listens-here"
     socket_dir.mkdir()
     dsn = f"postgresql://cj:Sup3rSecret@/cj?host={socket_dir}"
-    result = run_cli("serve", "--dsn", dsn, "--web.listen-address", "127.0.0.1:0")
+    result = run_cli("serve", "--dsn", dsn, "--web.listen-address", "127.0.0.1:0", "--fail-fast")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot connect to postgresql+psycopg://cj:***@/cj" in lines[0]

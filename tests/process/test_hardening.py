@@ -113,7 +113,7 @@ def test_password_never_leaks(password_postgres: EmbeddedPostgres, tmp_path: Pat
                 errors="replace"), f"/proc/PID/{name}")
     output = exp.output()
     assert "password authentication failed" in output, "the auth failures were not logged"
-    assert "DEBUG" in output  # the most talkative level was on
+    assert "level=debug" in output  # the most talkative level was on
     no_secret(output, "the log")
     for where, content in seen:
         no_secret(content, where)
@@ -130,18 +130,23 @@ def test_startup_errors_never_show_the_password(password_postgres: EmbeddedPostg
     for args in (["--dsn-file", str(path)],
                  ["--dsn", wrong.render_as_string(hide_password=False)],
                  ["--dsn", "postgresql://cj_health_ro:" + ENCODED + "@/x?host=/nonexistent"]):
-        result = run_cli("serve", *args, "--web.listen-address", listen, "--log-level", "debug")
+        result = run_cli("serve", *args, "--web.listen-address", listen, "--log-level", "debug",
+                         "--fail-fast")
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "***" in result.stderr or "cannot" in result.stderr
         no_secret(result.stdout + result.stderr, f"the startup error of {args[0]}")
 
 
-def test_dsn_file_beats_nothing_and_conflicts_with_dsn(tmp_path: Path) -> None:
-    """CJ_HEALTH_DSN_FILE plus a --dsn is refused rather than silently picking one."""
+def test_dsn_flag_beats_a_dsn_file_from_the_environment(tmp_path: Path) -> None:
+    """CJ_HEALTH_DSN_FILE plus a --dsn: the flag wins (README: flags win), as check-config
+    shows; both on one layer are refused rather than silently picking one."""
     path = tmp_path / "dsn"
     path.write_text("postgresql://u@h/d")
-    result = run_cli("serve", "--dsn", "postgresql://u@h/d2",
+    result = run_cli("check-config", "--dsn", "postgresql://u@h/d2",
                      env={"CJ_HEALTH_DSN_FILE": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert "ok: dsn postgresql+psycopg://u@h/d2" in result.stdout
+    result = run_cli("serve", "--dsn", "postgresql://u@h/d2", "--dsn-file", str(path))
     assert result.returncode == 2
     assert "either dsn or dsn_file" in result.stderr

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from exporter import cli
 from exporter.demo.scenarios import STUDENTS
-from exporter.vocabulary import FAMILIES
+from exporter.vocabulary import EXPORTED_FAMILIES
 from tests.support.exposition import parse, sample_value
 from tests.support.process import DemoProcess, ExporterProcess
 from tests.support.remediation import (
@@ -215,7 +215,7 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
             if (body.value("cj_health_remediation_cycles_total", result="ok") or 0) >= 2:
                 break
             time.sleep(0.1)
-        assert set(body.families) == set(FAMILIES)  # the finalizer's own families joined
+        assert set(body.families) == set(EXPORTED_FAMILIES)  # the finalizer's own joined
         assert body.value("cj_health_remediations_total", action="backfill_anchors",
                           outcome="applied") == 1.0, body
         # Batch 20, the batch stuck in SCORING and the one without a user (ENG5 is refused)

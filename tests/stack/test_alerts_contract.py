@@ -20,7 +20,7 @@ import promql_parser
 import pytest
 import yaml
 
-from exporter.vocabulary import FAMILIES
+from exporter.vocabulary import EXPORTED_FAMILIES
 from tests.support.database import Server, database
 from tests.support.exposition import Exposition, parse
 from tests.support.paths import ROOT
@@ -101,11 +101,11 @@ def test_the_demo_exports_every_metric_family_of_the_contract(exposition: Exposi
     the plain demo in tests/process/test_demo.py); last_cycle_timestamp until its first cycle;
     last_success and poll_duration until the first poll; every per-batch, aggregate and outbox
     family while the snapshot is stale (tests/unit/test_collector.py)."""
-    assert set(exposition.families) == set(FAMILIES), (
-        f"declared, not exported: {sorted(set(FAMILIES) - set(exposition.families))}; "
-        f"exported, not declared: {sorted(set(exposition.families) - set(FAMILIES))}")
+    assert set(exposition.families) == set(EXPORTED_FAMILIES), (
+        f"declared, not exported: {sorted(set(EXPORTED_FAMILIES) - set(exposition.families))}; "
+        f"exported, not declared: {sorted(set(exposition.families) - set(EXPORTED_FAMILIES))}")
     for name, family in exposition.families.items():
-        declared = FAMILIES[name]
+        declared = EXPORTED_FAMILIES[name]
         assert (family.type, family.documentation) == (declared.type, declared.help), name
         assert family.samples, name
         for sample in family.samples:

@@ -35,7 +35,7 @@ from tests.support.database import Server, database, url_string
 from tests.support.dockerfile import instructions
 from tests.support.exposition import parse
 from tests.support.paths import ROOT
-from tests.support.process import ExporterProcess
+from tests.support.process import ExporterProcess, run_cli
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -373,10 +373,10 @@ def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db
             # and the image's HEALTHCHECK command passes against it
             (healthcheck,) = instructions("HEALTHCHECK")
             command = json.loads(healthcheck.split("CMD", 1)[1])
-            assert command[0] == "python"
-            port = f":{exporter_config.DEFAULT_PORT}/"
-            probe = [sys.executable, *(a.replace(port, f":{exporter.port}/") for a in command[1:])]
-            assert subprocess.run(probe, timeout=10).returncode == 0
+            assert command[0] == "cj-health-exporter"
+            listen = {"CJ_HEALTH_LISTEN_ADDRESS": f"127.0.0.1:{exporter.port}"}  # the env
+            probe = run_cli(*command[1:], env=listen, timeout=10)
+            assert probe.returncode == 0, probe.stdout
         assert metrics.value("cj_batches_problem", problem="wedged") == 1
         assert metrics.samples("cj_batch_problem")
     finally:

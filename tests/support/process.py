@@ -48,9 +48,8 @@ def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float 
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of an exporter subprocess: ours without CJ_HEALTH_* (the exporter refuses
-    unknown ones, and a setting exported in the caller's shell must not change a test), plus
-    `extra`."""
+    """The environment of an exporter subprocess: ours without CJ_HEALTH_* (a setting exported
+    in the caller's shell must not change a test), plus `extra`."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CJ_HEALTH_")}
     return {**inherited, **(extra or {})}
 

@@ -1,6 +1,7 @@
 """The exporter image as the Dockerfile builds it, read without Docker: a non-root user, the
 default port, a HEALTHCHECK, and a build context that holds what `pip install` needs. (The
-HEALTHCHECK command runs against a real exporter in tests/stack/test_compose.py.)"""
+HEALTHCHECK command runs against a real exporter in tests/stack/test_compose.py, and under TLS
+and basic auth in tests/process/test_day_one.py.)"""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def test_dockerfile_builds_a_non_root_exporter_with_a_healthcheck() -> None:
     assert user not in ("root", "0") and not user.startswith("0:")
     assert instructions("EXPOSE") == [str(exporter_config.DEFAULT_PORT)]
     (healthcheck,) = instructions("HEALTHCHECK")
-    assert f"127.0.0.1:{exporter_config.DEFAULT_PORT}/healthz" in healthcheck
+    # the subcommand reads serve's settings and web config (tests/process/test_day_one.py)
+    assert json.loads(healthcheck.split("CMD", 1)[1]) == ["cj-health-exporter", "healthcheck"]
     assert json.loads(instructions("ENTRYPOINT")[0]) == ["cj-health-exporter"]
     assert any("pip wheel" in run or "pip install" in run for run in instructions("RUN"))
 
