@@ -56,6 +56,13 @@ log = logging.getLogger(__name__)
 
 WEDGED_STATES = ("WAITING_CALLBACKS", "SCORING")
 
+# How quiet the batch's state row must be, on the locked row by the database's clock, before
+# it is finalized: upstream's finalize_scoring commits state SCORING (stamping
+# last_activity_at) and then rescores for as long as the batch takes before its next write.
+# Far above a rescoring's duration, far below min_wedged_seconds (the valve, read from the
+# view before the lock); it holds for `remediate --yes` too, which skips the valves.
+QUIET_SECONDS = 30.0
+
 
 def _nothing() -> None:
     return None
@@ -63,11 +70,14 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Hooks:
-    """Test seams inside the transaction: after its first statement (its snapshot exists),
-    and right before COMMIT (e.g. to kill -9 the process there)."""
+    """Test seams inside the transaction: after its first statement (its snapshot exists);
+    after every write (the final re-checks and COMMIT are next: e.g. kill -9 the process
+    there); after the final re-checks, right before COMMIT (the residual window of
+    docs/finalizer.md)."""
 
     after_begin: Callable[[], None] = field(default=_nothing)
     before_commit: Callable[[], None] = field(default=_nothing)
+    after_checks: Callable[[], None] = field(default=_nothing)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class Close:
     flagged: list[str]
     decisions: dict[str, str]
     at: datetime  # the database's clock, read once after the locks
+    written: store.Written  # the run's events as the guard found them (the final re-check)
+    rows: tuple[ev.OutboxRow, ...] = ()  # a close writes none
 
     def detail(self) -> dict[str, Any]:
         return {"reason": self.reason, "decisions": self.decisions,
@@ -87,7 +99,7 @@ class Close:
                          f" {self.batch.cj_batch_id} (FOR UPDATE SKIP LOCKED)",
                          "no rescoring, no projection, no event",
                          f"set state COMPLETED (status {self.batch.status} kept),"
-                         " completed_at if unset"]}
+                         " completed_at if unset", FINAL_CHECKS]}
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class Plan:
     decisions: dict[str, str]  # per event type: what is written and why
     status: str
     at: datetime  # the database's clock, read once after the locks: every time written
+    written: store.Written  # the run's events as the guard found them (the final re-check)
 
     def detail(self) -> dict[str, Any]:
         b = self.batch
@@ -122,6 +135,7 @@ class Plan:
              " each checked against its consumer's contract" if names
              else "write no outbox event"),
             f"set state COMPLETED, status {self.status}, completed_at",
+            FINAL_CHECKS,
         ]
         return {
             "reason": f"{b.state}/{b.status} -> COMPLETED/{self.status}",
@@ -138,6 +152,10 @@ class Plan:
             "status": self.status,
         }
 
+
+FINAL_CHECKS = ("last, right before COMMIT: re-count the run's events and look for sessions"
+                " waiting on the batch's rows; either found: roll back (the CJ service is"
+                " finalizing it)")
 
 _KIND = {ev.COMPLETED_EVENT: "completed", ev.RESULT_EVENT: "result",
          ev.RESOURCE_EVENT: "resource"}
@@ -184,19 +202,62 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
             if isinstance(batch, str):
                 tx.rollback()
                 return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-            plan = _plan(conn, batch, backfill=True, defaults=defaults)
+            plan = _plan(conn, batch, backfill=True, defaults=defaults,
+                         quiet_seconds=QUIET_SECONDS)
             if isinstance(plan, Result):
                 tx.rollback()  # the backfill above, if any, is undone: nothing half-done
                 return plan
             result = _write(conn, plan, started)
             audit.insert(conn, result, replica, dry_run=False)
             hooks.before_commit()
+            interfered = _interference(conn, plan)
+            if interfered is not None:
+                tx.rollback()  # every write above, the audit row included, is undone
+                return interfered
+            hooks.after_checks()
             tx.commit()
             return result
         except BaseException:
             if tx.is_active:
                 tx.rollback()
             raise
+
+
+def _interference(conn: Connection, plan: Plan | Close) -> Result | None:
+    """The last statements before COMMIT: did anyone else write this run in the meantime?
+
+    The guard ran after the row locks, but the CJ service takes none: its finalize_scoring
+    reads the upload status without a lock, then commits state SCORING, rescores, updates the
+    status, and commits each outbox row in a transaction of its own (docs/finalizer.md, "The
+    race with the CJ service"). Two traces of it can appear while this transaction runs:
+    - events of this run committed since the guard (a writer that holds no lock on the
+      batch): the counts no longer add up; rolled back, the next attempt's guard sees them;
+    - a session blocked by this transaction: the service's UPDATE of the state or upload row
+      (its guard already passed: it will finalize after our COMMIT), its projection or
+      outbox INSERT waiting on ours. Rolling back lets it finish alone; committing would leave
+      it to write a second set of events once unblocked.
+    """
+    bid = plan.batch.cj_batch_id
+    expected = tuple(a + b for a, b in zip(store.counts(plan.written),
+                                           store.added_by(plan.rows), strict=True))
+    found = store.counts(store.written_events(conn, plan.batch))
+    if found != expected:
+        return Result(REFINALIZE, bid, SKIPPED, {
+            "reason": "another writer (the CJ service?) committed events of this run while the"
+                      " finalization ran: rolled back, nothing written; the next attempt's"
+                      " guard sees them",
+            "events_expected": dict(zip(("completed", "result", "resource"), expected,
+                                        strict=True)),
+            "events_found": dict(zip(("completed", "result", "resource"), found,
+                                     strict=True))})
+    blocked = store.waiters(conn)
+    if blocked:
+        return Result(REFINALIZE, bid, SKIPPED, {
+            "reason": f"{len(blocked)} session(s) wait on this batch's rows (the CJ service"
+                      " finalizing it?): rolled back so that it finishes alone",
+            "waiting": [{"pid": w.pid, "user": w.user, "application": w.application}
+                        for w in blocked]})
+    return None
 
 
 def _write(conn: Connection, plan: Plan | Close, started: float) -> Result:
@@ -225,7 +286,8 @@ def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Def
         batch = store.read_batch(conn, batch_id, lock=False)
         if isinstance(batch, str):
             return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-        plan = _plan(conn, batch, backfill=False, defaults=defaults)
+        plan = _plan(conn, batch, backfill=False, defaults=defaults,
+                     quiet_seconds=QUIET_SECONDS)
         if isinstance(plan, Result):
             return plan
         detail = plan.detail()
@@ -235,18 +297,21 @@ def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Def
 
 
 def _plan(conn: Connection, batch: store.Batch, backfill: bool,
-          defaults: events.Defaults) -> Plan | Close | Result:
+          defaults: events.Defaults, quiet_seconds: float = 0.0) -> Plan | Close | Result:
     """Guard, eligibility, the policy per event type; a Result when nothing is to be written.
 
     backfill=True flags the anchors in the database first (apply); False computes the same
     flags in memory (dry run).
     """
     bid = batch.cj_batch_id
-    refused = _guard(batch)
+    refused = _guard(batch) or _busy(batch, quiet_seconds)
     if refused is not None:
         return refused
     at = store.db_clock(conn)
     written = store.written_events(conn, batch)
+    publishing = _publishing(batch, written, quiet_seconds)
+    if publishing is not None:
+        return publishing
     if written.unpublished_results:
         return Result(REFINALIZE, bid, SKIPPED, {
             "reason": f"{written.unpublished_results} result event(s) of this run still wait"
@@ -279,7 +344,8 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool,
         return refused
     if not rows:
         return Close(batch, "its events are out and still right: nothing to publish"
-                            " (R1-R3), so no rescoring either", flagged, decisions, at)
+                            " (R1-R3), so no rescoring either", flagged, decisions, at,
+                     written)
     stale = store.stale_projections(conn, bid, [e.els_essay_id for e in essays
                                                 if not e.is_anchor])
     if stale and projection is not None:
@@ -288,7 +354,7 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool,
                       " its students now: replacing the projections (R5) would leave them",
             "essays": stale})
     return Plan(batch, flagged, essays, context, fit, projection, rows, decisions,
-                _final_status(batch), at)
+                _final_status(batch), at, written)
 
 
 def _guard(batch: store.Batch) -> Result | None:
@@ -305,6 +371,39 @@ def _guard(batch: store.Batch) -> Result | None:
     return None
 
 
+def _busy(batch: store.Batch, quiet_seconds: float) -> Result | None:
+    """The batch's rows were written moments ago (read on the locked rows, by the database's
+    clock): upstream's finalize_scoring commits state SCORING first, then rescores for as long
+    as the batch takes before its next write; finalizing now would race it.
+
+    The upload's updated_at is naive: upstream's NOW() writes it in the server's TimeZone, and
+    it is read the same way. Should a session write it in another zone, the age is off by
+    hours: only a small negative age counts as recent, so a misread age never blocks a batch
+    for longer than QUIET_SECONDS (it only makes this one check blind)."""
+    ages = {"state": batch.idle_seconds, "upload": batch.upload_idle_seconds}
+    for row, idle in ages.items():
+        if idle is not None and -1.0 <= idle < quiet_seconds:
+            return Result(REFINALIZE, batch.cj_batch_id, SKIPPED, {
+                "reason": f"its {row} row was written {max(idle, 0.0):.1f} s ago (state"
+                          f" {batch.state}, status {batch.status}): the CJ service may be"
+                          f" finalizing it; retried once it has been quiet {quiet_seconds:g} s"})
+    return None
+
+
+def _publishing(batch: store.Batch, written: store.Written,
+                quiet_seconds: float) -> Result | None:
+    """An event of this run was created moments ago: its producer commits each outbox row in a
+    transaction of its own, so the others may still be on their way (the policy would
+    otherwise see a partly published run and write the rest a second time)."""
+    age = written.newest_age
+    if age is None or age >= quiet_seconds:
+        return None
+    return Result(REFINALIZE, batch.cj_batch_id, SKIPPED, {
+        "reason": f"its newest event ({', '.join(written.kinds())} in the outbox) was written"
+                  f" {max(age, 0.0):.1f} s ago: its producer may still be writing the others;"
+                  f" retried once it has been quiet {quiet_seconds:g} s"})
+
+
 def _superseded(batch: store.Batch, written: store.Written, newer: list[int],
                 at: datetime) -> Close | Result:
     """R4: a newer run of the BOS batch owns this run's essays; rescoring would score an empty
@@ -319,7 +418,7 @@ def _superseded(batch: store.Batch, written: store.Written, newer: list[int],
                  for kind in ("completed", "result", "resource")}
     return Close(batch, f"superseded by run(s) {runs} of the same BOS batch, which now own its"
                         " essays (R4): never rescored or republished; over-charges, if any,"
-                        " are refunded by hand", [], decisions, at)
+                        " are refunded by hand", [], decisions, at, written)
 
 
 def _anchors(conn: Connection, bid: int, backfill: bool) -> tuple[list[str], list[Essay]]:
