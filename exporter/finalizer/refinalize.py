@@ -70,14 +70,15 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Hooks:
-    """Test seams inside the transaction: after its first statement (its snapshot exists);
-    after every write (the final re-checks and COMMIT are next: e.g. kill -9 the process
-    there); after the final re-checks, right before COMMIT (the residual window of
-    docs/finalizer.md)."""
+    """Test seams inside the finalization's transaction: after its first statement (its
+    snapshot exists); after every write (the final re-checks and COMMIT are next: e.g. kill -9
+    the process there); after the final re-checks, right before COMMIT (the residual window
+    of docs/finalizer.md). And in the fence's transaction (_fence), right before its COMMIT."""
 
     after_begin: Callable[[], None] = field(default=_nothing)
     before_commit: Callable[[], None] = field(default=_nothing)
     after_checks: Callable[[], None] = field(default=_nothing)
+    fence_checked: Callable[[], None] = field(default=_nothing)
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,106 @@ def _explain(exc: DBAPIError) -> str:
     return db.describe_error(exc)
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The upload status this finalization committed before it began (see _fence)."""
+
+    batch_id: int
+    original: str  # the status the service's guard saw until then
+    status: str  # the COMPLETE_* status the finalization writes anyway
+    rows: tuple[str, datetime | None, datetime | None]  # state, last_activity_at, updated_at
+
+    def describe(self) -> str:
+        return (f"status {self.original} -> {self.status} committed first, so that the CJ"
+                " service's own finalization stops at its guard")
+
+
 def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks,
            defaults: events.Defaults, started: float) -> Result:
+    fence = _fence(engine, batch_id, limits, hooks, defaults)
+    if isinstance(fence, Result):
+        return fence
+    try:
+        result = _finalize(engine, batch_id, replica, limits, hooks, defaults, started, fence)
+    except Exception:
+        if fence is not None:
+            _unfence(engine, fence, limits)
+        raise
+    if fence is not None and result.outcome not in (APPLIED, CLOSED):
+        _unfence(engine, fence, limits)
+    return result
+
+
+def _fence(engine: Engine, batch_id: int, limits: Limits, hooks: Hooks,
+           defaults: events.Defaults) -> Fence | Result | None:
+    """Commit the final COMPLETE_* status first, in a transaction of its own, when the batch
+    is going to be finalized and its status is not terminal yet.
+
+    Upstream's finalize_scoring reads that status without a lock and stops at COMPLETE_*:
+    once the fence is committed, a service finalization that starts later stops there, and
+    one that had passed its guard already has to write the state row next (its first write),
+    which the finalization then sees (a fresh stamp: skipped; or its UPDATE waiting on the
+    lock: rolled back). Only a service stalled between its guard and that first write for
+    longer than the whole finalization gets past both (docs/finalizer.md).
+
+    The plan comes from a read-only snapshot first (as the dry run computes it): a batch that
+    would not be finalized (needs_person, closed, skipped) is never fenced. Under the locks the
+    fence re-checks what the plan rests on; anything changed: no fence, and the finalization's
+    own transaction decides. Returns a Result only when it yielded to a waiting writer.
+    """
+    planned = _snapshot_plan(engine, batch_id, limits, defaults)
+    if not isinstance(planned, Plan) or planned.batch.status.startswith("COMPLETE"):
+        return None  # nothing to write, or upstream's guard already stops at this status
+    before = planned.batch
+    with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
+        tx = conn.begin()
+        try:
+            store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
+            batch = store.read_batch(conn, batch_id, lock=True)
+            if isinstance(batch, str):
+                tx.rollback()
+                return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
+            if ((batch.status, batch.state) != (before.status, before.state)
+                    or _guard(batch) or _busy(batch, QUIET_SECONDS)
+                    or store.counts(store.written_events(conn, batch))
+                    != store.counts(planned.written)):
+                tx.rollback()
+                return None
+            store.set_status(conn, batch_id, planned.status, before.status)
+            blocked = store.waiters(conn)
+            if blocked:
+                tx.rollback()
+                return _yielded(batch_id, blocked)
+            hooks.fence_checked()
+            tx.commit()
+        except BaseException:
+            if tx.is_active:
+                tx.rollback()
+            raise
+    return Fence(batch_id, before.status, planned.status, _stamps(batch))
+
+
+def _stamps(b: store.Batch) -> tuple[str, datetime | None, datetime | None]:
+    return b.state, b.last_activity_at, b.updated_at
+
+
+def _unfence(engine: Engine, fence: Fence, limits: Limits) -> None:
+    """The finalization did not happen: give the status back, so that upstream's guard lets
+    its own finalization through again; only if nobody wrote the rows since (the service's
+    ORM stamps both on every UPDATE; SKIP LOCKED: a locked row is being written, and its
+    writer decides)."""
+    options = {"isolation_level": "READ COMMITTED"}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
+        batch = store.read_batch(conn, fence.batch_id, lock=True)
+        if (not isinstance(batch, str) and batch.status == fence.status
+                and _stamps(batch) == fence.rows):
+            store.set_status(conn, fence.batch_id, fence.original, fence.status)
+
+
+def _finalize(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks,
+              defaults: events.Defaults, started: float, fence: Fence | None) -> Result:
+    """The finalization's own transaction: locks, guard, plan, writes, final checks."""
     with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
         tx = conn.begin()
         try:
@@ -208,6 +307,8 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
                 tx.rollback()  # the backfill above, if any, is undone: nothing half-done
                 return plan
             result = _write(conn, plan, started)
+            if fence is not None:
+                result = replace(result, detail={**result.detail, "fence": fence.describe()})
             audit.insert(conn, result, replica, dry_run=False)
             hooks.before_commit()
             interfered = _interference(conn, plan)
@@ -251,13 +352,15 @@ def _interference(conn: Connection, plan: Plan | Close) -> Result | None:
             "events_found": dict(zip(("completed", "result", "resource"), found,
                                      strict=True))})
     blocked = store.waiters(conn)
-    if blocked:
-        return Result(REFINALIZE, bid, SKIPPED, {
-            "reason": f"{len(blocked)} session(s) wait on this batch's rows (the CJ service"
-                      " finalizing it?): rolled back so that it finishes alone",
-            "waiting": [{"pid": w.pid, "user": w.user, "application": w.application}
-                        for w in blocked]})
-    return None
+    return _yielded(bid, blocked) if blocked else None
+
+
+def _yielded(batch_id: int, blocked: list[store.Waiter]) -> Result:
+    return Result(REFINALIZE, batch_id, SKIPPED, {
+        "reason": f"{len(blocked)} session(s) wait on this batch's rows (the CJ service"
+                  " finalizing it?): rolled back so that it finishes alone",
+        "waiting": [{"pid": w.pid, "user": w.user, "application": w.application}
+                    for w in blocked]})
 
 
 def _write(conn: Connection, plan: Plan | Close, started: float) -> Result:
@@ -278,22 +381,28 @@ def _write(conn: Connection, plan: Plan | Close, started: float) -> Result:
     return Result(REFINALIZE, bid, APPLIED, detail, audited=True)
 
 
-def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Defaults) -> Result:
-    """The same decisions on a read-only snapshot: no lock, no write, nothing to undo."""
+def _snapshot_plan(engine: Engine, batch_id: int, limits: Limits,
+                   defaults: events.Defaults) -> Plan | Close | Result:
+    """The decisions on a read-only snapshot: no lock, no write, nothing to undo."""
     options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
     with engine.connect().execution_options(**options) as conn, conn.begin():
         store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
         batch = store.read_batch(conn, batch_id, lock=False)
         if isinstance(batch, str):
             return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-        plan = _plan(conn, batch, backfill=False, defaults=defaults,
+        return _plan(conn, batch, backfill=False, defaults=defaults,
                      quiet_seconds=QUIET_SECONDS)
-        if isinstance(plan, Result):
-            return plan
-        detail = plan.detail()
-        if isinstance(plan, Close):
-            detail["reason"] = f"would close: {detail['reason']}"
-        return Result(REFINALIZE, batch_id, DRY_RUN, detail)
+
+
+def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Defaults) -> Result:
+    """The same decisions on a read-only snapshot."""
+    plan = _snapshot_plan(engine, batch_id, limits, defaults)
+    if isinstance(plan, Result):
+        return plan
+    detail = plan.detail()
+    if isinstance(plan, Close):
+        detail["reason"] = f"would close: {detail['reason']}"
+    return Result(REFINALIZE, batch_id, DRY_RUN, detail)
 
 
 def _plan(conn: Connection, batch: store.Batch, backfill: bool,

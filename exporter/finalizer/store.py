@@ -47,6 +47,10 @@ class Batch:
     # TimeZone, read here the same way; see refinalize._busy).
     idle_seconds: float | None = None
     upload_idle_seconds: float | None = None
+    # The raw stamps: upstream's ORM bumps both on every UPDATE of the row (the fence, which
+    # writes neither, tells from them whether someone wrote the rows after it).
+    last_activity_at: datetime | None = None
+    updated_at: datetime | None = None
 
     @property
     def pending(self) -> int:
@@ -73,13 +77,14 @@ def set_timeouts(conn: Connection, statement_timeout: float, lock_timeout: float
 
 _UPLOAD = (
     "SELECT id, bos_batch_id, event_correlation_id, status::text AS status, user_id, org_id,"
-    " assignment_id, course_code, created_at, completed_at, CASE WHEN isfinite(updated_at)"
+    " assignment_id, course_code, created_at, completed_at, updated_at,"
+    " CASE WHEN isfinite(updated_at)"
     "  THEN EXTRACT(EPOCH FROM CAST(clock_timestamp() AS timestamp) - updated_at) END"
     "  AS upload_idle_seconds FROM cj_batch_uploads WHERE id = :id"
 )
 _STATE = (
     "SELECT state::text AS state, total_budget, submitted_comparisons, completed_comparisons,"
-    " failed_comparisons, CASE WHEN isfinite(last_activity_at)"
+    " failed_comparisons, last_activity_at, CASE WHEN isfinite(last_activity_at)"
     "  THEN EXTRACT(EPOCH FROM clock_timestamp() - last_activity_at) END AS idle_seconds"
     " FROM cj_batch_states WHERE batch_id = :id"
 )
@@ -107,6 +112,7 @@ def read_batch(conn: Connection, batch_id: int, lock: bool) -> Batch | str:
         completed=int(state["completed_comparisons"]), failed=int(state["failed_comparisons"]),
         idle_seconds=_seconds(state["idle_seconds"]),
         upload_idle_seconds=_seconds(upload["upload_idle_seconds"]),
+        last_activity_at=state["last_activity_at"], updated_at=upload["updated_at"],
     )
 
 
@@ -415,6 +421,16 @@ def replace_projections(conn: Connection, batch_id: int, projection: Projection,
 def insert_events(conn: Connection, rows: Sequence[ev.OutboxRow], at: datetime) -> None:
     for row in rows:
         ev.insert_row(conn, row, at)
+
+
+def set_status(conn: Connection, batch_id: int, status: str, expected: str) -> None:
+    """The upload's status alone (the finalizer's fence, refinalize._fence), from `expected`;
+    updated_at is left alone, so that the batch's quiet check does not see the fence."""
+    conn.execute(
+        text("UPDATE cj_batch_uploads SET status = CAST(:status AS cj_batch_status_enum)"
+             " WHERE id = :id AND status = CAST(:expected AS cj_batch_status_enum)"),
+        {"id": batch_id, "status": status, "expected": expected},
+    )
 
 
 def complete_batch(conn: Connection, batch_id: int, status: str, at: datetime) -> None:

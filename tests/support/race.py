@@ -156,8 +156,9 @@ def _project(engine: Engine, work: Work) -> None:
              "grades": [g for _, g in work.projections]})
 
 
-def _insert_events(engine: Engine, work: Work, think: Callable[[], None]) -> None:
-    """Each outbox row in a transaction of its own (upstream's OutboxManager, no session)."""
+def insert_events(engine: Engine, work: Work, think: Callable[[], None] = _nothing) -> None:
+    """Each outbox row in a transaction of its own (upstream's OutboxManager, no session).
+    Alone: a writer that neither reads the status nor touches the batch's rows first."""
     for row in work.rows:
         with engine.begin() as conn:
             ev.insert_row(conn, _service_row(row), datetime.now(UTC))
@@ -187,14 +188,15 @@ def service_upstream(engine: Engine, work: Work, gates: Gates = Gates(),
             _rescore(engine, work)
             tx = main.begin()
             main.execute(text("UPDATE cj_batch_uploads SET status = 'COMPLETE_STABLE',"
-                              " completed_at = now() AT TIME ZONE 'UTC' WHERE id = :id"),
+                              " completed_at = now() AT TIME ZONE 'UTC', updated_at = now()"
+                              " WHERE id = :id"),
                          {"id": bid})
             think()
             step = "projections"
             _project(engine, work)
             gates.before_inserts()
             step = "events"
-            _insert_events(engine, work, think)
+            insert_events(engine, work, think)
             main.execute(text("UPDATE cj_batch_states SET state = 'COMPLETED',"
                               " last_activity_at = now() WHERE batch_id = :id"), {"id": bid})
             tx.commit()
@@ -216,12 +218,13 @@ def service_status_first(engine: Engine, work: Work, gates: Gates = Gates(),
         gates.after_guard()
         with conn.begin():
             conn.execute(text("UPDATE cj_batch_uploads SET status = 'COMPLETE_STABLE',"
-                              " completed_at = now() AT TIME ZONE 'UTC' WHERE id = :id"),
+                              " completed_at = now() AT TIME ZONE 'UTC', updated_at = now()"
+                              " WHERE id = :id"),
                          {"id": bid})
     think()
     try:
         gates.before_inserts()
-        _insert_events(engine, work, think)
+        insert_events(engine, work, think)
     except DBAPIError as exc:
         return _failure("events", exc)
     with engine.begin() as conn:
@@ -240,12 +243,13 @@ def service_events_only(engine: Engine, work: Work, gates: Gates = Gates(),
     gates.after_guard()
     try:
         gates.before_inserts()
-        _insert_events(engine, work, think)
+        insert_events(engine, work, think)
     except DBAPIError as exc:
         return _failure("events", exc)
     with engine.begin() as conn:
         conn.execute(text("UPDATE cj_batch_uploads SET status = 'COMPLETE_STABLE',"
-                          " completed_at = now() AT TIME ZONE 'UTC' WHERE id = :id"),
+                          " completed_at = now() AT TIME ZONE 'UTC', updated_at = now()"
+                          " WHERE id = :id"),
                      {"id": bid})
         conn.execute(text("UPDATE cj_batch_states SET state = 'COMPLETED',"
                           " last_activity_at = now() WHERE batch_id = :id"), {"id": bid})
@@ -361,7 +365,10 @@ class Config:
     relay_max_ms: float = 20.0
     think_ms: float = 10.0  # the service's pauses between its steps: 0..think_ms each
     pause_ms: float = 30.0  # paused: 0..pause_ms inside the BT fit and before COMMIT
-    lead_ms: float = 30.0  # the service starts lead_ms before .. lead_ms after the transaction
+    # The service starts -lead_ms .. window_ms (+ pause_ms when paused) + lead_ms after the
+    # finalizer: fixed, so that two codes are hammered over the same moments.
+    window_ms: float = 150.0
+    lead_ms: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -372,6 +379,7 @@ class Record:
     offset_ms: float
     finalizer: str  # outcome
     reason: str
+    took_ms: float  # the finalizer's transaction, from its start
     service: str
     ours: dict[str, int]
     theirs: dict[str, int]
@@ -400,15 +408,6 @@ def after_fit(then: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         bt.fit = real
-
-
-def _transaction_ms(engine: Engine, batch_ids: list[int]) -> float:
-    """The finalizer's own duration here, without a service (sets the window to aim at)."""
-    from exporter.finalizer.refinalize import refinalize
-
-    took = [float(refinalize(engine, b, replica="warmup", dry_run=False).detail["took_ms"])
-            for b in batch_ids]
-    return statistics.median(took)
 
 
 def age(engine: Engine, batch_id: int) -> None:
@@ -488,20 +487,19 @@ def _race(engines: Engines, t: Try, work: Work, delay: list[float]) -> tuple[Any
     return out["finalizer"], str(out.get("service", "?"))
 
 
-def _draw(config: Config, rng: random.Random, cell: tuple[str, bool], batch: tuple[int, bool],
-          span: float) -> Try:
+def _draw(config: Config, rng: random.Random, cell: tuple[str, bool],
+          batch: tuple[int, bool]) -> Try:
     model, paused = cell
     pause = config.pause_ms / 1000 if paused else 0.0
+    end = config.window_ms + config.pause_ms * paused + config.lead_ms
     return Try(model, paused, batch[0], batch[1],
-               round(rng.uniform(-config.lead_ms,
-                                 span + config.pause_ms * paused + config.lead_ms), 1),
+               round(rng.uniform(-config.lead_ms, end), 1),
                rng.uniform(0, pause), rng.uniform(0, pause),
                tuple(rng.uniform(0, config.think_ms) / 1000 for _ in range(8)))
 
 
-def hammer(url: str, config: Config) -> tuple[list[Record], float]:
-    """Every cell's tries on fresh batches; returns the records and the finalizer's median
-    transaction time without a service (ms)."""
+def hammer(url: str, config: Config) -> list[Record]:
+    """Every cell's tries on fresh batches."""
     rng = random.Random(config.seed)
     cells = [(m, p) for m in config.models for p in config.paused]
     engines = Engines(create_engine(url, pool_size=2), create_engine(url, pool_size=1),
@@ -509,7 +507,6 @@ def hammer(url: str, config: Config) -> tuple[list[Record], float]:
     admin = engines.admin
     records: list[Record] = []
     try:
-        span = _transaction_ms(engines.finalizer, seed_batches(admin, [False, True, False], rng))
         anchored = [rng.random() < 0.5 for _ in range(len(cells) * config.tries)]
         batches = iter(zip(seed_batches(admin, anchored, rng), anchored, strict=True))
         delay = [0.0]
@@ -517,7 +514,7 @@ def hammer(url: str, config: Config) -> tuple[list[Record], float]:
               after_fit(lambda: time.sleep(delay[0]))):
             for cell in cells:
                 for _ in range(config.tries):
-                    t = _draw(config, rng, cell, next(batches), span)
+                    t = _draw(config, rng, cell, next(batches))
                     result, service = _race(engines, t, work_for(admin, t.batch_id), delay)
                     relay.drain(admin)
                     first = tally(admin, t.batch_id)
@@ -526,15 +523,15 @@ def hammer(url: str, config: Config) -> tuple[list[Record], float]:
                     after = tally(admin, t.batch_id)
                     records.append(Record(
                         t.model, t.paused, t.anchored, t.offset_ms, result.outcome,
-                        result.reason, service, first.ours, first.theirs, first.status,
-                        first.state, heal,
+                        result.reason, float(result.detail.get("took_ms", 0.0)), service,
+                        first.ours, first.theirs, first.status, first.state, heal,
                         after.state == "COMPLETED" and all(
                             after.total[k] == first.total[k] for k in ("completed", "resource")),
                         after.total["result"] - first.total["result"]))
     finally:
         for engine in (engines.admin, engines.finalizer, engines.service):
             engine.dispose()
-    return records, span
+    return records
 
 
 # --- summaries ----------------------------------------------------------------------------------
@@ -555,6 +552,7 @@ class Cell:
     left_scoring: int  # ended in state SCORING (the service overwrote COMPLETED and failed)
     healed: int  # the next attempt wrote no completion, no charge, and left it COMPLETED
     heal_corrections: int  # result events the next attempt wrote (R3)
+    applied_ms: float  # median transaction time of the tries the finalizer applied
 
 
 def summarize(records: Sequence[Record]) -> list[Cell]:
@@ -575,7 +573,9 @@ def summarize(records: Sequence[Record]) -> list[Cell]:
             dict(Counter(r.finalizer for r in rs)),
             dict(Counter(_short(r.service) for r in rs)),
             sum(1 for r in rs if r.state == "SCORING"),
-            sum(1 for r in rs if r.healed), sum(r.heal_results for r in rs)))
+            sum(1 for r in rs if r.healed), sum(r.heal_results for r in rs),
+            round(statistics.median([r.took_ms for r in rs if r.finalizer == "applied"]
+                                    or [0.0]), 1)))
     return out
 
 
@@ -584,13 +584,14 @@ def _short(outcome: str) -> str:
 
 
 def table(title: str, cells: Sequence[Cell]) -> str:
-    lines = [title, "| service | paused | tries | any duplicate | charged twice |"
+    lines = [title, "| service | paused | tries | applied in (ms) | any duplicate | charged twice |"
              " 2 completions | 2 results | missing | left SCORING | next attempt | finalizer |"
-             " service |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             " service |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         fin = ", ".join(f"{k} {v}" for k, v in sorted(c.finalizer.items()))
         svc = ", ".join(f"{k} {v}" for k, v in sorted(c.service.items()))
-        lines.append(f"| {c.model} | {'yes' if c.paused else 'no'} | {c.tries} | {c.duplicated}"
+        lines.append(f"| {c.model} | {'yes' if c.paused else 'no'} | {c.tries} | {c.applied_ms:g}"
+                     f" | {c.duplicated}"
                      f" | {c.charged_twice} | {c.completions_twice} | {c.results_twice}"
                      f" | {c.missing} | {c.left_scoring} | {c.healed} healed,"
                      f" {c.heal_corrections} corrected | {fin} | {svc} |")
@@ -603,8 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tries", type=int, default=4)
     parser.add_argument("--seed", type=int, default=12007)
     args = parser.parse_args(argv)
-    records, span = hammer(args.url, Config(tries=args.tries, seed=args.seed))
-    json.dump({"records": [asdict(r) for r in records], "transaction_ms": span}, sys.stdout)
+    records = hammer(args.url, Config(tries=args.tries, seed=args.seed))
+    json.dump({"records": [asdict(r) for r in records]}, sys.stdout)
     return 0
 
 
