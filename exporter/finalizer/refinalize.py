@@ -239,9 +239,13 @@ def _fence(engine: Engine, batch_id: int, limits: Limits, hooks: Hooks,
     fence re-checks what the plan rests on; anything changed: no fence, and the finalization's
     own transaction decides. Returns a Result only when it yielded to a waiting writer.
     """
+    with engine.connect() as conn, conn.begin():
+        current = store.read_batch(conn, batch_id, lock=False)
+    if isinstance(current, str) or current.status.startswith("COMPLETE"):
+        return None  # upstream's guard already stops at this status (Batch 20): no plan needed
     planned = _snapshot_plan(engine, batch_id, limits, defaults)
     if not isinstance(planned, Plan) or planned.batch.status.startswith("COMPLETE"):
-        return None  # nothing to write, or upstream's guard already stops at this status
+        return None  # nothing will be written (the finalization reports why), or no need
     before = planned.batch
     with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
         tx = conn.begin()
