@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
@@ -526,9 +525,18 @@ def test_hammer_of_service_commits_at_random_moments(pg_server: Server) -> None:
                           ref: [c.__dict__ for c in race.summarize(base)]}))
 
 
-def test_the_hammer_is_importable_without_the_test_runner() -> None:
-    """The baseline runs tests/support/race.py as a module on another ref's code."""
-    proc = subprocess.run([sys.executable, "-m", "tests.support.race", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "--tries" in proc.stdout, proc.stderr
-    assert Path(race.__file__).is_relative_to(ROOT)
+def test_the_hammer_runs_as_a_module_and_its_records_round_trip(pg_server: Server) -> None:
+    """The baseline runs tests/support/race.py as a module on another ref's code, and reads
+    its JSON back into Records."""
+    name, url = _fresh_db(pg_server)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.support.race", url, "--tries", "1", "--models",
+             "upstream", "--paused", "no"], cwd=ROOT, capture_output=True, text=True,
+            timeout=300)
+    finally:
+        drop_database(pg_server, name)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [race.Record(**r) for r in json.loads(proc.stdout)["records"]]
+    assert [(r.model, r.paused) for r in records] == [("upstream", False)]
+    assert race.summarize(records)[0].missing == 0

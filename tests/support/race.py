@@ -603,8 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("--tries", type=int, default=4)
     parser.add_argument("--seed", type=int, default=12007)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--paused", default="no,yes", help="no, yes or both (no,yes)")
     args = parser.parse_args(argv)
-    records = hammer(args.url, Config(tries=args.tries, seed=args.seed))
+    config = Config(tries=args.tries, seed=args.seed, models=tuple(args.models.split(",")),
+                    paused=tuple(p == "yes" for p in args.paused.split(",")))
+    records = hammer(args.url, config)
     json.dump({"records": [asdict(r) for r in records]}, sys.stdout)
     return 0
 
