@@ -10,7 +10,8 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - db            engines, read-only snapshots with server-side timeouts, error classification
 - sqlfiles      the project's SQL (views, indexes, reference schema) and how to install it
 - poll/         the poll core: watched (which batches), query (the SQL), snapshot (rows ->
-                Snapshot, pure), scheduler (the loop that polls, renders and publishes)
+                Snapshot, pure), scheduler (the loop that polls, renders and publishes),
+                ticker (jobs on the monotonic clock)
 - collector     Snapshot -> metric families -> rendered bytes, once per poll
 - families      metric families built from their declarations
 - handoff       Rendered, Page, Store: what a poll publishes and a scrape reads
