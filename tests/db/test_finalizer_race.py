@@ -440,10 +440,10 @@ def test_residual_without_anchors_and_our_rows_unpublished_fails_the_service(
 def test_residual_with_anchors_fails_the_service_on_the_projections(
         remediation_db: RemediationDb) -> None:
     """With anchors, upstream's plain INSERT of the projections dies on grade_projections_pkey
-    (the finalizer's are there) before any event, whatever the relay did. Its rescoring had
-    rewritten the essay rows, which moves upstream's SE reference (the last anchor in row
-    order): the next attempt publishes one corrected result (R3), never a completion or a
-    charge."""
+    (the finalizer's are there) before any event, whatever the relay did. The next attempt
+    closes the batch; or, when the service's rescoring rewrote the essay rows into another
+    physical order (upstream's SE reference is the last anchor in row order, so the
+    confidences move), publishes one corrected result (R3). Never a completion or a charge."""
     engine = remediation_db.engine
     bid, work = wedge(remediation_db, anchored=True)
     assert work.projections
@@ -455,11 +455,15 @@ def test_residual_with_anchors_fails_the_service_on_the_projections(
     race.publish_all(engine)  # the service never reached its INSERTs: relay ours now
     race.age(engine, bid)
     healed = refinalize(engine, bid, replica="t", dry_run=False)
-    assert healed.outcome == APPLIED and healed.detail["events"] == ["result"], healed.line()
-    assert healed.detail["decisions"]["result"].startswith("corrected")
+    corrected = healed.outcome == APPLIED
+    if corrected:  # the only event it may write
+        assert healed.detail["events"] == ["result"], healed.line()
+        assert healed.detail["decisions"]["result"].startswith("corrected")
+    else:
+        assert healed.outcome == CLOSED, healed.line()
     tally = race.tally(engine, bid)
-    assert (tally.total, tally.state) == ({"completed": 1, "result": 2, "resource": 1},
-                                          "COMPLETED")
+    assert (tally.total, tally.state) == (
+        {"completed": 1, "result": 1 + corrected, "resource": 1}, "COMPLETED")
 
 
 # --- the hammer ----------------------------------------------------------------------------------
