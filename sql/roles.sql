@@ -135,7 +135,8 @@ GRANT SELECT (id, status) ON cj_batch_uploads TO :"ro_role";
 -- ---------------------------------------------------------------------------------------------
 GRANT SELECT ON cj_batch_health TO :"rw_role";
 GRANT SELECT (id, bos_batch_id, event_correlation_id, status, user_id, org_id, assignment_id,
-              course_code, created_at, completed_at) ON cj_batch_uploads TO :"rw_role";
+              course_code, created_at, completed_at, updated_at) ON cj_batch_uploads
+    TO :"rw_role";
 GRANT UPDATE (status, completed_at, updated_at) ON cj_batch_uploads TO :"rw_role";
 GRANT SELECT (batch_id, state, total_budget, submitted_comparisons, completed_comparisons,
               failed_comparisons, last_activity_at) ON cj_batch_states TO :"rw_role";

@@ -9,8 +9,10 @@ core never needs numpy, scipy or choix. Modules, one job each:
 - projection  anchor calibration and student grade projection (as upstream)
 - events      the three completion events' payloads, and what a result says (R3)
 - store       the SQL the actions run
-- refinalize  the re-finalization transaction (row locks + guard = exactly once) and the
-              healing policy per event type (R1-R5, contracts checked before writing)
+- refinalize  the re-finalization transaction (row locks + guard = exactly once), the
+              healing policy per event type (R1-R5, contracts checked before writing), and
+              what narrows the race with the CJ service (the status fence, quiet checks,
+              the final checks before COMMIT)
 - anchors     the anchor-flag backfill
 - audit       the audit table and the maintenance switch
 - valves      authorization and the safety valves (pure)

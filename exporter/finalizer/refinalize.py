@@ -56,6 +56,13 @@ log = logging.getLogger(__name__)
 
 WEDGED_STATES = ("WAITING_CALLBACKS", "SCORING")
 
+# How quiet the batch's state row must be, on the locked row by the database's clock, before
+# it is finalized: upstream's finalize_scoring commits state SCORING (stamping
+# last_activity_at) and then rescores for as long as the batch takes before its next write.
+# Far above a rescoring's duration, far below min_wedged_seconds (the valve, read from the
+# view before the lock); it holds for `remediate --yes` too, which skips the valves.
+QUIET_SECONDS = 30.0
+
 
 def _nothing() -> None:
     return None
@@ -63,11 +70,15 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Hooks:
-    """Test seams inside the transaction: after its first statement (its snapshot exists),
-    and right before COMMIT (e.g. to kill -9 the process there)."""
+    """Test seams inside the finalization's transaction: after its first statement (its
+    snapshot exists); after every write (the final re-checks and COMMIT are next: e.g. kill -9
+    the process there); after the final re-checks, right before COMMIT (the residual window
+    of docs/finalizer.md). And in the fence's transaction (_fence), right before its COMMIT."""
 
     after_begin: Callable[[], None] = field(default=_nothing)
     before_commit: Callable[[], None] = field(default=_nothing)
+    after_checks: Callable[[], None] = field(default=_nothing)
+    fence_checked: Callable[[], None] = field(default=_nothing)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,8 @@ class Close:
     flagged: list[str]
     decisions: dict[str, str]
     at: datetime  # the database's clock, read once after the locks
+    written: store.Written  # the run's events as the guard found them (the final re-check)
+    rows: tuple[ev.OutboxRow, ...] = ()  # a close writes none
 
     def detail(self) -> dict[str, Any]:
         return {"reason": self.reason, "decisions": self.decisions,
@@ -87,7 +100,7 @@ class Close:
                          f" {self.batch.cj_batch_id} (FOR UPDATE SKIP LOCKED)",
                          "no rescoring, no projection, no event",
                          f"set state COMPLETED (status {self.batch.status} kept),"
-                         " completed_at if unset"]}
+                         " completed_at if unset", FINAL_CHECKS]}
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,7 @@ class Plan:
     decisions: dict[str, str]  # per event type: what is written and why
     status: str
     at: datetime  # the database's clock, read once after the locks: every time written
+    written: store.Written  # the run's events as the guard found them (the final re-check)
 
     def detail(self) -> dict[str, Any]:
         b = self.batch
@@ -122,6 +136,7 @@ class Plan:
              " each checked against its consumer's contract" if names
              else "write no outbox event"),
             f"set state COMPLETED, status {self.status}, completed_at",
+            FINAL_CHECKS,
         ]
         return {
             "reason": f"{b.state}/{b.status} -> COMPLETED/{self.status}",
@@ -138,6 +153,10 @@ class Plan:
             "status": self.status,
         }
 
+
+FINAL_CHECKS = ("last, right before COMMIT: re-count the run's events and look for sessions"
+                " waiting on the batch's rows; either found: roll back (the CJ service is"
+                " finalizing it)")
 
 _KIND = {ev.COMPLETED_EVENT: "completed", ev.RESULT_EVENT: "result",
          ev.RESOURCE_EVENT: "resource"}
@@ -173,8 +192,110 @@ def _explain(exc: DBAPIError) -> str:
     return db.describe_error(exc)
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The upload status this finalization committed before it began (see _fence)."""
+
+    batch_id: int
+    original: str  # the status the service's guard saw until then
+    status: str  # the COMPLETE_* status the finalization writes anyway
+    rows: tuple[str, datetime | None, datetime | None]  # state, last_activity_at, updated_at
+
+    def describe(self) -> str:
+        return (f"status {self.original} -> {self.status} committed first, so that the CJ"
+                " service's own finalization stops at its guard")
+
+
 def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks,
            defaults: events.Defaults, started: float) -> Result:
+    fence = _fence(engine, batch_id, limits, hooks, defaults)
+    if isinstance(fence, Result):
+        return fence
+    try:
+        result = _finalize(engine, batch_id, replica, limits, hooks, defaults, started, fence)
+    except Exception:
+        if fence is not None:
+            _unfence(engine, fence, limits)
+        raise
+    if fence is not None and result.outcome not in (APPLIED, CLOSED):
+        _unfence(engine, fence, limits)
+    return result
+
+
+def _fence(engine: Engine, batch_id: int, limits: Limits, hooks: Hooks,
+           defaults: events.Defaults) -> Fence | Result | None:
+    """Commit the final COMPLETE_* status first, in a transaction of its own, when the batch
+    is going to be finalized and its status is not terminal yet.
+
+    Upstream's finalize_scoring reads that status without a lock and stops at COMPLETE_*:
+    once the fence is committed, a service finalization that starts later stops there, and
+    one that had passed its guard already has to write the state row next (its first write),
+    which the finalization then sees (a fresh stamp: skipped; or its UPDATE waiting on the
+    lock: rolled back). Only a service stalled between its guard and that first write for
+    longer than the whole finalization gets past both (docs/finalizer.md).
+
+    The plan comes from a read-only snapshot first (as the dry run computes it): a batch that
+    would not be finalized (needs_person, closed, skipped) is never fenced. Under the locks the
+    fence re-checks what the plan rests on; anything changed: no fence, and the finalization's
+    own transaction decides. Returns a Result only when it yielded to a waiting writer.
+    """
+    with engine.connect() as conn, conn.begin():
+        current = store.read_batch(conn, batch_id, lock=False)
+    if isinstance(current, str) or current.status.startswith("COMPLETE"):
+        return None  # upstream's guard already stops at this status (Batch 20): no plan needed
+    planned = _snapshot_plan(engine, batch_id, limits, defaults)
+    if not isinstance(planned, Plan) or planned.batch.status.startswith("COMPLETE"):
+        return None  # nothing will be written (the finalization reports why), or no need
+    before = planned.batch
+    with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
+        tx = conn.begin()
+        try:
+            store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
+            batch = store.read_batch(conn, batch_id, lock=True)
+            if isinstance(batch, str):
+                tx.rollback()
+                return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
+            if ((batch.status, batch.state) != (before.status, before.state)
+                    or _guard(batch) or _busy(batch, QUIET_SECONDS)
+                    or store.counts(store.written_events(conn, batch))
+                    != store.counts(planned.written)):
+                tx.rollback()
+                return None
+            store.set_status(conn, batch_id, planned.status, before.status)
+            blocked = store.waiters(conn)
+            if blocked:
+                tx.rollback()
+                return _yielded(batch_id, blocked)
+            hooks.fence_checked()
+            tx.commit()
+        except BaseException:
+            if tx.is_active:
+                tx.rollback()
+            raise
+    return Fence(batch_id, before.status, planned.status, _stamps(batch))
+
+
+def _stamps(b: store.Batch) -> tuple[str, datetime | None, datetime | None]:
+    return b.state, b.last_activity_at, b.updated_at
+
+
+def _unfence(engine: Engine, fence: Fence, limits: Limits) -> None:
+    """The finalization did not happen: give the status back, so that upstream's guard lets
+    its own finalization through again; only if nobody wrote the rows since (the service's
+    ORM stamps both on every UPDATE; SKIP LOCKED: a locked row is being written, and its
+    writer decides)."""
+    options = {"isolation_level": "READ COMMITTED"}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
+        batch = store.read_batch(conn, fence.batch_id, lock=True)
+        if (not isinstance(batch, str) and batch.status == fence.status
+                and _stamps(batch) == fence.rows):
+            store.set_status(conn, fence.batch_id, fence.original, fence.status)
+
+
+def _finalize(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks,
+              defaults: events.Defaults, started: float, fence: Fence | None) -> Result:
+    """The finalization's own transaction: locks, guard, plan, writes, final checks."""
     with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
         tx = conn.begin()
         try:
@@ -184,19 +305,66 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
             if isinstance(batch, str):
                 tx.rollback()
                 return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-            plan = _plan(conn, batch, backfill=True, defaults=defaults)
+            plan = _plan(conn, batch, backfill=True, defaults=defaults,
+                         quiet_seconds=QUIET_SECONDS)
             if isinstance(plan, Result):
                 tx.rollback()  # the backfill above, if any, is undone: nothing half-done
                 return plan
             result = _write(conn, plan, started)
+            if fence is not None:
+                result = replace(result, detail={**result.detail, "fence": fence.describe()})
             audit.insert(conn, result, replica, dry_run=False)
             hooks.before_commit()
+            interfered = _interference(conn, plan)
+            if interfered is not None:
+                tx.rollback()  # every write above, the audit row included, is undone
+                return interfered
+            hooks.after_checks()
             tx.commit()
             return result
         except BaseException:
             if tx.is_active:
                 tx.rollback()
             raise
+
+
+def _interference(conn: Connection, plan: Plan | Close) -> Result | None:
+    """The last statements before COMMIT: did anyone else write this run in the meantime?
+
+    The guard ran after the row locks, but the CJ service takes none: its finalize_scoring
+    reads the upload status without a lock, then commits state SCORING, rescores, updates the
+    status, and commits each outbox row in a transaction of its own (docs/finalizer.md, "The
+    race with the CJ service"). Two traces of it can appear while this transaction runs:
+    - events of this run committed since the guard (a writer that holds no lock on the
+      batch): the counts no longer add up; rolled back, the next attempt's guard sees them;
+    - a session blocked by this transaction: the service's UPDATE of the state or upload row
+      (its guard already passed: it will finalize after our COMMIT), its projection or
+      outbox INSERT waiting on ours. Rolling back lets it finish alone; committing would leave
+      it to write a second set of events once unblocked.
+    """
+    bid = plan.batch.cj_batch_id
+    expected = tuple(a + b for a, b in zip(store.counts(plan.written),
+                                           store.added_by(plan.rows), strict=True))
+    found = store.counts(store.written_events(conn, plan.batch))
+    if found != expected:
+        return Result(REFINALIZE, bid, SKIPPED, {
+            "reason": "another writer (the CJ service?) committed events of this run while the"
+                      " finalization ran: rolled back, nothing written; the next attempt's"
+                      " guard sees them",
+            "events_expected": dict(zip(("completed", "result", "resource"), expected,
+                                        strict=True)),
+            "events_found": dict(zip(("completed", "result", "resource"), found,
+                                     strict=True))})
+    blocked = store.waiters(conn)
+    return _yielded(bid, blocked) if blocked else None
+
+
+def _yielded(batch_id: int, blocked: list[store.Waiter]) -> Result:
+    return Result(REFINALIZE, batch_id, SKIPPED, {
+        "reason": f"{len(blocked)} session(s) wait on this batch's rows (the CJ service"
+                  " finalizing it?): rolled back so that it finishes alone",
+        "waiting": [{"pid": w.pid, "user": w.user, "application": w.application}
+                    for w in blocked]})
 
 
 def _write(conn: Connection, plan: Plan | Close, started: float) -> Result:
@@ -217,36 +385,46 @@ def _write(conn: Connection, plan: Plan | Close, started: float) -> Result:
     return Result(REFINALIZE, bid, APPLIED, detail, audited=True)
 
 
-def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Defaults) -> Result:
-    """The same decisions on a read-only snapshot: no lock, no write, nothing to undo."""
+def _snapshot_plan(engine: Engine, batch_id: int, limits: Limits,
+                   defaults: events.Defaults) -> Plan | Close | Result:
+    """The decisions on a read-only snapshot: no lock, no write, nothing to undo."""
     options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
     with engine.connect().execution_options(**options) as conn, conn.begin():
         store.set_timeouts(conn, limits.statement_timeout, limits.lock_timeout)
         batch = store.read_batch(conn, batch_id, lock=False)
         if isinstance(batch, str):
             return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-        plan = _plan(conn, batch, backfill=False, defaults=defaults)
-        if isinstance(plan, Result):
-            return plan
-        detail = plan.detail()
-        if isinstance(plan, Close):
-            detail["reason"] = f"would close: {detail['reason']}"
-        return Result(REFINALIZE, batch_id, DRY_RUN, detail)
+        return _plan(conn, batch, backfill=False, defaults=defaults,
+                     quiet_seconds=QUIET_SECONDS)
+
+
+def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Defaults) -> Result:
+    """The same decisions on a read-only snapshot."""
+    plan = _snapshot_plan(engine, batch_id, limits, defaults)
+    if isinstance(plan, Result):
+        return plan
+    detail = plan.detail()
+    if isinstance(plan, Close):
+        detail["reason"] = f"would close: {detail['reason']}"
+    return Result(REFINALIZE, batch_id, DRY_RUN, detail)
 
 
 def _plan(conn: Connection, batch: store.Batch, backfill: bool,
-          defaults: events.Defaults) -> Plan | Close | Result:
+          defaults: events.Defaults, quiet_seconds: float = 0.0) -> Plan | Close | Result:
     """Guard, eligibility, the policy per event type; a Result when nothing is to be written.
 
     backfill=True flags the anchors in the database first (apply); False computes the same
     flags in memory (dry run).
     """
     bid = batch.cj_batch_id
-    refused = _guard(batch)
+    refused = _guard(batch) or _busy(batch, quiet_seconds)
     if refused is not None:
         return refused
     at = store.db_clock(conn)
     written = store.written_events(conn, batch)
+    publishing = _publishing(batch, written, quiet_seconds)
+    if publishing is not None:
+        return publishing
     if written.unpublished_results:
         return Result(REFINALIZE, bid, SKIPPED, {
             "reason": f"{written.unpublished_results} result event(s) of this run still wait"
@@ -279,7 +457,8 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool,
         return refused
     if not rows:
         return Close(batch, "its events are out and still right: nothing to publish"
-                            " (R1-R3), so no rescoring either", flagged, decisions, at)
+                            " (R1-R3), so no rescoring either", flagged, decisions, at,
+                     written)
     stale = store.stale_projections(conn, bid, [e.els_essay_id for e in essays
                                                 if not e.is_anchor])
     if stale and projection is not None:
@@ -288,7 +467,7 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool,
                       " its students now: replacing the projections (R5) would leave them",
             "essays": stale})
     return Plan(batch, flagged, essays, context, fit, projection, rows, decisions,
-                _final_status(batch), at)
+                _final_status(batch), at, written)
 
 
 def _guard(batch: store.Batch) -> Result | None:
@@ -305,6 +484,39 @@ def _guard(batch: store.Batch) -> Result | None:
     return None
 
 
+def _busy(batch: store.Batch, quiet_seconds: float) -> Result | None:
+    """The batch's rows were written moments ago (read on the locked rows, by the database's
+    clock): upstream's finalize_scoring commits state SCORING first, then rescores for as long
+    as the batch takes before its next write; finalizing now would race it.
+
+    The upload's updated_at is naive: upstream's NOW() writes it in the server's TimeZone, and
+    it is read the same way. Should a session write it in another zone, the age is off by
+    hours: only a small negative age counts as recent, so a misread age never blocks a batch
+    for longer than QUIET_SECONDS (it only makes this one check blind)."""
+    ages = {"state": batch.idle_seconds, "upload": batch.upload_idle_seconds}
+    for row, idle in ages.items():
+        if idle is not None and -1.0 <= idle < quiet_seconds:
+            return Result(REFINALIZE, batch.cj_batch_id, SKIPPED, {
+                "reason": f"its {row} row was written {max(idle, 0.0):.1f} s ago (state"
+                          f" {batch.state}, status {batch.status}): the CJ service may be"
+                          f" finalizing it; retried once it has been quiet {quiet_seconds:g} s"})
+    return None
+
+
+def _publishing(batch: store.Batch, written: store.Written,
+                quiet_seconds: float) -> Result | None:
+    """An event of this run was created moments ago: its producer commits each outbox row in a
+    transaction of its own, so the others may still be on their way (the policy would
+    otherwise see a partly published run and write the rest a second time)."""
+    age = written.newest_age
+    if age is None or age >= quiet_seconds:
+        return None
+    return Result(REFINALIZE, batch.cj_batch_id, SKIPPED, {
+        "reason": f"its newest event ({', '.join(written.kinds())} in the outbox) was written"
+                  f" {max(age, 0.0):.1f} s ago: its producer may still be writing the others;"
+                  f" retried once it has been quiet {quiet_seconds:g} s"})
+
+
 def _superseded(batch: store.Batch, written: store.Written, newer: list[int],
                 at: datetime) -> Close | Result:
     """R4: a newer run of the BOS batch owns this run's essays; rescoring would score an empty
@@ -319,7 +531,7 @@ def _superseded(batch: store.Batch, written: store.Written, newer: list[int],
                  for kind in ("completed", "result", "resource")}
     return Close(batch, f"superseded by run(s) {runs} of the same BOS batch, which now own its"
                         " essays (R4): never rescored or republished; over-charges, if any,"
-                        " are refunded by hand", [], decisions, at)
+                        " are refunded by hand", [], decisions, at, written)
 
 
 def _anchors(conn: Connection, bid: int, backfill: bool) -> tuple[list[str], list[Essay]]:

@@ -40,6 +40,17 @@ class Batch:
     submitted: int
     completed: int
     failed: int
+    # Seconds since the service last wrote the rows, by the database's clock, read under the
+    # lock (None when a stamp is not finite): the state row's last_activity_at (upstream's
+    # finalize_scoring first commits state SCORING, which stamps it: onupdate NOW()) and the
+    # upload row's updated_at (onupdate NOW() too, into a naive column: in the server's
+    # TimeZone, read here the same way; see refinalize._busy).
+    idle_seconds: float | None = None
+    upload_idle_seconds: float | None = None
+    # The raw stamps: upstream's ORM bumps both on every UPDATE of the row (the fence, which
+    # writes neither, tells from them whether someone wrote the rows after it).
+    last_activity_at: datetime | None = None
+    updated_at: datetime | None = None
 
     @property
     def pending(self) -> int:
@@ -66,11 +77,16 @@ def set_timeouts(conn: Connection, statement_timeout: float, lock_timeout: float
 
 _UPLOAD = (
     "SELECT id, bos_batch_id, event_correlation_id, status::text AS status, user_id, org_id,"
-    " assignment_id, course_code, created_at, completed_at FROM cj_batch_uploads WHERE id = :id"
+    " assignment_id, course_code, created_at, completed_at, updated_at,"
+    " CASE WHEN isfinite(updated_at)"
+    "  THEN EXTRACT(EPOCH FROM CAST(clock_timestamp() AS timestamp) - updated_at) END"
+    "  AS upload_idle_seconds FROM cj_batch_uploads WHERE id = :id"
 )
 _STATE = (
     "SELECT state::text AS state, total_budget, submitted_comparisons, completed_comparisons,"
-    " failed_comparisons FROM cj_batch_states WHERE batch_id = :id"
+    " failed_comparisons, last_activity_at, CASE WHEN isfinite(last_activity_at)"
+    "  THEN EXTRACT(EPOCH FROM clock_timestamp() - last_activity_at) END AS idle_seconds"
+    " FROM cj_batch_states WHERE batch_id = :id"
 )
 _LOCK = " FOR UPDATE SKIP LOCKED"
 
@@ -94,7 +110,14 @@ def read_batch(conn: Connection, batch_id: int, lock: bool) -> Batch | str:
         created_at=upload["created_at"], completed_at=upload["completed_at"],
         total_budget=state["total_budget"], submitted=int(state["submitted_comparisons"]),
         completed=int(state["completed_comparisons"]), failed=int(state["failed_comparisons"]),
+        idle_seconds=_seconds(state["idle_seconds"]),
+        upload_idle_seconds=_seconds(upload["upload_idle_seconds"]),
+        last_activity_at=state["last_activity_at"], updated_at=upload["updated_at"],
     )
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _missing_or_locked(conn: Connection, table: str, column: str, batch_id: int) -> str:
@@ -114,6 +137,7 @@ class Written:
     resources: int  # resource events with this run's processing_id (R1: at most one)
     unpublished_results: int  # R3: a correction waits while one of these is still queued
     last_result: dict[str, Any] | None  # event_data of the newest result row, if parseable
+    newest_age: float | None = None  # seconds since the newest of them was created (db clock)
 
     def kinds(self) -> list[str]:
         return [k for k, n in (("completed", self.completed), ("result", self.results),
@@ -133,7 +157,14 @@ _WRITTEN = text(
     "  AND (event_data -> 'data' ->> 'processing_id') = :sid) AS resources,"
     " (SELECT CAST(event_data AS text) FROM event_outbox WHERE event_type = :result"
     "  AND aggregate_id = :sid ORDER BY created_at DESC, published_at DESC NULLS FIRST"
-    "  LIMIT 1) AS last_result"
+    "  LIMIT 1) AS last_result,"
+    " (SELECT EXTRACT(EPOCH FROM clock_timestamp()"
+    "   - max(created_at) FILTER (WHERE isfinite(created_at))) FROM event_outbox"
+    "  WHERE (event_type = :completed"
+    "   AND (event_data -> 'data' ->> 'cj_assessment_job_id') = :sid)"
+    "  OR (event_type = :result AND aggregate_id = :sid)"
+    "  OR (event_type = :resource AND aggregate_id = :bos"
+    "   AND (event_data -> 'data' ->> 'processing_id') = :sid)) AS newest_age"
 )
 
 
@@ -153,7 +184,52 @@ def written_events(conn: Connection, batch: Batch) -> Written:
         except ValueError:
             last = None
     return Written(int(row["completed"]), int(row["results"]), int(row["resources"]),
-                   int(row["unpublished_results"]), last if isinstance(last, dict) else None)
+                   int(row["unpublished_results"]), last if isinstance(last, dict) else None,
+                   _seconds(row["newest_age"]))
+
+
+def counts(written: Written) -> tuple[int, int, int]:
+    """(completions, results, resource events): what the final re-check compares."""
+    return written.completed, written.results, written.resources
+
+
+def added_by(rows: Sequence[ev.OutboxRow]) -> tuple[int, int, int]:
+    """The same counts for the rows this transaction inserts (they count in its own re-read)."""
+    types = [r.event_type for r in rows]
+    return (types.count(ev.COMPLETED_EVENT), types.count(ev.RESULT_EVENT),
+            types.count(ev.RESOURCE_EVENT))
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A session waiting for this transaction to end (for one of the rows it locked or wrote)."""
+
+    pid: int
+    user: str | None
+    application: str | None
+
+
+# Sessions waiting on this transaction's id: every row lock it holds (FOR UPDATE, the rows it
+# updated) and every unique-index entry it inserted (idx_outbox_unique_unpublished,
+# grade_projections_pkey) makes a second writer wait on exactly that lock (PostgreSQL's
+# XactLockTableWait); a second writer of the same row queues behind the first on the tuple
+# lock. Relation-level waits (DDL, CREATE INDEX CONCURRENTLY) are not counted: they do not
+# finalize batches. pg_locks and these pg_stat_activity columns are readable by any role.
+_WAITERS = text(
+    "SELECT w.pid, a.usename AS user, a.application_name AS application"
+    " FROM pg_locks AS w LEFT JOIN pg_stat_activity AS a ON a.pid = w.pid"
+    " WHERE NOT w.granted AND w.locktype = 'transactionid' AND w.transactionid = ("
+    "  SELECT l.transactionid FROM pg_locks AS l WHERE l.pid = pg_backend_pid()"
+    "  AND l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted LIMIT 1)"
+    " ORDER BY w.pid"
+)
+
+
+def waiters(conn: Connection) -> list[Waiter]:
+    """Who is blocked by this transaction right now (the CJ service's next write on the batch,
+    typically): the finalizer then rolls back and lets it through (refinalize.py)."""
+    return [Waiter(int(r["pid"]), r["user"], r["application"])
+            for r in conn.execute(_WAITERS).mappings()]
 
 
 def superseded_by(conn: Connection, batch: Batch) -> list[int]:
@@ -345,6 +421,16 @@ def replace_projections(conn: Connection, batch_id: int, projection: Projection,
 def insert_events(conn: Connection, rows: Sequence[ev.OutboxRow], at: datetime) -> None:
     for row in rows:
         ev.insert_row(conn, row, at)
+
+
+def set_status(conn: Connection, batch_id: int, status: str, expected: str) -> None:
+    """The upload's status alone (the finalizer's fence, refinalize._fence), from `expected`;
+    updated_at is left alone, so that the batch's quiet check does not see the fence."""
+    conn.execute(
+        text("UPDATE cj_batch_uploads SET status = CAST(:status AS cj_batch_status_enum)"
+             " WHERE id = :id AND status = CAST(:expected AS cj_batch_status_enum)"),
+        {"id": batch_id, "status": status, "expected": expected},
+    )
 
 
 def complete_batch(conn: Connection, batch_id: int, status: str, at: datetime) -> None:
