@@ -1,14 +1,16 @@
-"""Snapshot -> metric families, rendered once per poll into every format /metrics serves.
+"""Snapshot -> metric families -> the bytes of each format /metrics serves, at most once each.
 
 A custom Collector over an immutable Snapshot, as the Prometheus "writing exporters" guide asks:
 the families are built fresh from each snapshot, so a batch that leaves the exported set or
-changes state simply has no series in the next render (no ghost series to clean up).
+changes state simply has no series in the next render (no ghost series to clean up). The
+families are built once per snapshot (on the first render) and each variant is rendered on
+demand (exporter.handoff.Rendered), so every variant of one snapshot says the same thing.
 """
 
 from __future__ import annotations
 
-import gzip
 import platform
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,6 +38,9 @@ class SelfStats:
     errors: dict[str, int]
     skipped: int
     remediation_enabled: bool = False
+    full_polls: int = 0
+    last_full_poll: float | None = None
+    unsignalled_bound: float | None = None
 
 
 class SnapshotCollector(Collector):
@@ -43,14 +48,24 @@ class SnapshotCollector(Collector):
                  extra: Callable[[], Iterable[Metric]] = tuple) -> None:
         self._snapshot = None if stats.stale else snapshot
         self._stats = stats
-        self._extra = extra
+        # Read now, not at the first scrape: the finalizer's counters of this page are those
+        # of its publication, whichever variant is rendered later.
+        self._extra = list(extra())
+        self._families: list[Metric] | None = None
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:  # two variants rendered at once build the families once
+            if self._families is None:
+                self._families = list(self._build())
+        return iter(self._families)
+
+    def _build(self) -> Iterator[Metric]:
         if self._snapshot is not None:
             yield from batch_families(self._snapshot)
             yield from aggregate_families(self._snapshot)
         yield from self_families(self._snapshot, self._stats)
-        yield from self._extra()
+        yield from self._extra
 
 
 def batch_families(snap: Snapshot) -> Iterator[Metric]:
@@ -134,6 +149,12 @@ def self_families(snap: Snapshot | None, stats: SelfStats) -> Iterator[Metric]:
         yield new("cj_health_exported_batches", len(snap.batches))
         yield new("cj_health_batches_dropped", snap.dropped)
         yield new("cj_health_malformed_rows", snap.malformed_rows)
+        yield new("cj_health_poll_batches_read", snap.batches_read)
+    yield new("cj_health_full_polls", stats.full_polls)
+    if stats.last_full_poll is not None:
+        yield new("cj_health_last_full_poll_timestamp_seconds", stats.last_full_poll)
+    if stats.unsignalled_bound is not None:
+        yield new("cj_health_unsignalled_change_bound_seconds", stats.unsignalled_bound)
     yield new("cj_health_remediation_enabled", int(stats.remediation_enabled))
     info = new("cj_health_build_info")
     info.add_metric([_version(), platform.python_version()], 1)
@@ -148,9 +169,9 @@ def _version() -> str:
 
 
 def render(collector: Collector) -> Rendered:
-    """Render both exposition formats and their gzip once; scrapes then only copy bytes."""
+    """The collector's metrics in every format /metrics serves, each rendered when first asked
+    for (exporter.handoff.Rendered); scrapes then only copy bytes."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    text = generate_latest(registry)
-    om = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
-    return Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6))
+    return Rendered(lambda: generate_latest(registry),
+                    lambda: bytes(openmetrics.generate_latest(registry)))  # type: ignore[no-untyped-call]

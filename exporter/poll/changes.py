@@ -1,0 +1,129 @@
+"""Which batches changed since the last poll: the signals of an incremental poll.
+
+Every poll records a Mark: the database's now() and the xmin of its snapshot (the oldest
+transaction that was still running when the snapshot was taken). The next poll looks, through
+plain btree indexes on timestamp columns (sql/views/indexes.sql), at the rows stamped since
+`mark.at - commit_lag_seconds`:
+
+- cj_batch_states.last_activity_at (the service's ORM moves it on every update; callbacks, the
+  monitor and failures set it too),
+- cj_batch_uploads.updated_at (ORM onupdate; status changes),
+- cj_processed_essays.updated_at (inserts, flag and metadata changes, re-parenting by the ORM),
+- grade_projections.created_at and event_outbox.created_at (new rows),
+
+and keeps only row versions the previous snapshot could not have seen: those whose xmin is not
+older than the previous mark's xmin. The timestamp finds candidates cheaply; the xmin test drops
+the ones already read, so a change inside the commit-lag window is re-read once, not at every
+poll of the window. A changed row marks its batch and, through bos_batch_id, every run of the
+same BOS batch (their resource-event and finalized-run counts are shared, and a re-run takes
+its essays over from the previous run). Outbox rows mark the runs of their aggregate_id (the
+BOS batch for completion and resource events), the batch whose id it is (result events), and
+the batch named by the completion event's cj_assessment_job_id.
+
+Nothing here parses a JSON document: the job id is matched in the document's text, so a
+document that `->` would refuse (a `\\u0000`, docs/design.md §F4) cannot fail the poll.
+
+What no column signals (an UPDATE by hand that moves no timestamp, deleted rows, a changed
+anchor_essay_references grade, a transaction that commits more than commit_lag_seconds after
+stamping its rows) is found by the next full poll (exporter.poll.incremental).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, text
+
+XID_SPAN = 2**32
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a poll's snapshot stood: the next poll reads what changed after it."""
+
+    at: datetime  # now() of the poll's transaction (the database's clock)
+    xmin: int  # pg_snapshot_xmin of its snapshot, 64-bit
+    xmax: int  # pg_snapshot_xmax of its snapshot, 64-bit
+
+
+MARK_SQL = text(
+    "SELECT now() AS at, pg_snapshot_xmin(s)::text::bigint AS xmin,"
+    " pg_snapshot_xmax(s)::text::bigint AS xmax FROM pg_current_snapshot() AS s"
+)
+# The indexes the signals need; without any of them a signal would scan its table, so every poll
+# is then a full one (exporter.poll.incremental).
+CHANGE_INDEXES = (
+    "cj_health_states_last_activity_idx",
+    "cj_health_uploads_updated_idx",
+    "cj_health_essays_updated_idx",
+    "cj_health_projections_created_idx",
+    "cj_health_outbox_created_idx",
+)
+INDEXES_SQL = text(
+    "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
+    " WHERE c.relname = ANY (:names) AND i.indisvalid AND pg_table_is_visible(i.indrelid)"
+)
+
+
+def _new(alias: str) -> str:
+    """`alias`'s row version was written by a transaction not older than the previous mark's
+    xmin. xmin is a 32-bit xid: it is widened with the epoch of the current snapshot's xmax
+    (every unfrozen xid is within 2^31 of it); 0-2 are the permanent xids of frozen rows."""
+    x = f"{alias}.xmin::text::bigint"
+    full = f"(:xhi + {x} - CASE WHEN :xhi + {x} >= :xmax THEN {XID_SPAN} ELSE 0 END)"
+    return f"({x} >= 3 AND {full} >= :prev)"
+
+
+# The job id of a completion event, from the document's text (no JSON parsing, see above).
+_JOB_ID = ("substring(o.event_data::text FROM"
+           " '\"cj_assessment_job_id\"\\s*:\\s*\"?([0-9]{1,9})[^0-9]')")
+
+
+def _as_id(expr: str) -> str:
+    return f"CASE WHEN {expr} ~ '^[0-9]{{1,9}}$' THEN ({expr})::integer END"
+
+
+TOUCHED_SQL = text(
+    "WITH touched AS ("
+    " SELECT s.batch_id AS id FROM cj_batch_states AS s"
+    f"  WHERE s.last_activity_at > :since AND {_new('s')}"
+    " UNION SELECT u.id FROM cj_batch_uploads AS u"
+    f"  WHERE u.updated_at > (:since AT TIME ZONE 'UTC') AND {_new('u')}"
+    " UNION SELECT e.cj_batch_id FROM cj_processed_essays AS e"
+    f"  WHERE e.updated_at > (:since AT TIME ZONE 'UTC') AND {_new('e')}"
+    " UNION SELECT g.cj_batch_id FROM grade_projections AS g"
+    f"  WHERE g.created_at > :since AND {_new('g')}"
+    "), events AS ("
+    f" SELECT o.aggregate_id, {_JOB_ID} AS job FROM event_outbox AS o"
+    f"  WHERE o.created_at > :since AND {_new('o')}"
+    "), keys AS ("
+    " SELECT u.bos_batch_id AS bos FROM cj_batch_uploads AS u"
+    "  WHERE u.id = ANY (ARRAY(SELECT id FROM touched))"
+    " UNION SELECT aggregate_id FROM events"
+    ")"
+    " SELECT id FROM touched"
+    " UNION SELECT u.id FROM cj_batch_uploads AS u"
+    "  WHERE u.bos_batch_id = ANY (ARRAY(SELECT bos FROM keys))"
+    " UNION SELECT u.id FROM cj_batch_uploads AS u"
+    f"  WHERE u.id = ANY (ARRAY(SELECT {_as_id('aggregate_id')} FROM events"
+    f"   UNION SELECT {_as_id('job')} FROM events))"
+)
+
+
+def mark(conn: Connection) -> Mark:
+    row = conn.execute(MARK_SQL).one()
+    return Mark(at=row.at, xmin=int(row.xmin), xmax=int(row.xmax))
+
+
+def touched(conn: Connection, previous: Mark, current: Mark, commit_lag: float) -> set[int]:
+    """Ids of the batches with a row version `previous` could not see (a superset of the
+    changed batches among them; the caller keeps the watched ones)."""
+    params = {"since": previous.at - timedelta(seconds=commit_lag), "prev": previous.xmin,
+              "xhi": current.xmax - current.xmax % XID_SPAN, "xmax": current.xmax}
+    return {int(i) for i in conn.execute(TOUCHED_SQL, params).scalars() if i is not None}
+
+
+def missing_indexes(conn: Connection) -> list[str]:
+    present = set(conn.execute(INDEXES_SQL, {"names": list(CHANGE_INDEXES)}).scalars())
+    return [name for name in CHANGE_INDEXES if name not in present]

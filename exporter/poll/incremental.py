@@ -1,0 +1,155 @@
+"""The incremental poll: per-batch facts kept between polls, re-read only where rows changed.
+
+A full poll reads every watched batch's row of cj_batch_health (exporter.poll.query) and keeps
+them, parsed, by batch id. The polls in between read, in one read-only snapshot:
+
+1. the watched ids (index scans only: membership changes with time alone, as the lookback
+   window moves, so it is asked every poll),
+2. the batches whose rows changed since the last poll's Mark (exporter.poll.changes),
+3. the rows of the changed and of the newly watched batches, and the outbox facts,
+
+then drop the batches no longer watched and assemble the Snapshot from the kept rows
+(exporter.poll.snapshot.assemble, the code a full poll uses too). The facts that change with
+time alone are not read again: the exported set's recent window is applied at assembly to the
+kept last-activity times, and the watched set is asked every poll. So after each poll the
+snapshot is the one a full poll would give, except for changes no column signals
+(exporter.poll.changes), which the next full poll finds: every `full_poll_interval_seconds`,
+so within `Settings.unsignalled_bound_seconds` (exported as
+cj_health_unsignalled_change_bound_seconds; docs/performance.md).
+
+A failed poll changes nothing kept: the next one reads from the same Mark (or, when the kept
+rows were dropped at the start of a failed full poll, is a full poll again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from exporter.config import Settings
+from exporter.db import read_only_snapshot
+from exporter.poll import changes, query
+from exporter.poll.snapshot import (
+    BatchRow,
+    OutboxFacts,
+    Snapshot,
+    assemble,
+    parse_outbox,
+    parse_row,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Kept:
+    """The parsed rows of the watched batches as of `mark` (None: the row did not parse)."""
+
+    rows: dict[int, BatchRow | None]
+    mark: changes.Mark
+    malformed: int
+
+    def apply(self, watched: set[int], read: Mapping[int, BatchRow | None], asked: set[int],
+              mark: changes.Mark) -> None:
+        """Merge one incremental poll: rows read replace kept ones, unwatched ones go."""
+        for bid in [b for b in self.rows if b not in watched]:
+            self._drop(bid)
+        for bid in asked - read.keys():  # asked for, but it has no row any more
+            self._drop(bid)
+        for bid, row in read.items():
+            self._drop(bid)
+            self.rows[bid] = row
+            self.malformed += row is None
+        self.mark = mark
+
+    def _drop(self, bid: int) -> None:
+        if bid in self.rows:
+            self.malformed -= self.rows.pop(bid) is None
+
+    def parsed(self) -> list[BatchRow]:
+        return [r for r in self.rows.values() if r is not None]
+
+
+class IncrementalPoll:
+    """Polls for one Poller; not thread-safe (the scheduler runs one poll at a time)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._kept: Kept | None = None
+        self._last_full_started: float | None = None  # monotonic
+        self.last_full_at: float | None = None  # Unix time of the last successful full poll
+        self.full_polls = 0
+        self._missing_indexes: list[str] = []
+
+    def poll(self, engine: Engine) -> Snapshot:
+        started = time.monotonic()
+        s = self.settings
+        with read_only_snapshot(engine, s.statement_timeout_seconds,
+                                s.lock_timeout_seconds) as conn:
+            mark = changes.mark(conn)
+            if self._full_due(started):
+                return self._full(conn, mark, started)
+            assert self._kept is not None
+            watched = query.watched_ids(conn, s.lookback_seconds)
+            since = changes.touched(conn, self._kept.mark, mark, s.commit_lag_seconds)
+            asked = (since & watched) | (watched - self._kept.rows.keys())
+            read = _parse(query.rows_by_id(conn, asked)) if asked else {}
+            outbox = parse_outbox(query.outbox_facts(conn))
+        self._kept.apply(watched, read, asked, mark)
+        return self._assemble(self._kept, outbox, started, full=False, read=len(asked))
+
+    def _full_due(self, started: float) -> bool:
+        if self._kept is None or self._missing_indexes or self._last_full_started is None:
+            return True
+        # A tick that comes a little early still counts, so full polls keep their interval
+        # instead of slipping by one poll interval each time.
+        slack = self.settings.poll_interval_seconds / 2
+        return started - self._last_full_started >= \
+            self.settings.full_poll_interval_seconds - slack
+
+    def _full(self, conn: Connection, mark: changes.Mark, started: float) -> Snapshot:
+        self._kept = None  # never two copies at once; a failure makes the next poll full too
+        missing = changes.missing_indexes(conn)
+        if missing != self._missing_indexes and missing:
+            log.warning("incremental polls need the indexes of sql/views/indexes.sql"
+                        " (install-view --indexes); missing %s: every poll is a full poll",
+                        ", ".join(missing))
+        self._missing_indexes = missing
+        rows = _parse(query.watched_rows(conn, self.settings.lookback_seconds))
+        outbox = parse_outbox(query.outbox_facts(conn))
+        kept = Kept(rows, mark, sum(r is None for r in rows.values()))
+        self._kept = kept
+        self._last_full_started = started
+        self.last_full_at = time.time()
+        self.full_polls += 1
+        return self._assemble(kept, outbox, started, full=True, read=len(rows))
+
+    def _assemble(self, kept: Kept, outbox: OutboxFacts, started: float, *, full: bool,
+                  read: int) -> Snapshot:
+        s = self.settings
+        snap = assemble(kept.parsed(), kept.malformed, outbox, now=time.time(),
+                        duration=time.monotonic() - started,
+                        recent_window=s.recent_window_seconds, max_batches=s.max_batches)
+        return replace(snap, full_poll=full, batches_read=read)
+
+    @property
+    def incremental(self) -> bool:
+        """Whether polls between full ones read only changes (False: indexes missing, or
+        full_poll_interval_seconds says every poll is full)."""
+        return not self._missing_indexes and \
+            self.settings.full_poll_interval_seconds > self.settings.poll_interval_seconds
+
+
+def _parse(rows: Iterable[Mapping[Any, Any]]) -> dict[int, BatchRow | None]:
+    out: dict[int, BatchRow | None] = {}
+    for row in rows:
+        parsed = parse_row(row)
+        # The view's cj_batch_id is cj_batch_uploads' primary key, so a row without a usable
+        # id cannot come back; one that does not parse is kept as None (counted as malformed).
+        out[parsed.cj_batch_id if parsed else int(row["cj_batch_id"])] = parsed
+    return out

@@ -1,0 +1,160 @@
+"""The incremental poll's bookkeeping without a database: merging re-read rows into the kept ones,
+assembling the same Snapshot a full read gives, and rendering each body variant once."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from exporter.collector import SelfStats, SnapshotCollector, render
+from exporter.handoff import VARIANTS, Rendered
+from exporter.poll.changes import Mark
+from exporter.poll.incremental import Kept
+from exporter.poll.snapshot import BatchRow, OutboxFacts, Snapshot, assemble
+
+NOW = 1_800_000_000.0
+OUTBOX = OutboxFacts(unpublished_events=2, failed_events=1, oldest_unpublished_age_seconds=30.0)
+MARK = Mark(at=datetime.fromtimestamp(NOW, UTC), xmin=100, xmax=105)
+LATER = Mark(at=datetime.fromtimestamp(NOW + 15, UTC), xmin=110, xmax=120)
+
+
+def row(bid: int, *, state: str = "WAITING_CALLBACKS", status: str = "PERFORMING_COMPARISONS",
+        terminal: bool = False, age: float = 60.0, problems: frozenset[str] = frozenset(),
+        bos: str | None = None, resource: int = 0) -> BatchRow:
+    return BatchRow(
+        cj_batch_id=bid, bos_batch_id=bos or f"bos-{bid}", cj_state=state, upload_status=status,
+        last_activity=NOW - age, completed_at=None, total_budget=100, total_comparisons=50,
+        submitted_comparisons=50, completed_comparisons=40, failed_comparisons=2,
+        pending_callbacks=8, progress_ratio=0.42, grade_projections=0, anchors_flagged=0,
+        anchors_in_metadata=0, anchors_by_id=0, anchor_mismatches=0, completion_events=0,
+        result_events=0, resource_events=resource, completion_event_burst=0,
+        is_terminal=terminal, problems=problems)
+
+
+def snapshot_of(rows: list[BatchRow], malformed: int = 0, max_batches: int = 100) -> Snapshot:
+    return assemble(rows, malformed, OUTBOX, now=NOW, duration=0.0, recent_window=3600,
+                    max_batches=max_batches)
+
+
+def facts(s: Snapshot) -> Snapshot:
+    """A snapshot without the poll's own timing, for comparing two polls' results."""
+    return replace(s, taken_at=0.0, duration_seconds=0.0, full_poll=True, batches_read=0)
+
+
+def test_merge_replaces_changed_rows_adds_new_ones_and_drops_unwatched() -> None:
+    kept = Kept({1: row(1), 2: row(2), 3: row(3)}, MARK, 0)
+    changed = row(2, state="SCORING", problems=frozenset({"stuck_scoring"}))
+    kept.apply(watched={1, 2, 4}, read={2: changed, 4: row(4)}, asked={2, 4}, mark=LATER)
+    assert kept.rows == {1: row(1), 2: changed, 4: row(4)}
+    assert kept.mark == LATER
+    full = snapshot_of([row(1), changed, row(4)])
+    assert facts(snapshot_of(kept.parsed(), kept.malformed)) == facts(full)
+
+
+def test_malformed_rows_are_counted_while_kept_and_uncounted_once_they_parse() -> None:
+    kept = Kept({1: row(1), 2: None}, MARK, 1)
+    kept.apply(watched={1, 2, 3}, read={3: None}, asked={3}, mark=LATER)
+    assert kept.malformed == 2
+    kept.apply(watched={1, 2, 3}, read={2: row(2)}, asked={2}, mark=LATER)
+    assert kept.malformed == 1
+    kept.apply(watched={1, 2}, read={}, asked=set(), mark=LATER)  # 3 left the watched set
+    assert kept.malformed == 0 and set(kept.rows) == {1, 2}
+
+
+def test_a_batch_asked_for_without_a_row_is_dropped() -> None:
+    kept = Kept({1: row(1), 2: None}, MARK, 1)
+    kept.apply(watched={1, 2}, read={}, asked={1, 2}, mark=LATER)
+    assert kept.rows == {} and kept.malformed == 0
+
+
+def test_the_recent_window_is_applied_at_assembly_not_at_read() -> None:
+    """A finished healthy batch leaves the exported set as time passes, with no re-read."""
+    done = row(7, state="COMPLETED", status="COMPLETE_STABLE", terminal=True, age=3500)
+    kept = Kept({7: done}, MARK, 0)
+    now_in = assemble(kept.parsed(), 0, OUTBOX, now=NOW, duration=0, recent_window=3600,
+                      max_batches=10)
+    later = assemble(kept.parsed(), 0, OUTBOX, now=NOW + 200, duration=0, recent_window=3600,
+                     max_batches=10)
+    assert [b.cj_batch_id for b in now_in.batches] == [7]
+    assert later.batches == () and later.watched == 1  # still watched, no longer exported
+
+
+def test_assembly_orders_problems_first_and_caps() -> None:
+    rows = [row(1, age=10), row(2, age=5, problems=frozenset({"wedged"})),
+            row(3, state="COMPLETED", status="COMPLETE_STABLE", terminal=True, age=1)]
+    snap = snapshot_of(rows, max_batches=2)
+    assert [b.cj_batch_id for b in snap.batches] == [2, 1]
+    assert snap.dropped == 1
+    assert snap.problem_counts["wedged"] == 1 and snap.problem_counts["stuck_scoring"] == 0
+
+
+def test_resource_duplicates_count_once_per_bos_batch() -> None:
+    charge = frozenset({"duplicate_charge"})
+    rows = [row(1, bos="b", resource=3, problems=charge),
+            row(2, bos="b", resource=3, problems=charge), row(3, bos="c", resource=1)]
+    assert snapshot_of(rows).duplicate_events["resource"] == 2
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def counting() -> tuple[Rendered, dict[str, int]]:
+    calls = {"text": 0, "openmetrics": 0}
+
+    def make(kind: str) -> bytes:
+        calls[kind] += 1
+        time.sleep(0.05)  # long enough for the threads below to arrive together
+        return f"# {kind}\n".encode() * 50
+
+    return Rendered(lambda: make("text"), lambda: make("openmetrics")), calls
+
+
+def test_each_variant_is_rendered_on_first_use_and_only_once() -> None:
+    rendered, calls = counting()
+    assert rendered.served() == () and rendered.renders == 0
+    body = rendered.openmetrics_gzip
+    assert gzip.decompress(body) == rendered.openmetrics
+    assert calls == {"text": 0, "openmetrics": 1}  # the text variants were never made
+    assert rendered.served() == ("openmetrics", "openmetrics_gzip")
+    for _ in range(3):
+        assert rendered.openmetrics_gzip is body
+    assert rendered.renders == 2
+
+
+def test_concurrent_first_requests_render_once() -> None:
+    rendered, calls = counting()
+    bodies: list[bytes] = []
+    lock = threading.Lock()
+
+    def scrape(variant: str) -> None:
+        body = rendered.body(variant)
+        with lock:
+            bodies.append(body)
+
+    threads = [threading.Thread(target=scrape, args=(v,)) for v in VARIANTS * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == {"text": 1, "openmetrics": 1}
+    assert rendered.renders == 4 and len(bodies) == 16
+
+
+def test_all_variants_of_one_page_show_the_same_snapshot() -> None:
+    extra_calls = []
+
+    def extra() -> list[object]:
+        extra_calls.append(1)
+        return []
+
+    stats = SelfStats(up=True, stale=False, last_success=NOW, last_duration=0.1, polls=1,
+                      errors={}, skipped=0)
+    rendered = render(SnapshotCollector(snapshot_of([row(1), row(2)]), stats, extra))  # type: ignore[arg-type]
+    text_series = [line for line in rendered.text.decode().splitlines()
+                   if line.startswith("cj_batch_progress_ratio{")]
+    om_series = [line for line in rendered.openmetrics.decode().splitlines()
+                 if line.startswith("cj_batch_progress_ratio{")]
+    assert len(text_series) == 2 and text_series == om_series
+    assert extra_calls == [1]  # read once, at publication, not per variant
