@@ -85,6 +85,11 @@ class IncrementalPoll:
         self.last_full_at: float | None = None  # Unix time of the last successful full poll
         self.full_polls = 0
         self._missing_indexes: list[str] = []
+        self._full_requested = False
+
+    def request_full(self) -> None:
+        """Make the next poll a full one (whatever full_poll_interval_seconds says)."""
+        self._full_requested = True
 
     def poll(self, engine: Engine) -> Snapshot:
         started = time.monotonic()
@@ -93,6 +98,7 @@ class IncrementalPoll:
                                 s.lock_timeout_seconds) as conn:
             mark = changes.mark(conn)
             if self._full_due(started):
+                self._full_requested = False
                 return self._full(conn, mark, started)
             assert self._kept is not None
             watched = query.watched_ids(conn, s.lookback_seconds)
@@ -104,7 +110,8 @@ class IncrementalPoll:
         return self._assemble(self._kept, outbox, started, full=False, read=len(asked))
 
     def _full_due(self, started: float) -> bool:
-        if self._kept is None or self._missing_indexes or self._last_full_started is None:
+        if self._kept is None or self._missing_indexes or self._last_full_started is None \
+                or self._full_requested:
             return True
         # A tick that comes a little early still counts, so full polls keep their interval
         # instead of slipping by one poll interval each time.
