@@ -71,6 +71,10 @@ class Poller:
         finally:
             self._idle.set()
 
+    def request_full_poll(self) -> None:
+        """Make the next poll a full one: it then also sees changes no column signals."""
+        self._reader.request_full()
+
     def cancel(self) -> None:
         """Shutdown: no new polls, and the running poll's query is cancelled server-side."""
         self._stopping.set()
