@@ -8,13 +8,14 @@ them, parsed, by batch id. The polls in between read, in one read-only snapshot:
 2. the batches whose rows changed since the last poll's Mark (exporter.poll.changes),
 3. the rows of the changed and of the newly watched batches, and the outbox facts,
 
-then drop the batches no longer watched and assemble the Snapshot from the kept rows
-(exporter.poll.snapshot.assemble, the code a full poll uses too). The facts that change with
-time alone are not read again: the exported set's recent window is applied at assembly to the
-kept last-activity times, and the watched set is asked every poll. So after each poll the
-snapshot is the one a full poll would give, except for changes no column signals
-(exporter.poll.changes), which the next full poll finds: every `full_poll_interval_seconds`,
-so within `Settings.unsignalled_bound_seconds` (exported as
+then drop the batches no longer watched, merge the rows read into the kept ones and read the
+Snapshot off them (exporter.poll.ledger keeps the aggregates and the export order up to date
+row by row, so this costs the exporter what changed, not the watched set). The facts that
+change with time alone are not read again: the exported set's recent window is applied at
+assembly to the kept last-activity times, and the watched set is asked every poll. So after
+each poll the snapshot is the one a full poll would give, except for changes no column signals
+(exporter.poll.changes), which the next full poll finds: every `full_poll_interval_seconds`, so
+within `Settings.unsignalled_bound_seconds` (exported as
 cj_health_unsignalled_change_bound_seconds; docs/performance.md).
 
 A failed poll changes nothing kept: the next one reads from the same Mark (or, when the kept
@@ -25,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -34,45 +35,47 @@ from sqlalchemy import Connection, Engine
 from exporter.config import Settings
 from exporter.db import read_only_snapshot
 from exporter.poll import changes, query
-from exporter.poll.snapshot import (
-    BatchRow,
-    OutboxFacts,
-    Snapshot,
-    assemble,
-    parse_outbox,
-    parse_row,
-)
+from exporter.poll.ledger import Ledger
+from exporter.poll.snapshot import BatchRow, OutboxFacts, Snapshot, parse_outbox, parse_row
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Kept:
-    """The parsed rows of the watched batches as of `mark` (None: the row did not parse)."""
+    """The parsed rows of the watched batches as of `mark`, in a Ledger; the ids whose row did
+    not parse are kept apart (counted as malformed until a re-read parses them)."""
 
-    rows: dict[int, BatchRow | None]
-    mark: changes.Mark
-    malformed: int
+    def __init__(self, rows: Iterable[tuple[int, BatchRow | None]], mark: changes.Mark) -> None:
+        self.ledger = Ledger()
+        self.malformed: set[int] = set()
+        self.mark = mark
+        for bid, row in rows:
+            self._put(bid, row)
+
+    def ids(self) -> set[int]:
+        return self.ledger.rows.keys() | self.malformed
 
     def apply(self, watched: set[int], read: Mapping[int, BatchRow | None], asked: set[int],
               mark: changes.Mark) -> None:
         """Merge one incremental poll: rows read replace kept ones, unwatched ones go."""
-        for bid in [b for b in self.rows if b not in watched]:
+        for bid in [b for b in self.ids() if b not in watched]:
             self._drop(bid)
         for bid in asked - read.keys():  # asked for, but it has no row any more
             self._drop(bid)
         for bid, row in read.items():
-            self._drop(bid)
-            self.rows[bid] = row
-            self.malformed += row is None
+            self._put(bid, row)
         self.mark = mark
 
-    def _drop(self, bid: int) -> None:
-        if bid in self.rows:
-            self.malformed -= self.rows.pop(bid) is None
+    def _put(self, bid: int, row: BatchRow | None) -> None:
+        self._drop(bid)
+        if row is None:
+            self.malformed.add(bid)
+        else:
+            self.ledger.put(row)
 
-    def parsed(self) -> list[BatchRow]:
-        return [r for r in self.rows.values() if r is not None]
+    def _drop(self, bid: int) -> None:
+        self.ledger.remove(bid)
+        self.malformed.discard(bid)
 
 
 class IncrementalPoll:
@@ -103,8 +106,8 @@ class IncrementalPoll:
             assert self._kept is not None
             watched = query.watched_ids(conn, s.lookback_seconds)
             since = changes.touched(conn, self._kept.mark, mark, s.commit_lag_seconds)
-            asked = (since & watched) | (watched - self._kept.rows.keys())
-            read = _parse(query.rows_by_id(conn, asked)) if asked else {}
+            asked = (since & watched) | (watched - self._kept.ids())
+            read = dict(_parse(query.rows_by_id(conn, asked))) if asked else {}
             outbox = parse_outbox(query.outbox_facts(conn))
         self._kept.apply(watched, read, asked, mark)
         return self._assemble(self._kept, outbox, started, full=False, read=len(asked))
@@ -127,21 +130,21 @@ class IncrementalPoll:
                         " (install-view --indexes); missing %s: every poll is a full poll",
                         ", ".join(missing))
         self._missing_indexes = missing
-        rows = _parse(query.watched_rows(conn, self.settings.lookback_seconds))
+        kept = Kept(_parse(query.watched_rows(conn, self.settings.lookback_seconds)), mark)
         outbox = parse_outbox(query.outbox_facts(conn))
-        kept = Kept(rows, mark, sum(r is None for r in rows.values()))
         self._kept = kept
         self._last_full_started = started
         self.last_full_at = time.time()
         self.full_polls += 1
-        return self._assemble(kept, outbox, started, full=True, read=len(rows))
+        return self._assemble(kept, outbox, started, full=True, read=len(kept.ids()))
 
     def _assemble(self, kept: Kept, outbox: OutboxFacts, started: float, *, full: bool,
                   read: int) -> Snapshot:
         s = self.settings
-        snap = assemble(kept.parsed(), kept.malformed, outbox, now=time.time(),
-                        duration=time.monotonic() - started,
-                        recent_window=s.recent_window_seconds, max_batches=s.max_batches)
+        snap = kept.ledger.snapshot(outbox, len(kept.malformed), now=time.time(),
+                                    duration=time.monotonic() - started,
+                                    recent_window=s.recent_window_seconds,
+                                    max_batches=s.max_batches)
         return replace(snap, full_poll=full, batches_read=read)
 
     @property
@@ -152,11 +155,9 @@ class IncrementalPoll:
             self.settings.full_poll_interval_seconds > self.settings.poll_interval_seconds
 
 
-def _parse(rows: Iterable[Mapping[Any, Any]]) -> dict[int, BatchRow | None]:
-    out: dict[int, BatchRow | None] = {}
+def _parse(rows: Iterable[Mapping[Any, Any]]) -> Iterator[tuple[int, BatchRow | None]]:
     for row in rows:
         parsed = parse_row(row)
         # The view's cj_batch_id is cj_batch_uploads' primary key, so a row without a usable
         # id cannot come back; one that does not parse is kept as None (counted as malformed).
-        out[parsed.cj_batch_id if parsed else int(row["cj_batch_id"])] = parsed
-    return out
+        yield (parsed.cj_batch_id if parsed else int(row["cj_batch_id"])), parsed

@@ -142,8 +142,9 @@ def _duplicates(batches: Collection[BatchRow]) -> dict[str, int]:
     run are counted once per BOS batch (its runs share the same events)."""
     resource: dict[str, int] = {}
     for b in batches:
-        if "duplicate_charge" in b.problems:
-            resource[b.bos_batch_id] = max(b.resource_events - 1, 0)
+        if "duplicate_charge" in b.problems:  # the runs of one BOS batch agree; max: no order
+            resource[b.bos_batch_id] = max(resource.get(b.bos_batch_id, 0),
+                                           b.resource_events - 1)
     return {
         "completed": sum(max(b.completion_events - 1, 0) for b in batches),
         "result": sum(max(b.result_events - 1, 0) for b in batches),

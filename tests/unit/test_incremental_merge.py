@@ -9,10 +9,14 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from exporter.collector import SelfStats, SnapshotCollector, render
 from exporter.handoff import VARIANTS, Rendered
 from exporter.poll.changes import Mark
 from exporter.poll.incremental import Kept
+from exporter.poll.ledger import Ledger
 from exporter.poll.snapshot import BatchRow, OutboxFacts, Snapshot, assemble
 
 NOW = 1_800_000_000.0
@@ -44,42 +48,48 @@ def facts(s: Snapshot) -> Snapshot:
     return replace(s, taken_at=0.0, duration_seconds=0.0, full_poll=True, batches_read=0)
 
 
+def kept_snapshot(kept: Kept, now: float = NOW, max_batches: int = 100) -> Snapshot:
+    return kept.ledger.snapshot(OUTBOX, len(kept.malformed), now=now, duration=0.0,
+                                recent_window=3600, max_batches=max_batches)
+
+
 def test_merge_replaces_changed_rows_adds_new_ones_and_drops_unwatched() -> None:
-    kept = Kept({1: row(1), 2: row(2), 3: row(3)}, MARK, 0)
+    kept = Kept({1: row(1), 2: row(2), 3: row(3)}.items(), MARK)
     changed = row(2, state="SCORING", problems=frozenset({"stuck_scoring"}))
     kept.apply(watched={1, 2, 4}, read={2: changed, 4: row(4)}, asked={2, 4}, mark=LATER)
-    assert kept.rows == {1: row(1), 2: changed, 4: row(4)}
+    assert kept.ledger.rows == {1: row(1), 2: changed, 4: row(4)}
     assert kept.mark == LATER
     full = snapshot_of([row(1), changed, row(4)])
-    assert facts(snapshot_of(kept.parsed(), kept.malformed)) == facts(full)
+    assert facts(kept_snapshot(kept)) == facts(full)
 
 
 def test_malformed_rows_are_counted_while_kept_and_uncounted_once_they_parse() -> None:
-    kept = Kept({1: row(1), 2: None}, MARK, 1)
+    kept = Kept({1: row(1), 2: None}.items(), MARK)
     kept.apply(watched={1, 2, 3}, read={3: None}, asked={3}, mark=LATER)
-    assert kept.malformed == 2
+    assert kept.malformed == {2, 3}
     kept.apply(watched={1, 2, 3}, read={2: row(2)}, asked={2}, mark=LATER)
-    assert kept.malformed == 1
+    assert kept.malformed == {3}
     kept.apply(watched={1, 2}, read={}, asked=set(), mark=LATER)  # 3 left the watched set
-    assert kept.malformed == 0 and set(kept.rows) == {1, 2}
+    assert kept.malformed == set() and kept.ids() == {1, 2}
+    assert kept_snapshot(kept).malformed_rows == 0
 
 
 def test_a_batch_asked_for_without_a_row_is_dropped() -> None:
-    kept = Kept({1: row(1), 2: None}, MARK, 1)
+    kept = Kept({1: row(1), 2: None}.items(), MARK)
     kept.apply(watched={1, 2}, read={}, asked={1, 2}, mark=LATER)
-    assert kept.rows == {} and kept.malformed == 0
+    assert kept.ids() == set()
 
 
 def test_the_recent_window_is_applied_at_assembly_not_at_read() -> None:
     """A finished healthy batch leaves the exported set as time passes, with no re-read."""
     done = row(7, state="COMPLETED", status="COMPLETE_STABLE", terminal=True, age=3500)
-    kept = Kept({7: done}, MARK, 0)
-    now_in = assemble(kept.parsed(), 0, OUTBOX, now=NOW, duration=0, recent_window=3600,
-                      max_batches=10)
-    later = assemble(kept.parsed(), 0, OUTBOX, now=NOW + 200, duration=0, recent_window=3600,
-                     max_batches=10)
+    kept = Kept([(7, done)], MARK)
+    now_in, later = kept_snapshot(kept), kept_snapshot(kept, now=NOW + 200)
     assert [b.cj_batch_id for b in now_in.batches] == [7]
     assert later.batches == () and later.watched == 1  # still watched, no longer exported
+    for snap, at in ((now_in, NOW), (later, NOW + 200)):
+        assert facts(snap) == facts(assemble([done], 0, OUTBOX, now=at, duration=0,
+                                             recent_window=3600, max_batches=100))
 
 
 def test_assembly_orders_problems_first_and_caps() -> None:
@@ -96,6 +106,31 @@ def test_resource_duplicates_count_once_per_bos_batch() -> None:
     rows = [row(1, bos="b", resource=3, problems=charge),
             row(2, bos="b", resource=3, problems=charge), row(3, bos="c", resource=1)]
     assert snapshot_of(rows).duplicate_events["resource"] == 2
+
+
+ROWS = st.builds(
+    row, st.integers(1, 12),
+    state=st.sampled_from(["WAITING_CALLBACKS", "SCORING", "COMPLETED"]),
+    status=st.sampled_from(["PERFORMING_COMPARISONS", "COMPLETE_STABLE"]),
+    terminal=st.booleans(), age=st.sampled_from([10.0, 3000.0, 3599.0, 3601.0, 7200.0]),
+    problems=st.frozensets(st.sampled_from(["wedged", "duplicate_charge", "anchor_mismatch"])),
+    bos=st.sampled_from(["b1", "b2", "b3"]), resource=st.integers(0, 4))
+STEPS = st.lists(st.one_of(ROWS, st.integers(1, 12)), max_size=60)  # put a row / remove an id
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(steps=STEPS, cap=st.integers(1, 8))
+def test_the_ledger_gives_what_assembling_its_rows_gives(steps: list[BatchRow | int],
+                                                        cap: int) -> None:
+    ledger = Ledger()
+    for step in steps:
+        if isinstance(step, int):
+            ledger.remove(step)
+        else:
+            ledger.put(step)
+        snap = ledger.snapshot(OUTBOX, 0, now=NOW, duration=0, recent_window=3600,
+                               max_batches=cap)
+        assert facts(snap) == facts(snapshot_of(list(ledger.rows.values()), max_batches=cap))
 
 
 # --- rendering ---------------------------------------------------------------------------------

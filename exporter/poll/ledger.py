@@ -1,0 +1,134 @@
+"""The kept rows of the watched batches with their aggregates and export order, kept up to date
+row by row, so an incremental poll costs the exporter in proportion to what changed.
+
+`snapshot()` gives what exporter.poll.snapshot.assemble gives for the same rows (the property
+test in tests/db/test_incremental_property.py holds the two to it): the aggregates are running
+sums adjusted as rows come and go, and the exported set is read off two sorted key lists, the
+batches always exported (problems or unfinished) and the finished healthy ones, exported while
+recent. Time alone moves a finished batch out of the recent window: that is a cut in its sorted
+list at assembly, not a re-read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import Counter
+
+from exporter.poll.snapshot import BatchRow, OutboxFacts, Snapshot
+from exporter.vocabulary import PROBLEM_COLUMNS
+
+Key = tuple[bool, bool, float, int]
+CHARGE = "duplicate_charge"
+
+
+def order_key(b: BatchRow) -> Key:
+    """exporter.poll.snapshot's export order: problems, unfinished, most recently active, id."""
+    return (not b.problems, b.is_terminal, -b.last_activity, b.cj_batch_id)
+
+
+class SortedKeys:
+    """A set of keys read in order; changes are batched and merged at the next read (a sort
+    of an almost sorted list is linear)."""
+
+    def __init__(self) -> None:
+        self._sorted: list[Key] = []
+        self._added: list[Key] = []
+        self._removed: set[Key] = set()
+
+    def add(self, key: Key) -> None:
+        if key in self._removed:
+            self._removed.discard(key)
+        else:
+            self._added.append(key)
+
+    def remove(self, key: Key) -> None:
+        self._removed.add(key)
+
+    def ordered(self) -> list[Key]:
+        if self._removed:
+            gone = self._removed
+            self._sorted = [k for k in self._sorted if k not in gone]
+            self._added = [k for k in self._added if k not in gone]
+            self._removed = set()
+        if self._added:
+            self._sorted.extend(self._added)
+            self._sorted.sort()
+            self._added = []
+        return self._sorted
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.rows: dict[int, BatchRow] = {}
+        self._by_state: Counter[tuple[str, str]] = Counter()
+        self._problems = dict.fromkeys(PROBLEM_COLUMNS, 0)
+        self._completed = 0
+        self._result = 0
+        # bos_batch_id -> {cj_batch_id: resource events beyond one} of its runs flagged
+        # duplicate_charge; the BOS batch counts once, with the largest (they are all equal in
+        # one consistent read: the events are counted by BOS batch).
+        self._charges: dict[str, dict[int, int]] = {}
+        self._resource = 0
+        self._exported_always = SortedKeys()  # problems or unfinished
+        self._while_recent = SortedKeys()  # finished and healthy
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def put(self, row: BatchRow) -> None:
+        self.remove(row.cj_batch_id)
+        self.rows[row.cj_batch_id] = row
+        self._count(row, 1)
+
+    def remove(self, bid: int) -> None:
+        row = self.rows.pop(bid, None)
+        if row is not None:
+            self._count(row, -1)
+
+    def _count(self, b: BatchRow, sign: int) -> None:
+        state = (b.cj_state, b.upload_status)
+        self._by_state[state] += sign
+        if not self._by_state[state]:
+            del self._by_state[state]  # a (state, status) with no batch has no series
+        for p in b.problems:
+            self._problems[p] += sign
+        self._completed += sign * max(b.completion_events - 1, 0)
+        self._result += sign * max(b.result_events - 1, 0)
+        if CHARGE in b.problems:
+            self._charge(b, sign)
+        keys = self._while_recent if b.is_terminal and not b.problems else self._exported_always
+        (keys.add if sign > 0 else keys.remove)(order_key(b))
+
+    def _charge(self, b: BatchRow, sign: int) -> None:
+        runs = self._charges.setdefault(b.bos_batch_id, {})
+        self._resource -= max(runs.values(), default=0)
+        if sign > 0:
+            runs[b.cj_batch_id] = max(b.resource_events - 1, 0)
+        else:
+            runs.pop(b.cj_batch_id, None)
+        self._resource += max(runs.values(), default=0)
+        if not runs:
+            del self._charges[b.bos_batch_id]
+
+    def snapshot(self, outbox: OutboxFacts, malformed: int, *, now: float, duration: float,
+                 recent_window: float, max_batches: int) -> Snapshot:
+        always = self._exported_always.ordered()
+        finished = self._while_recent.ordered()
+        # Finished keys are (True, True, -last_activity, id): the recent ones come first.
+        recent = bisect.bisect_right(finished, (True, True, recent_window - now, math.inf))
+        exported = itertools.islice(itertools.chain(always, finished[:recent]), max_batches)
+        return Snapshot(
+            taken_at=now,
+            duration_seconds=duration,
+            batches=tuple(self.rows[k[3]] for k in exported),
+            watched=len(self.rows),
+            dropped=max(len(always) + recent - max_batches, 0),
+            malformed_rows=malformed,
+            by_state=Counter(self._by_state),
+            problem_counts=dict(self._problems),
+            duplicate_events={"completed": self._completed, "result": self._result,
+                              "resource": self._resource},
+            outbox=outbox,
+        )
