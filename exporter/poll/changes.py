@@ -16,16 +16,16 @@ older than the previous mark's xmin. The timestamp finds candidates cheaply; the
 the ones already read, so a change inside the commit-lag window is re-read once, not at every
 poll of the window. A changed row marks its batch and, through bos_batch_id, every run of the
 same BOS batch (their resource-event and finalized-run counts are shared, and a re-run takes
-its essays over from the previous run). Outbox rows mark the runs of their aggregate_id (the
-BOS batch for completion and resource events), the batch whose id it is (result events), and
-the batch named by the completion event's cj_assessment_job_id.
+its essays over from the previous run). Outbox rows mark the runs of their aggregate_id: the
+BOS batch for completion and resource events (docs/design.md §F6), the batch itself for result
+events. No event document is read: the polling role may not read events (sql/roles.sql), and
+a document `->` would refuse cannot fail the poll (§F4).
 
-Nothing here parses a JSON document: the job id is matched in the document's text, so a
-document that `->` would refuse (a `\\u0000`, docs/design.md §F4) cannot fail the poll.
-
-What no column signals (an UPDATE by hand that moves no timestamp, deleted rows, a changed
-anchor_essay_references grade, a transaction that commits more than commit_lag_seconds after
-stamping its rows) is found by the next full poll (exporter.poll.incremental).
+What no column signals (an UPDATE by hand that moves no timestamp or moves it back, deleted
+rows, a changed anchor_essay_references grade, a completion event whose cj_assessment_job_id
+names a batch of another BOS batch than its aggregate_id, a transaction that commits more than
+commit_lag_seconds after stamping its rows) is found by the next full poll
+(exporter.poll.incremental).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ MARK_SQL = text(
     "SELECT now() AS at, pg_snapshot_xmin(s)::text::bigint AS xmin,"
     " pg_snapshot_xmax(s)::text::bigint AS xmax FROM pg_current_snapshot() AS s"
 )
-# The indexes the signals need; without any of them a signal would scan its table, so every poll
-# is then a full one (exporter.poll.incremental).
+# What the signals need: without an index a signal would scan its table, without a grant it
+# fails; with anything missing every poll is a full one (exporter.poll.incremental).
 CHANGE_INDEXES = (
     "cj_health_states_last_activity_idx",
     "cj_health_uploads_updated_idx",
@@ -60,9 +60,20 @@ CHANGE_INDEXES = (
     "cj_health_projections_created_idx",
     "cj_health_outbox_created_idx",
 )
+CHANGE_COLUMNS = {  # table -> the columns the change query reads (sql/roles.sql grants them)
+    "cj_batch_states": ("batch_id", "last_activity_at", "xmin"),
+    "cj_batch_uploads": ("id", "bos_batch_id", "updated_at", "xmin"),
+    "cj_processed_essays": ("cj_batch_id", "updated_at", "xmin"),
+    "grade_projections": ("cj_batch_id", "created_at", "xmin"),
+    "event_outbox": ("aggregate_id", "created_at", "xmin"),
+}
 INDEXES_SQL = text(
     "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid"
     " WHERE c.relname = ANY (:names) AND i.indisvalid AND pg_table_is_visible(i.indrelid)"
+)
+GRANTS_SQL = text(
+    "SELECT t.name || '.' || t.col FROM unnest(CAST(:tables AS text[]), CAST(:cols AS text[]))"
+    " AS t(name, col) WHERE NOT has_column_privilege(t.name, t.col, 'SELECT')"
 )
 
 
@@ -73,11 +84,6 @@ def _new(alias: str) -> str:
     x = f"{alias}.xmin::text::bigint"
     full = f"(:xhi + {x} - CASE WHEN :xhi + {x} >= :xmax THEN {XID_SPAN} ELSE 0 END)"
     return f"({x} >= 3 AND {full} >= :prev)"
-
-
-# The job id of a completion event, from the document's text (no JSON parsing, see above).
-_JOB_ID = ("substring(o.event_data::text FROM"
-           " '\"cj_assessment_job_id\"\\s*:\\s*\"?([0-9]{1,9})[^0-9]')")
 
 
 def _as_id(expr: str) -> str:
@@ -95,7 +101,7 @@ TOUCHED_SQL = text(
     " UNION SELECT g.cj_batch_id FROM grade_projections AS g"
     f"  WHERE g.created_at > :since AND {_new('g')}"
     "), events AS ("
-    f" SELECT o.aggregate_id, {_JOB_ID} AS job FROM event_outbox AS o"
+    " SELECT o.aggregate_id FROM event_outbox AS o"
     f"  WHERE o.created_at > :since AND {_new('o')}"
     "), keys AS ("
     " SELECT u.bos_batch_id AS bos FROM cj_batch_uploads AS u"
@@ -106,8 +112,7 @@ TOUCHED_SQL = text(
     " UNION SELECT u.id FROM cj_batch_uploads AS u"
     "  WHERE u.bos_batch_id = ANY (ARRAY(SELECT bos FROM keys))"
     " UNION SELECT u.id FROM cj_batch_uploads AS u"
-    f"  WHERE u.id = ANY (ARRAY(SELECT {_as_id('aggregate_id')} FROM events"
-    f"   UNION SELECT {_as_id('job')} FROM events))"
+    f"  WHERE u.id = ANY (ARRAY(SELECT {_as_id('aggregate_id')} FROM events))"
 )
 
 
@@ -124,6 +129,11 @@ def touched(conn: Connection, previous: Mark, current: Mark, commit_lag: float) 
     return {int(i) for i in conn.execute(TOUCHED_SQL, params).scalars() if i is not None}
 
 
-def missing_indexes(conn: Connection) -> list[str]:
+def missing(conn: Connection) -> list[str]:
+    """The indexes and column grants the change query needs and does not have."""
     present = set(conn.execute(INDEXES_SQL, {"names": list(CHANGE_INDEXES)}).scalars())
-    return [name for name in CHANGE_INDEXES if name not in present]
+    out = [f"index {name}" for name in CHANGE_INDEXES if name not in present]
+    pairs = [(t, c) for t, cols in CHANGE_COLUMNS.items() for c in cols]
+    params = {"tables": [t for t, _ in pairs], "cols": [c for _, c in pairs]}
+    out += [f"SELECT on {col}" for col in conn.execute(GRANTS_SQL, params).scalars()]
+    return out

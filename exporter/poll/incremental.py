@@ -87,7 +87,7 @@ class IncrementalPoll:
         self._last_full_started: float | None = None  # monotonic
         self.last_full_at: float | None = None  # Unix time of the last successful full poll
         self.full_polls = 0
-        self._missing_indexes: list[str] = []
+        self._missing: list[str] = []
         self._full_requested = False
 
     def request_full(self) -> None:
@@ -104,16 +104,22 @@ class IncrementalPoll:
                 self._full_requested = False
                 return self._full(conn, mark, started)
             assert self._kept is not None
-            watched = query.watched_ids(conn, s.lookback_seconds)
-            since = changes.touched(conn, self._kept.mark, mark, s.commit_lag_seconds)
-            asked = (since & watched) | (watched - self._kept.ids())
-            read = dict(_parse(query.rows_by_id(conn, asked))) if asked else {}
-            outbox = parse_outbox(query.outbox_facts(conn))
+            try:
+                watched = query.watched_ids(conn, s.lookback_seconds)
+                since = changes.touched(conn, self._kept.mark, mark, s.commit_lag_seconds)
+                asked = (since & watched) | (watched - self._kept.ids())
+                read = dict(_parse(query.rows_by_id(conn, asked))) if asked else {}
+                outbox = parse_outbox(query.outbox_facts(conn))
+            except Exception:
+                # Whatever failed (a revoked grant, a dropped index, a timeout), the next poll
+                # is full: it checks what incremental polls need and reads everything again.
+                self._full_requested = True
+                raise
         self._kept.apply(watched, read, asked, mark)
         return self._assemble(self._kept, outbox, started, full=False, read=len(asked))
 
     def _full_due(self, started: float) -> bool:
-        if self._kept is None or self._missing_indexes or self._last_full_started is None \
+        if self._kept is None or self._missing or self._last_full_started is None \
                 or self._full_requested:
             return True
         # A tick that comes a little early still counts, so full polls keep their interval
@@ -124,12 +130,12 @@ class IncrementalPoll:
 
     def _full(self, conn: Connection, mark: changes.Mark, started: float) -> Snapshot:
         self._kept = None  # never two copies at once; a failure makes the next poll full too
-        missing = changes.missing_indexes(conn)
-        if missing != self._missing_indexes and missing:
+        missing = changes.missing(conn)
+        if missing != self._missing and missing:
             log.warning("incremental polls need the indexes of sql/views/indexes.sql"
-                        " (install-view --indexes); missing %s: every poll is a full poll",
-                        ", ".join(missing))
-        self._missing_indexes = missing
+                        " (install-view --indexes) and the grants of sql/roles.sql; missing"
+                        " %s: every poll is a full poll", ", ".join(missing))
+        self._missing = missing
         kept = Kept(_parse(query.watched_rows(conn, self.settings.lookback_seconds)), mark)
         outbox = parse_outbox(query.outbox_facts(conn))
         self._kept = kept
@@ -149,9 +155,9 @@ class IncrementalPoll:
 
     @property
     def incremental(self) -> bool:
-        """Whether polls between full ones read only changes (False: indexes missing, or
-        full_poll_interval_seconds says every poll is full)."""
-        return not self._missing_indexes and \
+        """Whether polls between full ones read only changes (False: an index or grant is
+        missing, or full_poll_interval_seconds says every poll is full)."""
+        return not self._missing and \
             self.settings.full_poll_interval_seconds > self.settings.poll_interval_seconds
 
 
