@@ -9,6 +9,7 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
+command -v npm >/dev/null || missing+=(nodejs npm)   # tsc and the schema packages of .ci/node
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "need root (or: sudo apt-get install ${missing[*]})" >&2
@@ -25,6 +26,14 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+# Pinned npm tools (.ci/node/package-lock.json): @grafana/schema + typescript for the dashboards,
+# @kubernetes-models/prometheus-operator for the chart's ServiceMonitor/PodMonitor/PrometheusRule.
+# Installed inside the repo (git-ignored), reinstalled only when the lock file changed.
+if ! cmp -s .ci/node/package-lock.json .ci/node/node_modules/.installed-lock.json; then
+  npm ci --prefix .ci/node --no-audit --no-fund --ignore-scripts --loglevel=error
+  cp .ci/node/package-lock.json .ci/node/node_modules/.installed-lock.json
+fi
 
 echo "== ruff";   .venv/bin/ruff check .
 echo "== mypy";   .venv/bin/mypy exporter

@@ -103,7 +103,7 @@ def main() -> None:
             context = store.load_context(conn, batch)
         essays = [projection.Essay(e.els_essay_id, store.metadata_says_anchor(e.metadata),
                                    e.metadata, e.text_storage_id) for e in essays]
-        anchors = {e.els_essay_id for e in essays if e.is_anchor}
+        anchors = [e.els_essay_id for e in essays if e.is_anchor]  # in row order
         ids = [e.els_essay_id for e in essays]
         fit = bt.fit(ids, anchors, outcomes)
         scale = scales.resolve(context.scale_id)

@@ -2,9 +2,11 @@
 
 grafanalib 0.7.1 still emits several Grafana 6/7 shapes (schemaVersion 12, a legacy `alertlist`
 panel, a `bargauge` with `fieldOptions`, targets with `intervalFactor` 2, a query variable with
-`refresh` on load only). The helpers here wrap its classes so that every panel and variable comes
-out in the current schema (39) and passes grafana's dashboard-linter rules, which
-`tests/test_dashboards.py` re-implements:
+`refresh` on load only, keys like `rows`, `span` and `height`, and nulls for every unset
+option). The helpers here wrap its classes, and `current_schema()` post-processes the whole
+dashboard, so that it comes out in Grafana's current schema (schemaVersion 42, checked against
+`@grafana/schema` by tests/test_dashboards_schema.py) and passes grafana's dashboard-linter
+rules, which `tests/test_dashboards.py` re-implements:
 
 * every panel and target uses the `datasource` template variable (type prometheus);
 * every selector carries `job=~"$job"` and `instance=~"$instance"` (use `sel()` / `metric()`);
@@ -20,12 +22,16 @@ batch once however many replicas scrape the same database. Exporter-health panel
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attr
 from grafanalib import core as g
+from grafanalib._gen import DashboardEncoder
 
-SCHEMA_VERSION = 39
+from exporter.vocabulary import PROBLEM_KINDS
+
+SCHEMA_VERSION = 42  # @grafana/schema 13's defaultDashboard.schemaVersion
 DASHBOARD_VERSION = 1  # stable: regenerating must not change the JSON
 REFRESH = "30s"  # the exporter polls every 15 s by default
 TAGS = ["cj-health"]
@@ -39,16 +45,8 @@ DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 DEFAULT_DATASOURCE_UID = "prometheus"
 DEFAULT_DATASOURCE_NAME = "Prometheus"
 
-PROBLEMS = (
-    "wedged",
-    "stuck_scoring",
-    "missing_projections",
-    "anchor_mismatch",
-    "duplicate_completion",
-    "duplicate_charge",
-    "inconsistent_state",
-    "metadata_incomplete",
-)
+# The `problem` label values, declared once in exporter/vocabulary.py.
+PROBLEMS = tuple(kind.label for kind in PROBLEM_KINDS)
 
 GREEN = "green"
 ORANGE = "orange"
@@ -481,6 +479,98 @@ BUILTIN_ANNOTATION: dict[str, Any] = {
 }
 
 
+# Keys grafanalib 0.7.1 writes that Grafana's current schema does not have (legacy Grafana 4-7
+# shapes); current_schema() drops them.
+LEGACY_DASHBOARD_KEYS = frozenset({"__inputs", "rows", "style", "sharedCrosshair", "hideControls"})
+LEGACY_PANEL_KEYS = frozenset({"editable", "error", "height", "minSpan", "span",
+                               # the table panel's Grafana 6 options
+                               "color", "columns", "fontSize", "mappings", "styles"})
+LEGACY_VARIABLE_KEYS = frozenset({"auto", "auto_count", "auto_min", "tagValuesQuery", "tagsQuery",
+                                  "useTags", "tags", "definition"})
+# Options the current panel plugins require (their defaults in @grafana/schema's panelcfg).
+STAT_OPTIONS = {"percentChangeColorMode": "standard", "showPercentChange": False,
+                "wideLayout": True}
+BARGAUGE_OPTIONS = {"maxVizHeight": 300,
+                    "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
+                               "showLegend": False}}
+TABLE_OPTIONS = {"frameIndex": 0, "cellHeight": "sm"}
+TABLE_CUSTOM = {"cellOptions": {"type": "auto"}, "inspect": False}
+
+
+def _drop_nulls(value: Any, in_steps: bool = False) -> Any:
+    """Nulls out, everywhere but where the schema allows one: a threshold step's value (the base
+    step is -Infinity, which JSON spells null)."""
+    if isinstance(value, dict):
+        return {
+            key: _drop_nulls(item, in_steps=key == "steps")
+            for key, item in value.items()
+            if item is not None or (in_steps and key == "value")
+        }
+    if isinstance(value, list):
+        # a list's items are threshold steps only right under a `steps` key
+        return [_drop_nulls(item, in_steps=in_steps) if isinstance(item, dict)
+                else _drop_nulls(item) for item in value]
+    return value
+
+
+def current_schema(board: dict[str, Any]) -> dict[str, Any]:
+    """grafanalib's JSON in Grafana's current dashboard schema: legacy keys and nulls out, the
+    options the current panel plugins require in, Prometheus annotations with their query in
+    `target` (as Grafana's Prometheus data source migrates them on load)."""
+    dashboard_id = board.get("id")
+    for key in LEGACY_DASHBOARD_KEYS:
+        board.pop(key, None)
+    board["timepicker"] = {k: v for k, v in board.get("timepicker", {}).items()
+                           if k != "time_options"}  # no longer in TimePickerConfig
+    for panel in board.get("panels", []):
+        for key in LEGACY_PANEL_KEYS:
+            panel.pop(key, None)
+        defaults = panel.setdefault("fieldConfig", {}).setdefault("defaults", {})
+        options = panel.setdefault("options", {})
+        if panel["type"] == "stat":
+            options.update(STAT_OPTIONS)
+        elif panel["type"] == "bargauge":
+            options.update(BARGAUGE_OPTIONS)
+        elif panel["type"] == "table":
+            options.update(TABLE_OPTIONS)
+            custom = defaults.setdefault("custom", {})
+            custom.pop("displayMode", None)  # deprecated for cellOptions
+            custom.update(TABLE_CUSTOM)
+        elif panel["type"] == "timeseries":
+            options.setdefault("legend", {})["showLegend"] = True
+        if defaults.get("custom") == {}:
+            del defaults["custom"]
+    for variable in board.get("templating", {}).get("list", []):
+        for key in LEGACY_VARIABLE_KEYS:
+            variable.pop(key, None)
+        if variable.get("current") == {}:
+            del variable["current"]
+    for annotation in board.get("annotations", {}).get("list", []):
+        if "expr" in annotation:
+            target = {"expr": annotation.pop("expr"), "refId": "Anno"}
+            if "step" in annotation:
+                target["interval"] = annotation.pop("step")
+            annotation["target"] = target
+    out: dict[str, Any] = _drop_nulls(board)
+    out["id"] = dashboard_id  # Dashboard.id is `number | null`: null lets Grafana assign it
+    return out
+
+
+class CurrentDashboard:
+    """A grafanalib Dashboard whose JSON is in Grafana's current schema (`current_schema`).
+
+    grafanalib's `generate-dashboard` and dashboards/generate.py only call `to_json_data()`, so
+    both write the same bytes."""
+
+    def __init__(self, dashboard: g.Dashboard) -> None:
+        self.dashboard = dashboard
+
+    def to_json_data(self) -> dict[str, Any]:
+        plain: dict[str, Any] = json.loads(
+            json.dumps(self.dashboard.to_json_data(), cls=DashboardEncoder))
+        return current_schema(plain)
+
+
 def dashboard(
     *,
     title: str,
@@ -490,8 +580,8 @@ def dashboard(
     variables: list[g.Template],
     annotations: list[dict[str, Any]],
     time_from: str = "now-6h",
-) -> g.Dashboard:
-    return g.Dashboard(
+) -> CurrentDashboard:
+    return CurrentDashboard(g.Dashboard(
         title=title,
         uid=uid,
         description=description,
@@ -516,4 +606,4 @@ def dashboard(
             )
         ],
         panels=panels,
-    ).auto_panel_ids()
+    ).auto_panel_ids())

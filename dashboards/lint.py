@@ -43,7 +43,7 @@ import promql_parser as pp
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 METRICS_DOC = DASHBOARDS_DIR.parent / "docs" / "metrics.md"
 
-SCHEMA_VERSION = 39
+SCHEMA_VERSION = 42  # Grafana's current one (tests/test_dashboards_schema.py checks it)
 PANEL_TYPES = frozenset({"timeseries", "stat", "table", "bargauge", "alertlist"})
 DATASOURCE_UIDS = frozenset({"${datasource}", "$datasource"})
 RANGE_FUNCTIONS = frozenset({"rate", "irate", "increase"})
@@ -123,11 +123,12 @@ def iter_queries(dashboard: Mapping[str, Any]) -> Iterator[Query]:
                 panel=panel,
             )
     for annotation in dashboard.get("annotations", {}).get("list", []):
-        if "expr" in annotation:
+        expr = annotation_expr(annotation)
+        if expr is not None:
             # ALERTS have no instance: the rule pack aggregates the replica labels away
             yield Query(
                 f"annotation {annotation.get('name')!r}",
-                annotation["expr"],
+                expr,
                 "annotation",
                 required=("job",),
             )
@@ -143,6 +144,15 @@ def iter_queries(dashboard: Mapping[str, Any]) -> Iterator[Query]:
                     required=tuple(v for v in ("job", "instance") if v in defined),
                 )
         defined.append(variable.get("name", ""))
+
+
+def annotation_expr(annotation: Mapping[str, Any]) -> str | None:
+    """A Prometheus annotation's PromQL: in `target.expr` (the current schema), or `expr` (the
+    legacy place Grafana still migrates from)."""
+    target = annotation.get("target")
+    if isinstance(target, Mapping) and "expr" in target:
+        return str(target["expr"])
+    return str(annotation["expr"]) if "expr" in annotation else None
 
 
 def walk(node: Any, parents: tuple[Any, ...] = ()) -> Iterator[tuple[Any, tuple[Any, ...]]]:
@@ -269,7 +279,7 @@ def lint(
         finding("panel ids must be unique and set")
     titles = [p.get("title") for p in dashboard.get("panels", [])]
     if len(set(titles)) != len(titles):
-        # the rule pack links panels by title (alerts/params.yml links.panels)
+        # the rule pack links panels by title (the `panel` of each spec in alerts/cjalerts.py)
         finding(f"panel titles must be unique: {sorted(t for t in titles if titles.count(t) > 1)}")
     for panel in dashboard.get("panels", []):
         where = f"panel {panel.get('title')!r}"
@@ -299,7 +309,8 @@ def lint(
                     "not use the datasource variable"
                 )
     for annotation in dashboard.get("annotations", {}).get("list", []):
-        if "expr" in annotation and _uid(annotation.get("datasource")) not in DATASOURCE_UIDS:
+        if annotation_expr(annotation) is not None and \
+                _uid(annotation.get("datasource")) not in DATASOURCE_UIDS:
             finding(f"annotation {annotation.get('name')!r} does not use the datasource variable")
 
     # --- PromQL -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - web/          the HTTP server and the exporter-toolkit web config (TLS, basic auth, reload)
 - commands/     the one-shot commands: inspect, install_view, remediate
 - demo/         the zero-setup demo: embedded PostgreSQL, planted scenarios, the command
-- upstream/     shapes of what the CJ service writes (its outbox events)
+- upstream/     what the CJ service writes (its outbox events) and its consumers' contracts
 - finalizer/    remediation (imported only when asked for; see its own module map)
 
 Dependencies point one way: cli -> service/commands/demo -> poll, web, collector -> vocabulary,

@@ -77,6 +77,18 @@ class RemediationSettings:
                                       rule=NOT_NEGATIVE)
     replica_id: str | None = setting(None, "name of this replica in the audit table"
                                            " (default host:pid)")
+    # What the CJ service writes into a result event when it cannot tell (its settings
+    # DEFAULT_LLM_MODEL, DEFAULT_LLM_PROVIDER, DEFAULT_LLM_TEMPERATURE, overridable upstream
+    # by CJ_ASSESSMENT_SERVICE_*): set these to the service's values if it overrides them.
+    default_llm_model: str = setting("gpt-5.1", "model_used of a result event when no"
+                                                " comparison names a model (the CJ service's"
+                                                " DEFAULT_LLM_MODEL)")
+    default_llm_provider: str = setting("openai", "model_provider of a result event when no"
+                                                  " comparison names one (the CJ service's"
+                                                  " DEFAULT_LLM_PROVIDER)")
+    llm_temperature: float = setting(0.1, "assessment_metadata.llm_temperature of a result"
+                                          " event (the CJ service's DEFAULT_LLM_TEMPERATURE)",
+                                     rule=NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)

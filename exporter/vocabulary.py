@@ -48,7 +48,8 @@ PROBLEM_KINDS: tuple[ProblemKind, ...] = (
         "warning", "CJAnchorFlagMismatch"),
     ProblemKind(
         "duplicate_completion", "has_duplicate_completion",
-        "more than one completion/result event for this CJ run",
+        "more than one completion event for this CJ run (a second result alone is a"
+        " correction)",
         "warning", "CJDuplicateCompletionEvents"),
     ProblemKind(
         "duplicate_charge", "has_duplicate_charge",
@@ -89,12 +90,17 @@ BACKFILL_ANCHORS = "backfill_anchors"
 REFINALIZE = "refinalize"
 ACTIONS = (BACKFILL_ANCHORS, REFINALIZE)  # the order a cycle runs them in for one batch
 
-APPLIED = "applied"  # the database was changed
+APPLIED = "applied"  # the database was changed (and the missing or corrected events written)
+# The run's state closed in the CJ database with nothing published: a superseded run (its
+# essays moved to a newer run of the BOS batch) or one whose events are out and still right.
+CLOSED = "closed"
 DRY_RUN = "dry_run"  # planned and printed, nothing changed
 SKIPPED = "skipped"  # nothing to do: already finalized, locked by someone else, not wedged
-NEEDS_PERSON = "needs_person"  # refused on purpose (e.g. unusable anchors): a person decides
+# Refused on purpose (unusable anchors, an event its consumer's contract rejects, e.g. the ENG5
+# national scale's grades): a person decides.
+NEEDS_PERSON = "needs_person"
 FAILED = "failed"  # an error rolled the action back; retried after the cooldown
-OUTCOMES = (APPLIED, DRY_RUN, SKIPPED, NEEDS_PERSON, FAILED)
+OUTCOMES = (APPLIED, CLOSED, DRY_RUN, SKIPPED, NEEDS_PERSON, FAILED)
 
 # Why the safety valves held a candidate action back: cj_health_remediation_blocked{reason}.
 BLOCK_REASONS = ("paused", "too_many_wedged", "min_wedged_seconds", "max_attempts", "cooldown",
@@ -211,8 +217,8 @@ _FAMILIES: tuple[MetricFamily, ...] = (
     # the finalizer (cj_health_remediations_total is also exported, at 0, while it is off)
     MetricFamily(
         "cj_health_remediations", COUNTER,
-        "Finalizer actions by outcome (applied, dry_run, skipped, needs_person, failed); every"
-        " one has a row in cj_health_remediations.", ("action", "outcome")),
+        "Finalizer actions by outcome (applied, closed, dry_run, skipped, needs_person, failed);"
+        " every one has a row in cj_health_remediations.", ("action", "outcome")),
     MetricFamily("cj_health_remediation_cycles", COUNTER,
                  "Remediation cycles by result (follower: another replica leads).",
                  ("result",)),

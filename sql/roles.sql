@@ -135,25 +135,37 @@ GRANT UPDATE (status, completed_at, updated_at) ON cj_batch_uploads TO :"rw_role
 GRANT SELECT (batch_id, state, total_budget, submitted_comparisons, completed_comparisons,
               failed_comparisons, last_activity_at) ON cj_batch_states TO :"rw_role";
 GRANT UPDATE (state, last_activity_at) ON cj_batch_states TO :"rw_role";
--- Essays: ids, flags and metadata, never assessment_input_text (the student's essay).
-GRANT SELECT (els_essay_id, cj_batch_id, is_anchor, processing_metadata, text_storage_id)
+-- Essays: ids, flags and metadata, never assessment_input_text (the student's essay). ctid:
+-- upstream's SE reference is the last anchor in the physical row order (ORDER BY ctid).
+GRANT SELECT (els_essay_id, cj_batch_id, is_anchor, processing_metadata, text_storage_id, ctid)
     ON cj_processed_essays TO :"rw_role";
 GRANT UPDATE (is_anchor, current_bt_score, current_bt_se, comparison_count, updated_at)
     ON cj_processed_essays TO :"rw_role";
--- Comparisons: who won and the LLM's provider/model, never the prompt or the justification.
-GRANT SELECT (id, cj_batch_id, essay_a_els_id, essay_b_els_id, winner, processing_metadata)
+-- Comparisons: who won and the LLM's provider/model, never the prompt or the justification
+-- (error_code: the model is attributed from comparisons without one, a tie going to the pair
+-- met first in row order, ctid).
+GRANT SELECT (id, cj_batch_id, essay_a_els_id, essay_b_els_id, winner, processing_metadata,
+              error_code, ctid)
     ON cj_comparison_pairs TO :"rw_role";
 GRANT SELECT (id, assignment_id, course_id, grade_scale) ON assessment_instructions
     TO :"rw_role";
 GRANT SELECT (id, grade, text_storage_id, assignment_id, grade_scale)
     ON anchor_essay_references TO :"rw_role";
--- ON CONFLICT (els_essay_id, cj_batch_id) DO NOTHING reads the conflict target's columns.
-GRANT SELECT (els_essay_id, cj_batch_id) ON grade_projections TO :"rw_role";
-GRANT INSERT (els_essay_id, cj_batch_id, primary_grade, confidence_score, confidence_label,
-              calculation_metadata, population_prior, grade_scale)
+-- Projections are replaced, never inserted twice (INSERT ... ON CONFLICT DO UPDATE of the
+-- computed columns, which reads the conflict target and the columns it sets). Never deleted.
+GRANT SELECT (els_essay_id, cj_batch_id, primary_grade, confidence_score, confidence_label,
+              calculation_metadata, population_prior, grade_scale, created_at)
     ON grade_projections TO :"rw_role";
--- The guard reads existing completion events; the three events are inserted, never changed.
-GRANT SELECT (event_type, aggregate_id, event_data) ON event_outbox TO :"rw_role";
+GRANT INSERT (els_essay_id, cj_batch_id, primary_grade, confidence_score, confidence_label,
+              calculation_metadata, population_prior, grade_scale, created_at)
+    ON grade_projections TO :"rw_role";
+GRANT UPDATE (primary_grade, confidence_score, confidence_label, calculation_metadata,
+              population_prior, grade_scale, created_at)
+    ON grade_projections TO :"rw_role";
+-- The policy reads the run's events (and whether its last result is still unpublished); the
+-- events are inserted, never changed.
+GRANT SELECT (event_type, aggregate_id, event_data, created_at, published_at) ON event_outbox
+    TO :"rw_role";
 GRANT INSERT ON event_outbox TO :"rw_role";
 
 -- The audit trail and the pause switch exist only after `install-view --remediation`.

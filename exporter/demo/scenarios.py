@@ -4,13 +4,22 @@
 anchors with known grades, comparison pairs, projections, outbox events), with knobs that
 reproduce each production failure. `seed_demo` plants one batch per scenario and returns which
 problems each batch must show, so tests can check the exporter flags exactly those.
+
+The outbox events are what upstream's publisher writes, field for field, and pass the
+consumers' contracts (tests/db/test_contracts.py): HEAD's shape by default, the pre-fix
+code's with `prefix_events` (no top-level assignment_id, every grade "U", its old default
+model name), which is what the real Batch 20 carries. A batch that published events was
+scored: its essays get BT scores. The demo core needs no numpy, so they are a stand-in for the
+fit (the centred log of (wins + 0.5) / (losses + 0.5)); the finalizer computes the real one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +31,14 @@ from exporter.vocabulary import problem_set
 
 SWEDISH_8 = ("F", "E", "D", "D+", "C", "C+", "B", "A")
 DEMO_ASSIGNMENT = "demo-assignment-essay-2026"
+# What the comparisons' LLM callbacks record (cj_comparison_pairs.processing_metadata).
+LLM_PROVIDER, LLM_MODEL = "openai", "gpt-5-mini"
+PREFIX_DEFAULT_MODEL = "gpt-5-mini-2025-08-07"  # the pre-fix code's result model_used
+# grade -> normalized_score, as upstream's grade_utils (the finalizer's copy is in
+# exporter/finalizer/events.py; the demo core must not import the finalizer)
+NORMALIZED = {"A": 1.0, "A-": 0.93, "B+": 0.87, "B": 0.8, "B-": 0.73, "C+": 0.67, "C": 0.6,
+              "C-": 0.53, "D+": 0.47, "D": 0.4, "D-": 0.33, "E+": 0.27, "E": 0.2, "E-": 0.13,
+              "F+": 0.07, "F": 0.0, "U": 0.0}
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,18 @@ class BatchSpec:
     bos_batch_id: str | None = None
     user_id: str | None = "teacher-0001"
     essay_metadata: Any = None  # overrides every student's processing_metadata when set
+    prefix_events: bool = False  # the events in the pre-fix code's shape (Batch 20)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a batch's events report: its essays' scores and the students' projected grades."""
+
+    created_at: datetime
+    assignment_id: str | None
+    scores: dict[str, float]  # essay id -> BT score (stand-in)
+    grades: dict[str, str]  # student id -> projected grade
+    prefix: bool
 
 
 @dataclass
@@ -56,6 +85,7 @@ class Seeder:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     rng: random.Random = field(default_factory=lambda: random.Random(20))
     _anchor_refs: dict[str, int] = field(default_factory=dict)
+    _content: dict[int, Content] = field(default_factory=dict)
 
     def naive(self, at: datetime) -> datetime:
         """Upload and essay timestamps are naive UTC upstream."""
@@ -94,9 +124,13 @@ class Seeder:
             self._insert_state(batch_id, spec, last_activity)
         students = self._insert_students(batch_id, spec)
         anchors = self._insert_anchors(batch_id, spec)
-        self._insert_pairs(batch_id, students + anchors, spec)
-        if spec.projections:
-            self._insert_projections(batch_id, students)
+        outcomes = self._insert_pairs(batch_id, students + anchors, spec)
+        grades = self._insert_projections(batch_id, students) if spec.projections else {}
+        scores = stand_in_scores(students + anchors, outcomes) if spec.completion_runs else {}
+        self._write_scores(batch_id, scores)
+        self._content[batch_id] = Content(
+            last_activity - timedelta(minutes=30),
+            DEMO_ASSIGNMENT if spec.anchor_grades else None, scores, grades, spec.prefix_events)
         for run in range(spec.completion_runs):
             at = last_activity - spec.burst_spacing * (spec.completion_runs - 1 - run)
             self.write_completion_events(batch_id, bos, correlation, spec.user_id, at)
@@ -180,33 +214,51 @@ class Seeder:
             ids.append(essay_id)
         return ids
 
-    def _insert_pairs(self, batch_id: int, essays: list[str], spec: BatchSpec) -> None:
+    def _insert_pairs(self, batch_id: int, essays: list[str],
+                      spec: BatchSpec) -> list[tuple[str, str]]:
+        """The comparisons; returns the (winner, loser) of those with a winner."""
         if len(essays) < 2:
-            return
-        outcomes = (["win"] * spec.completed + ["error"] * spec.failed
-                    + [None] * (spec.submitted - spec.completed - spec.failed))
-        for outcome in outcomes:
+            return []
+        kinds = (["win"] * spec.completed + ["error"] * spec.failed
+                 + [None] * (spec.submitted - spec.completed - spec.failed))
+        outcomes = []
+        for kind in kinds:
             a, b = self.rng.sample(essays, 2)
-            winner = self.rng.choice(("essay_a", "essay_b")) if outcome == "win" else outcome
+            winner = self.rng.choice(("essay_a", "essay_b")) if kind == "win" else kind
+            if kind == "win":
+                outcomes.append((a, b) if winner == "essay_a" else (b, a))
             self.conn.execute(
                 text(
                     "INSERT INTO cj_comparison_pairs (cj_batch_id, essay_a_els_id, essay_b_els_id,"
                     " prompt_text, winner, confidence, error_code, created_at,"
-                    " request_correlation_id, submitted_at, completed_at, pair_generation_mode)"
-                    " VALUES (:batch, :a, :b, 'Which essay is better?', :winner, :conf, :err,"
-                    " :created, :corr, :submitted, :completed, 'coverage')"
+                    " request_correlation_id, submitted_at, completed_at, pair_generation_mode,"
+                    " processing_metadata) VALUES (:batch, :a, :b, 'Which essay is better?',"
+                    " :winner, :conf, :err, :created, :corr, :submitted, :completed, 'coverage',"
+                    " CAST(:meta AS json))"
                 ),
                 {"batch": batch_id, "a": a, "b": b, "winner": winner,
-                 "conf": 3.0 if outcome == "win" else None,
-                 "err": "TIMEOUT" if outcome == "error" else None,
+                 "conf": 3.0 if kind == "win" else None,
+                 "err": "TIMEOUT" if kind == "error" else None,
                  "created": self.naive(self.now - timedelta(minutes=20)),
                  "corr": str(uuid.uuid4()), "submitted": self.now - timedelta(minutes=20),
-                 "completed": self.now - timedelta(minutes=10) if outcome else None},
+                 "completed": self.now - timedelta(minutes=10) if kind else None,
+                 "meta": json.dumps({"provider": LLM_PROVIDER, "model": LLM_MODEL})
+                 if kind == "win" else None},
             )
+        return outcomes
 
-    def _insert_projections(self, batch_id: int, students: list[str]) -> None:
+    def _write_scores(self, batch_id: int, scores: dict[str, float]) -> None:
+        for essay_id, score in scores.items():
+            self.conn.execute(
+                text("UPDATE cj_processed_essays SET current_bt_score = :s"
+                     " WHERE els_essay_id = :id AND cj_batch_id = :batch"),
+                {"s": score, "id": essay_id, "batch": batch_id})
+
+    def _insert_projections(self, batch_id: int, students: list[str]) -> dict[str, str]:
+        grades = {}
         for essay_id in students:
             grade = self.rng.choice(SWEDISH_8)
+            grades[essay_id] = grade
             self.conn.execute(
                 text(
                     "INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
@@ -218,16 +270,22 @@ class Seeder:
                                      "primary_anchor_grade": grade,
                                      "grade_scale": "swedish_8_anchor"})},
             )
+        return grades
 
     def write_completion_events(
         self, batch_id: int, bos: str, correlation: str, user_id: str | None, at: datetime,
         published: bool = True,
     ) -> None:
         """What one upstream finalize_scoring call writes: completed, result, resource."""
-        rows = [ev.completion_row(batch_id, bos, correlation, {"total_essays": 6}, at),
-                ev.result_row(batch_id, bos, correlation, {"essay_results": []}, at)]
+        c = self._content.get(batch_id) or Content(at, None, {}, {}, False)
+        rows = [ev.completion_row(batch_id, bos, correlation, completion_summary(c, at), at,
+                                  started_at=c.created_at),
+                ev.result_row(batch_id, bos, correlation, result_payload(c, at), at)]
         if user_id is not None:
-            rows.append(ev.resource_row(bos, correlation, user_id, "org-demo", 30, at))
+            students = len([e for e in c.scores if not e.startswith("ANCHOR_")])
+            rows.append(ev.resource_row(bos, correlation, user_id, "org-demo",
+                                        students * (students - 1) // 2, at,
+                                        processing_id=str(batch_id)))
         for row in rows:
             ev.insert_row(self.conn, row, at, published_at=at if published else None)
 
@@ -243,6 +301,62 @@ class Seeder:
             gave_up = i < failed
             ev.insert_row(self.conn, row, at, retry_count=5 if gave_up else 1,
                           last_error="Exceeded max retries (5)" if gave_up else "broker timeout")
+
+
+def stand_in_scores(essays: Sequence[str], outcomes: Sequence[tuple[str, str]]
+                    ) -> dict[str, float]:
+    """A demo stand-in for the BT fit, mean-centred like upstream's scores (module doc)."""
+    wins = {e: 0 for e in essays}
+    losses = dict(wins)
+    for winner, loser in outcomes:
+        wins[winner] += 1
+        losses[loser] += 1
+    raw = {e: math.log((wins[e] + 0.5) / (losses[e] + 0.5)) for e in essays}
+    mean = sum(raw.values()) / len(raw) if raw else 0.0
+    return {e: v - mean for e, v in raw.items()}
+
+
+def completion_summary(c: Content, at: datetime) -> dict[str, Any]:
+    students = [e for e in ranked(c) if not e.startswith("ANCHOR_")]
+    return {"total_essays": len(students), "successful": len(students), "failed": 0,
+            "successful_essay_ids": students, "failed_essay_ids": [],
+            "processing_time_seconds": round((at - c.created_at).total_seconds(), 2),
+            "single_essay_batch": len(students) == 1}
+
+
+def ranked(c: Content) -> list[str]:
+    return sorted(c.scores, key=lambda e: (-c.scores[e], e))
+
+
+def result_payload(c: Content, at: datetime) -> dict[str, Any]:
+    """The result event's body as upstream's publisher builds it (HEAD, or pre-fix)."""
+    essays = []
+    for rank, essay in enumerate(ranked(c), start=1):
+        anchor = essay.startswith("ANCHOR_")
+        grade = "U" if c.prefix or anchor else c.grades.get(essay, "U")
+        graded = grade != "U"
+        essays.append({
+            "essay_id": essay, "normalized_score": NORMALIZED.get(grade, 0.0),
+            "letter_grade": grade, "confidence_score": 0.894 if graded else 0.0,
+            "confidence_label": "HIGH" if graded else "LOW", "bt_score": c.scores[essay],
+            "rank": rank, "is_anchor": anchor, "feedback_uri": None, "metrics_uri": None,
+            "display_name": f"ANCHOR GRADE {grade}" if anchor else None})
+    anchors = sum(1 for e in c.scores if e.startswith("ANCHOR_"))
+    payload: dict[str, Any] = {} if c.prefix else {"assignment_id": c.assignment_id}
+    payload.update({
+        "assessment_method": "cj_assessment",
+        "model_used": PREFIX_DEFAULT_MODEL if c.prefix else LLM_MODEL,
+        "model_provider": LLM_PROVIDER, "model_version": None, "essay_results": essays,
+        "assessment_metadata": {
+            "anchor_essays_used": anchors,
+            "calibration_method": "anchor" if anchors else "default",
+            "anchor_grade_distribution": (dict.fromkeys(("A", "B", "C", "D", "E", "F", "U"), 0)
+                                          if anchors else {}),
+            "comparison_count": len(essays) * (len(essays) - 1) // 2,
+            "processing_duration_seconds": (at - c.created_at).total_seconds(),
+            "llm_temperature": 0.1, "assignment_id": c.assignment_id, "course_code": "SV1"},
+        "assessed_at": ev.timestamp(at)})
+    return payload
 
 
 GRADES = ("E", "D", "C", "B", "A")
@@ -266,9 +380,13 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="PENDING", state="INITIALIZING", budget=None, submitted=0, completed=0,
                   request_metadata=False, finished=False, idle=timedelta(seconds=5)),
         problem_set()),
+    # What the pre-fix code left (cj_consumers.md §3): it scored the batch and published one
+    # completion, one all-"U" result without assignment_id and one charge, then the state
+    # machine never left WAITING_CALLBACKS.
     "batch20_wedge": (
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
-                  anchors_flagged=False, idle=timedelta(hours=2)),
+                  anchors_flagged=False, idle=timedelta(hours=2), completion_runs=1,
+                  prefix_events=True),
         problem_set("wedged", "anchor_mismatch", "missing_projections")),
     "stuck_scoring": (
         BatchSpec(status="FETCHING_CONTENT", state="SCORING", finished=False,

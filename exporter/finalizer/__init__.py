@@ -7,9 +7,10 @@ core never needs numpy, scipy or choix. Modules, one job each:
 - bt          Bradley-Terry scores and standard errors (choix, as upstream)
 - scales      the grade scales and their priors
 - projection  anchor calibration and student grade projection (as upstream)
-- events      the three completion events' payloads
+- events      the three completion events' payloads, and what a result says (R3)
 - store       the SQL the actions run
-- refinalize  the re-finalization transaction (row locks + guard = exactly once)
+- refinalize  the re-finalization transaction (row locks + guard = exactly once) and the
+              healing policy per event type (R1-R5, contracts checked before writing)
 - anchors     the anchor-flag backfill
 - audit       the audit table and the maintenance switch
 - valves      authorization and the safety valves (pure)

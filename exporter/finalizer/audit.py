@@ -17,12 +17,12 @@ from sqlalchemy import Connection, Engine, text
 
 from exporter import sqlfiles
 from exporter.finalizer.model import History, Result
-from exporter.vocabulary import APPLIED, FAILED, NEEDS_PERSON
+from exporter.vocabulary import APPLIED, CLOSED, FAILED, NEEDS_PERSON
 
 DDL = "remediation/cj_health_remediations.sql"
 TABLE = "cj_health_remediations"
 PAUSE_TABLE = "cj_health_remediation_pause"
-ATTEMPT_OUTCOMES = (APPLIED, FAILED, NEEDS_PERSON)  # what max_attempts counts
+ATTEMPT_OUTCOMES = (APPLIED, CLOSED, FAILED, NEEDS_PERSON)  # what max_attempts counts
 
 
 def install(conn: Connection) -> None:

@@ -6,9 +6,13 @@ Upstream (cj_core_logic/scoring_ranking.py + bt_inference.py, cj_schema.md §6):
   (a pair naming an essay outside the batch is skipped);
 - `choix.ilsr_pairwise(n, pairs, alpha=0.01)`, then the scores are mean-centred;
 - standard errors come from the observed Fisher information (p(1-p) per comparison) with one
-  reference item removed for identifiability: the last anchor in sorted-id order, or the last
-  item when there is no anchor. The reference gets SE 0. The reduced matrix is inverted with
-  `pinv(rcond=1e-10)` and every SE is capped at 2.0.
+  reference item removed for identifiability: the anchor that comes LAST in the row order in
+  which upstream reads the batch's essays (an un-ordered `SELECT ... WHERE cj_batch_id = $1`,
+  i.e. physical order, reproduced by `ORDER BY ctid`: store.load_essays), or the last item in
+  sorted-id order when there is no anchor. The item indices still follow the sorted ids. (Taking
+  the last anchor in sorted-id order instead changed the SEs of 6 of the 10 anchored batches
+  upstream's code wrote for the fixture.) The reference gets SE 0. The reduced matrix is
+  inverted with `pinv(rcond=1e-10)` and every SE is capped at 2.0.
 - comparison_count of an essay = usable comparisons it took part in.
 
 A fit with no usable comparison raises NoComparisons, as upstream raises a domain error.
@@ -17,7 +21,7 @@ A fit with no usable comparison raises NoComparisons, as upstream raises a domai
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import choix
@@ -64,9 +68,15 @@ class BTFit:
         }
 
 
-def fit(essay_ids: Iterable[str], anchors: Collection[str],
+def fit(essay_ids: Iterable[str], anchors: Sequence[str],
         outcomes: Iterable[tuple[str, str]]) -> BTFit:
-    """Fit BT on (winner_id, loser_id) outcomes; `anchors` are the essays flagged is_anchor."""
+    """Fit BT on (winner_id, loser_id) outcomes.
+
+    `anchors`: the essays flagged is_anchor, in upstream's row order (the last one of the batch
+    is the SE reference); an ordered sequence, never a set, since its order decides the SEs.
+    """
+    if isinstance(anchors, set | frozenset):
+        raise TypeError("anchors must be in row order (a sequence), not a set")
     ids = tuple(sorted(set(essay_ids)))
     index = {essay: i for i, essay in enumerate(ids)}
     pairs: list[tuple[int, int]] = []
@@ -81,8 +91,8 @@ def fit(essay_ids: Iterable[str], anchors: Collection[str],
     n = len(ids)
     params = np.asarray(choix.ilsr_pairwise(n, pairs, alpha=ALPHA), dtype=float)
     params = params - params.mean()
-    anchor_positions = sorted(index[a] for a in anchors if a in index)
-    reference = anchor_positions[-1] if anchor_positions else n - 1
+    in_batch = [index[a] for a in anchors if a in index]
+    reference = in_batch[-1] if in_batch else n - 1
     se, condition = standard_errors(n, pairs, params, reference)
     return BTFit(
         essay_ids=ids,

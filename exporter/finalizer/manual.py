@@ -21,10 +21,10 @@ from exporter.config import FinalizerSettings
 from exporter.errors import OperatorError
 from exporter.finalizer import audit, valves
 from exporter.finalizer.model import Result
-from exporter.finalizer.service import limits, replica_id, run_action
-from exporter.vocabulary import APPLIED, DRY_RUN, SKIPPED
+from exporter.finalizer.service import event_defaults, limits, replica_id, run_action
+from exporter.vocabulary import APPLIED, CLOSED, DRY_RUN, SKIPPED
 
-OK_OUTCOMES = (APPLIED, DRY_RUN, SKIPPED)
+OK_OUTCOMES = (APPLIED, CLOSED, DRY_RUN, SKIPPED)
 
 
 def _write_engine(settings: FinalizerSettings) -> Engine:
@@ -80,7 +80,7 @@ def remediate(settings: FinalizerSettings, batch_id: int, action: str, yes: bool
             return 1
         replica = replica_id(settings)
         result = run_action(engine, action, batch_id, replica=replica, dry_run=False,
-                            limits=limits(settings))
+                            limits=limits(settings), defaults=event_defaults(settings))
         audit.record(engine, result, replica, dry_run=False)
     finally:
         engine.dispose()
@@ -98,7 +98,8 @@ def _preview(settings: FinalizerSettings, batch_id: int, action: str,
         engine = db.make_engine(url, settings.connect_timeout_seconds)
     try:
         result = run_action(engine, action, batch_id, replica=replica_id(settings),
-                            dry_run=True, limits=limits(settings))
+                            dry_run=True, limits=limits(settings),
+                            defaults=event_defaults(settings))
     finally:
         engine.dispose()
     out("DRY RUN: nothing is changed; add --yes to apply.")

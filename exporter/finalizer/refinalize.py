@@ -1,19 +1,26 @@
-"""Action `refinalize`: what upstream's finalize_scoring does, in ONE transaction, exactly once.
+"""Action `refinalize`: heal a wedged batch by the healing policy, in ONE transaction, exactly once.
 
 Exactly-once rests on this transaction alone (never on leadership, which PgBouncer or a
 recycled connection can silently lose):
 1. `SELECT ... FOR UPDATE SKIP LOCKED` on the batch's cj_batch_uploads and cj_batch_states rows.
    If another finalizer (or the service) holds either, this one skips: it never waits.
-2. The guard runs AFTER the locks, in the same READ COMMITTED transaction: each statement then
+2. Every check runs AFTER the locks, in the same READ COMMITTED transaction: each statement then
    reads a snapshot taken after the lock was granted, so it sees everything a previous holder
    committed (state COMPLETED, its outbox rows). A finalizer that got the lock after another
    one committed therefore always skips. Checking before locking would let two finalizers pass
-   the guard one after the other and both write events.
-3. Anchor backfill, BT scores, projections, the three outbox rows, the state/status change and
-   the audit row all commit together, or (error, kill -9, lost connection) none of them does.
+   one after the other and both write events. The upload's status is re-read under the lock
+   too, so upstream's completion sweeper (which reads the status, then finalizes) is not raced.
+3. Anchor backfill, BT scores, projections, the outbox rows, the state/status change and the
+   audit row all commit together, or (error, kill -9, lost connection) none of them does.
 
-A batch whose anchors cannot be used (expected but < 2 distinct grades) is left untouched and
-reported as needs_person: a projection-less "completion" would be worse than a wedged batch.
+What is written is decided per event type from what this CJ run already has in the outbox
+(docs/finalizer.md, "The policy"): R2 at most one completion per run, R1 at most one resource
+event per run and none without a user, R3 a result only when none was sent or the one sent
+says something else (a correction) and no result row is still unpublished; R4 a superseded run
+is never rescored nor republished; R5 projections are replaced, never inserted twice. Every row
+is checked against its consumer's contract first (exporter/upstream/contracts.py): a row the
+consumer would reject rolls everything back as needs_person, so a batch whose result cannot be
+delivered (the ENG5 national scale) is never marked COMPLETED.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from psycopg import errors as pg_errors
@@ -33,7 +40,17 @@ from exporter import db
 from exporter.finalizer import audit, bt, events, scales, store
 from exporter.finalizer.model import DEFAULT_LIMITS, Limits, Result
 from exporter.finalizer.projection import Essay, Projection, project, resolve_anchor_grades
-from exporter.vocabulary import APPLIED, DRY_RUN, FAILED, NEEDS_PERSON, REFINALIZE, SKIPPED
+from exporter.upstream import contracts
+from exporter.upstream import events as ev
+from exporter.vocabulary import (
+    APPLIED,
+    CLOSED,
+    DRY_RUN,
+    FAILED,
+    NEEDS_PERSON,
+    REFINALIZE,
+    SKIPPED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,53 +71,86 @@ class Hooks:
 
 
 @dataclass(frozen=True)
+class Close:
+    """Nothing to publish: the run's state is closed in the CJ database (outcome `closed`)."""
+
+    batch: store.Batch
+    reason: str
+    flagged: list[str]
+    decisions: dict[str, str]
+    at: datetime  # the database's clock, read once after the locks
+
+    def detail(self) -> dict[str, Any]:
+        return {"reason": self.reason, "decisions": self.decisions,
+                "anchors_flagged": self.flagged, "events": [],
+                "plan": [f"lock cj_batch_uploads/cj_batch_states rows of batch"
+                         f" {self.batch.cj_batch_id} (FOR UPDATE SKIP LOCKED)",
+                         "no rescoring, no projection, no event",
+                         f"set state COMPLETED (status {self.batch.status} kept),"
+                         " completed_at if unset"]}
+
+
+@dataclass(frozen=True)
 class Plan:
+    """Rescore and publish what the run lacks (outcome `applied`)."""
+
     batch: store.Batch
     flagged: list[str]  # anchors the backfill flags
-    essays: list[Essay]  # with is_anchor as it is after the backfill
+    essays: list[Essay]  # with is_anchor as it is after the backfill, in row order
     context: store.Context
     fit: bt.BTFit
     projection: Projection | None  # None: no anchors expected, nothing to project
-    model: tuple[str | None, str | None]
+    rows: list[ev.OutboxRow]  # to write, each checked against its contract
+    decisions: dict[str, str]  # per event type: what is written and why
     status: str
+    at: datetime  # the database's clock, read once after the locks: every time written
 
     def detail(self) -> dict[str, Any]:
         b = self.batch
         projected = len(self.projection.students) if self.projection else 0
-        event_names = ["completed", "result"] + (["resource"] if b.user_id else [])
+        names = [_KIND[r.event_type] for r in self.rows]
         steps = [
             f"lock cj_batch_uploads/cj_batch_states rows of batch {b.cj_batch_id}"
             " (FOR UPDATE SKIP LOCKED)",
             f"flag {len(self.flagged)} anchor(s) whose metadata says is_anchor",
             f"write BT scores of {len(self.essays)} essays from {self.fit.comparisons}"
             f" comparisons (reference {self.fit.reference})",
-            (f"insert {projected} grade projection(s) ({self.context.scale_id},"
+            (f"write {projected} grade projection(s), replacing any ({self.context.scale_id},"
              f" context {self.context.source})" if self.projection
              else "no grade projections: the batch expects no anchors"),
-            f"write outbox events: {', '.join(event_names)} (correlation {b.correlation_id})",
+            (f"write outbox events: {', '.join(names)} (correlation {b.correlation_id}),"
+             " each checked against its consumer's contract" if names
+             else "write no outbox event"),
             f"set state COMPLETED, status {self.status}, completed_at",
         ]
         return {
             "reason": f"{b.state}/{b.status} -> COMPLETED/{self.status}",
             "plan": steps,
+            "decisions": self.decisions,
             "anchors_flagged": self.flagged,
             "essays": len(self.essays),
             "comparisons": self.fit.comparisons,
             "bt": self.fit.summary(),
             "projection": self.projection.reason if self.projection else "not expected",
             "projections": projected,
-            "events": event_names,
+            "events": names,
+            "contracts": "every event valid (formats checked)" if names else "no event",
             "status": self.status,
         }
 
 
+_KIND = {ev.COMPLETED_EVENT: "completed", ev.RESULT_EVENT: "result",
+         ev.RESOURCE_EVENT: "resource"}
+
+
 def refinalize(engine: Engine, batch_id: int, *, replica: str, dry_run: bool,
-               limits: Limits = DEFAULT_LIMITS, hooks: Hooks | None = None) -> Result:
+               limits: Limits = DEFAULT_LIMITS, hooks: Hooks | None = None,
+               defaults: events.Defaults = events.DEFAULTS) -> Result:
     """Run the action; never raises for a batch-level problem (the Result says what happened)."""
     started = time.monotonic()
     try:
-        result = _dry_run(engine, batch_id, limits) if dry_run else _apply(
-            engine, batch_id, replica, limits, hooks or Hooks(), started)
+        result = _dry_run(engine, batch_id, limits, defaults) if dry_run else _apply(
+            engine, batch_id, replica, limits, hooks or Hooks(), defaults, started)
     except DBAPIError as exc:
         result = Result(REFINALIZE, batch_id, FAILED, {"reason": _explain(exc)})
     except Exception as exc:  # a bug or bad data must not kill the cycle; it is audited
@@ -124,7 +174,7 @@ def _explain(exc: DBAPIError) -> str:
 
 
 def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: Hooks,
-           started: float) -> Result:
+           defaults: events.Defaults, started: float) -> Result:
     with engine.connect().execution_options(isolation_level="READ COMMITTED") as conn:
         tx = conn.begin()
         try:
@@ -134,21 +184,11 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
             if isinstance(batch, str):
                 tx.rollback()
                 return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-            plan = _plan(conn, batch, backfill=True)
+            plan = _plan(conn, batch, backfill=True, defaults=defaults)
             if isinstance(plan, Result):
                 tx.rollback()  # the backfill above, if any, is undone: nothing half-done
                 return plan
-            at = datetime.now(UTC)
-            written = store.write_scores(conn, batch_id, plan.fit)
-            inserted = (store.insert_projections(conn, batch_id, plan.projection,
-                                                 plan.context.source)
-                        if plan.projection else 0)
-            store.insert_events(conn, events.build(batch, dict(plan.fit.scores),
-                                                   plan.projection, plan.model, at), at)
-            store.complete_batch(conn, batch_id, plan.status, at)
-            detail = {**plan.detail(), "scores_written": written, "projections": inserted,
-                      "took_ms": _ms_since(started)}  # the audit row's figure, before COMMIT
-            result = Result(REFINALIZE, batch_id, APPLIED, detail, audited=True)
+            result = _write(conn, plan, started)
             audit.insert(conn, result, replica, dry_run=False)
             hooks.before_commit()
             tx.commit()
@@ -159,7 +199,25 @@ def _apply(engine: Engine, batch_id: int, replica: str, limits: Limits, hooks: H
             raise
 
 
-def _dry_run(engine: Engine, batch_id: int, limits: Limits) -> Result:
+def _write(conn: Connection, plan: Plan | Close, started: float) -> Result:
+    """The plan's writes, all stamped with the database's clock (never the exporter host's)."""
+    at = plan.at
+    bid = plan.batch.cj_batch_id
+    if isinstance(plan, Close):
+        store.complete_batch(conn, bid, plan.batch.status, at)
+        return Result(REFINALIZE, bid, CLOSED,
+                      {**plan.detail(), "took_ms": _ms_since(started)}, audited=True)
+    written = store.write_scores(conn, bid, plan.fit)
+    projected = (store.replace_projections(conn, bid, plan.projection, plan.context.source, at)
+                 if plan.projection else 0)
+    store.insert_events(conn, plan.rows, at)
+    store.complete_batch(conn, bid, plan.status, at)
+    detail = {**plan.detail(), "scores_written": written, "projections": projected,
+              "took_ms": _ms_since(started)}  # the audit row's figure, before COMMIT
+    return Result(REFINALIZE, bid, APPLIED, detail, audited=True)
+
+
+def _dry_run(engine: Engine, batch_id: int, limits: Limits, defaults: events.Defaults) -> Result:
     """The same decisions on a read-only snapshot: no lock, no write, nothing to undo."""
     options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
     with engine.connect().execution_options(**options) as conn, conn.begin():
@@ -167,26 +225,76 @@ def _dry_run(engine: Engine, batch_id: int, limits: Limits) -> Result:
         batch = store.read_batch(conn, batch_id, lock=False)
         if isinstance(batch, str):
             return Result(REFINALIZE, batch_id, SKIPPED, {"reason": batch})
-        plan = _plan(conn, batch, backfill=False)
+        plan = _plan(conn, batch, backfill=False, defaults=defaults)
         if isinstance(plan, Result):
             return plan
-        return Result(REFINALIZE, batch_id, DRY_RUN, plan.detail())
+        detail = plan.detail()
+        if isinstance(plan, Close):
+            detail["reason"] = f"would close: {detail['reason']}"
+        return Result(REFINALIZE, batch_id, DRY_RUN, detail)
 
 
-def _plan(conn: Connection, batch: store.Batch, backfill: bool) -> Plan | Result:
-    """Guard, eligibility, anchors, BT and projection; a Result when nothing is to be written.
+def _plan(conn: Connection, batch: store.Batch, backfill: bool,
+          defaults: events.Defaults) -> Plan | Close | Result:
+    """Guard, eligibility, the policy per event type; a Result when nothing is to be written.
 
     backfill=True flags the anchors in the database first (apply); False computes the same
     flags in memory (dry run).
     """
     bid = batch.cj_batch_id
+    refused = _guard(batch)
+    if refused is not None:
+        return refused
+    at = store.db_clock(conn)
+    written = store.written_events(conn, batch)
+    if written.unpublished_results:
+        return Result(REFINALIZE, bid, SKIPPED, {
+            "reason": f"{written.unpublished_results} result event(s) of this run still wait"
+                      " for the relay (R3: no correction while one is unpublished);"
+                      " retried once it has published them"})
+    newer = store.superseded_by(conn, batch)
+    if newer:
+        return _superseded(batch, written, newer, at)
+    flagged, essays = _anchors(conn, bid, backfill)
+    if not essays:
+        return Result(REFINALIZE, bid, NEEDS_PERSON, {
+            "reason": "the batch has no essays and no newer run owns the ones it compared"})
+    context = store.load_context(conn, batch)
+    unusable = _unusable_anchors(conn, batch, essays, context)
+    if unusable is not None:
+        return unusable
+    try:
+        fit = bt.fit((e.els_essay_id for e in essays),
+                     [e.els_essay_id for e in essays if e.is_anchor],
+                     store.load_outcomes(conn, bid))
+    except bt.NoComparisons as exc:
+        return Result(REFINALIZE, bid, NEEDS_PERSON, {"reason": str(exc)})
+    projection = (project(scales.resolve(context.scale_id), essays, context.refs, fit.scores,
+                          fit.ses) if _expects_anchors(conn, batch, essays) else None)
+    built = events.build(batch, dict(fit.scores), projection, store.llm_model(conn, bid), at,
+                         defaults)
+    rows, decisions = _choose(batch, written, built)
+    refused = _check_contracts(bid, rows, context)
+    if refused is not None:
+        return refused
+    if not rows:
+        return Close(batch, "its events are out and still right: nothing to publish"
+                            " (R1-R3), so no rescoring either", flagged, decisions, at)
+    stale = store.stale_projections(conn, bid, [e.els_essay_id for e in essays
+                                                if not e.is_anchor])
+    if stale and projection is not None:
+        return Result(REFINALIZE, bid, NEEDS_PERSON, {
+            "reason": f"{len(stale)} projection(s) of this batch belong to essays that are not"
+                      " its students now: replacing the projections (R5) would leave them",
+            "essays": stale})
+    return Plan(batch, flagged, essays, context, fit, projection, rows, decisions,
+                _final_status(batch), at)
+
+
+def _guard(batch: store.Batch) -> Result | None:
+    bid = batch.cj_batch_id
     if batch.state == "COMPLETED":
         return Result(REFINALIZE, bid, SKIPPED, {"reason": "state is already COMPLETED"})
-    written = store.existing_events(conn, batch)
-    if written:
-        return Result(REFINALIZE, bid, SKIPPED, {
-            "reason": f"completion events already in the outbox ({', '.join(written)}):"
-                      " finalizing again would publish them twice"})
     if batch.status.startswith("ERROR"):
         return Result(REFINALIZE, bid, NEEDS_PERSON, {
             "reason": f"upload status is {batch.status}: someone marked it failed"})
@@ -194,37 +302,110 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool) -> Plan | Result
         return Result(REFINALIZE, bid, SKIPPED, {
             "reason": f"not wedged (state {batch.state}, status {batch.status},"
                       f" {batch.pending} callbacks pending)"})
+    return None
+
+
+def _superseded(batch: store.Batch, written: store.Written, newer: list[int],
+                at: datetime) -> Close | Result:
+    """R4: a newer run of the BOS batch owns this run's essays; rescoring would score an empty
+    (or partial) batch and republishing would overwrite the newer run's results in RAS."""
+    runs = ", ".join(map(str, newer))
+    if not (written.completed or written.results):
+        return Result(REFINALIZE, batch.cj_batch_id, NEEDS_PERSON, {
+            "reason": f"superseded by run(s) {runs} of the same BOS batch before it published"
+                      " anything: not rescored (R4), and closing it would hide an undelivered"
+                      " run", "superseded_by": newer})
+    decisions = {kind: f"never (R4): superseded by run(s) {runs}"
+                 for kind in ("completed", "result", "resource")}
+    return Close(batch, f"superseded by run(s) {runs} of the same BOS batch, which now own its"
+                        " essays (R4): never rescored or republished; over-charges, if any,"
+                        " are refunded by hand", [], decisions, at)
+
+
+def _anchors(conn: Connection, bid: int, backfill: bool) -> tuple[list[str], list[Essay]]:
+    """The anchor backfill and the essays as they are after it, in row order. The dry run
+    computes the flags in memory and moves the rows it would flag to the end, as the UPDATE
+    does (its new row versions come after the others in ctid order)."""
     if backfill:
         flagged = store.backfill_anchor_flags(conn, bid)
-        essays = store.load_essays(conn, bid)
+        return flagged, store.load_essays(conn, bid)
+    loaded = store.load_essays(conn, bid)
+    flagged = [e.els_essay_id for e in loaded
+               if not e.is_anchor and store.metadata_says_anchor(e.metadata)]
+    kept = [e for e in loaded if e.els_essay_id not in flagged]
+    moved = [replace(e, is_anchor=True) for e in loaded if e.els_essay_id in flagged]
+    return sorted(flagged), kept + moved
+
+
+def _expects_anchors(conn: Connection, batch: store.Batch, essays: list[Essay]) -> bool:
+    return (any(e.is_anchor or store.metadata_says_anchor(e.metadata)
+                or e.els_essay_id.startswith(events.ANCHOR_PREFIX) for e in essays)
+            or store.assignment_has_anchors(conn, batch.assignment_id))
+
+
+def _unusable_anchors(conn: Connection, batch: store.Batch, essays: list[Essay],
+                      context: store.Context) -> Result | None:
+    """Anchors expected but fewer than 2 distinct grades: a projection-less "completion" would
+    be worse than a wedged batch."""
+    if not _expects_anchors(conn, batch, essays):
+        return None
+    anchors = [e for e in essays if e.is_anchor]
+    grades = sorted(set(resolve_anchor_grades(anchors, context.refs).values()))
+    if len(grades) >= 2:
+        return None
+    return Result(REFINALIZE, batch.cj_batch_id, NEEDS_PERSON, {
+        "reason": f"anchors expected but unusable: {len(anchors)} flagged anchor(s),"
+                  f" distinct grades {grades or 'none'} (projection needs >= 2)",
+        "anchors": sorted(e.els_essay_id for e in anchors), "grades": grades,
+        "assignment_id": batch.assignment_id})
+
+
+def _choose(batch: store.Batch, written: store.Written,
+            built: events.Built) -> tuple[list[ev.OutboxRow], dict[str, str]]:
+    """Per event type, what this finalization writes, by R1-R3 (docs/finalizer.md)."""
+    rows: list[ev.OutboxRow] = []
+    decisions: dict[str, str] = {}
+    if written.completed:
+        decisions["completed"] = f"kept: {written.completed} already in the outbox (R2)"
     else:
-        loaded = store.load_essays(conn, bid)
-        flagged = [e.els_essay_id for e in loaded
-                   if not e.is_anchor and store.metadata_says_anchor(e.metadata)]
-        essays = [replace(e, is_anchor=e.is_anchor or e.els_essay_id in flagged) for e in loaded]
-    context = store.load_context(conn, batch)
-    expects = (any(e.is_anchor or store.metadata_says_anchor(e.metadata)
-                   or e.els_essay_id.startswith(events.ANCHOR_PREFIX) for e in essays)
-               or store.assignment_has_anchors(conn, batch.assignment_id))
-    if expects:
-        anchors = [e for e in essays if e.is_anchor]
-        grades = sorted(set(resolve_anchor_grades(anchors, context.refs).values()))
-        if len(grades) < 2:
+        rows.append(built.completion)
+        decisions["completed"] = "written: none in the outbox"
+    last = (written.last_result or {}).get("data")
+    if not written.results:
+        rows.append(built.result)
+        decisions["result"] = "written: none in the outbox"
+    elif events.same_substance(last, built.result.envelope["data"]):
+        decisions["result"] = (f"kept: the last of {written.results} sent says what a"
+                               " finalization would publish now (R3)")
+    else:
+        rows.append(built.result)
+        decisions["result"] = (f"corrected: the last of {written.results} sent differs from"
+                               " what a finalization publishes now (R3)")
+    if written.resources:
+        decisions["resource"] = f"kept: {written.resources} already in the outbox (R1)"
+    elif built.resource is None:
+        decisions["resource"] = ("withheld: the upload has no user_id, so there is nobody to"
+                                 " charge (an unbilled run: charge it once by hand)")
+    else:
+        rows.append(built.resource)
+        decisions["resource"] = "written: none in the outbox"
+    return rows, decisions
+
+
+def _check_contracts(bid: int, rows: list[ev.OutboxRow],
+                     context: store.Context) -> Result | None:
+    """Every row against its consumer's contract, formats checked: one the consumer would
+    reject (RAS drops an invalid result as a poison pill) is never written."""
+    for row in rows:
+        problems = contracts.violations(row.event_type, row.envelope)
+        if problems:
             return Result(REFINALIZE, bid, NEEDS_PERSON, {
-                "reason": f"anchors expected but unusable: {len(anchors)} flagged anchor(s),"
-                          f" distinct grades {grades or 'none'} (projection needs >= 2)",
-                "anchors": [e.els_essay_id for e in anchors], "grades": grades,
-                "assignment_id": batch.assignment_id})
-    try:
-        fit = bt.fit((e.els_essay_id for e in essays),
-                     {e.els_essay_id for e in essays if e.is_anchor},
-                     store.load_outcomes(conn, bid))
-    except bt.NoComparisons as exc:
-        return Result(REFINALIZE, bid, NEEDS_PERSON, {"reason": str(exc)})
-    projection = (project(scales.resolve(context.scale_id), essays, context.refs, fit.scores,
-                          fit.ses) if expects else None)
-    return Plan(batch, flagged, essays, context, fit, projection, store.llm_model(conn, bid),
-                _final_status(batch))
+                "reason": f"the {_KIND.get(row.event_type, row.event_type)} event would fail"
+                          f" its consumer's contract ({problems[0]}): nothing is written and"
+                          " the batch is not completed",
+                "violations": problems[:10], "event_type": row.event_type,
+                "grade_scale": context.scale_id})
+    return None
 
 
 def _wedged(b: store.Batch) -> bool:

@@ -22,6 +22,7 @@ from exporter import db
 from exporter.config import FinalizerSettings
 from exporter.finalizer import audit, candidates, valves
 from exporter.finalizer.anchors import backfill_anchors
+from exporter.finalizer.events import DEFAULTS, Defaults
 from exporter.finalizer.leader import LeaderLock
 from exporter.finalizer.metrics import RemediationMetrics
 from exporter.finalizer.model import Limits, Result
@@ -41,10 +42,18 @@ def limits(settings: FinalizerSettings) -> Limits:
                   lock_timeout=settings.lock_timeout_seconds)
 
 
+def event_defaults(settings: FinalizerSettings) -> Defaults:
+    """The CJ service's overridable defaults the result event carries (config.py)."""
+    r = settings.remediation
+    return Defaults(model=r.default_llm_model, provider=r.default_llm_provider,
+                    temperature=r.llm_temperature)
+
+
 def run_action(engine: Engine, action: str, batch_id: int, *, replica: str, dry_run: bool,
-               limits: Limits) -> Result:
+               limits: Limits, defaults: Defaults = DEFAULTS) -> Result:
     if action == REFINALIZE:
-        return refinalize(engine, batch_id, replica=replica, dry_run=dry_run, limits=limits)
+        return refinalize(engine, batch_id, replica=replica, dry_run=dry_run, limits=limits,
+                          defaults=defaults)
     if action == BACKFILL_ANCHORS:
         return backfill_anchors(engine, batch_id, replica=replica, dry_run=dry_run,
                                 limits=limits)
@@ -70,6 +79,7 @@ class Remediator:
         self.actions = r.actions
         self.replica = replica_id(settings)
         self.limits = limits(settings)
+        self.defaults = event_defaults(settings)
         self.engine = engine or db.make_engine(write_url, settings.connect_timeout_seconds,
                                                application_name="cj-health-exporter-finalizer",
                                                pool_size=2)
@@ -128,7 +138,8 @@ class Remediator:
 
     def _act(self, candidate: valves.Candidate) -> Result:
         result = run_action(self.engine, candidate.action, candidate.cj_batch_id,
-                            replica=self.replica, dry_run=self.dry_run, limits=self.limits)
+                            replica=self.replica, dry_run=self.dry_run, limits=self.limits,
+                            defaults=self.defaults)
         try:
             audit.record(self.engine, result, self.replica, self.dry_run)
         except Exception as exc:  # the action's outcome stands; the missing row is logged

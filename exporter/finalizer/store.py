@@ -104,29 +104,79 @@ def _missing_or_locked(conn: Connection, table: str, column: str, batch_id: int)
             else f"no {table} row for cj_batch_id {batch_id}")
 
 
-def existing_events(conn: Connection, batch: Batch) -> list[str]:
-    """Completion events already written for this CJ run (published or not).
+@dataclass(frozen=True)
+class Written:
+    """The events of this CJ run already in the outbox, published or not (rules R1-R3 of
+    docs/finalizer.md): what the finalizer may still add is decided from these counts."""
 
-    Keyed by the CJ batch, never by bos_batch_id alone (re-runs share it): the completion
-    event's cj_assessment_job_id, the result event's aggregate, and the resource event's
-    processing_id (upstream sets it to the CJ batch id) within the BOS batch's aggregate.
+    completed: int  # completion events with this run's cj_assessment_job_id (R2: at most one)
+    results: int  # result events of this run's aggregate
+    resources: int  # resource events with this run's processing_id (R1: at most one)
+    unpublished_results: int  # R3: a correction waits while one of these is still queued
+    last_result: dict[str, Any] | None  # event_data of the newest result row, if parseable
+
+    def kinds(self) -> list[str]:
+        return [k for k, n in (("completed", self.completed), ("result", self.results),
+                               ("resource", self.resources)) if n]
+
+
+_WRITTEN = text(
+    "SELECT"
+    " (SELECT count(*) FROM event_outbox WHERE event_type = :completed"
+    "  AND (event_data -> 'data' ->> 'cj_assessment_job_id') = :sid) AS completed,"
+    " (SELECT count(*) FROM event_outbox WHERE event_type = :result"
+    "  AND aggregate_id = :sid) AS results,"
+    " (SELECT count(*) FROM event_outbox WHERE event_type = :result"
+    "  AND aggregate_id = :sid AND published_at IS NULL) AS unpublished_results,"
+    " (SELECT count(*) FROM event_outbox WHERE event_type = :resource"
+    "  AND aggregate_id = :bos"
+    "  AND (event_data -> 'data' ->> 'processing_id') = :sid) AS resources,"
+    " (SELECT CAST(event_data AS text) FROM event_outbox WHERE event_type = :result"
+    "  AND aggregate_id = :sid ORDER BY created_at DESC, published_at DESC NULLS FIRST"
+    "  LIMIT 1) AS last_result"
+)
+
+
+def written_events(conn: Connection, batch: Batch) -> Written:
+    """This run's events, keyed by the CJ batch, never by bos_batch_id alone (re-runs share
+    it): the completion event's cj_assessment_job_id, the result event's aggregate, and the
+    resource event's processing_id (upstream sets it to the CJ batch id) within the BOS
+    batch's aggregate."""
+    row = conn.execute(_WRITTEN, {
+        "completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
+        "resource": ev.RESOURCE_EVENT, "sid": str(batch.cj_batch_id),
+        "bos": batch.bos_batch_id}).mappings().one()
+    last: Any = None
+    if row["last_result"]:
+        try:
+            last = json.loads(row["last_result"])
+        except ValueError:
+            last = None
+    return Written(int(row["completed"]), int(row["results"]), int(row["resources"]),
+                   int(row["unpublished_results"]), last if isinstance(last, dict) else None)
+
+
+def superseded_by(conn: Connection, batch: Batch) -> list[int]:
+    """Newer runs of the same BOS batch that now own essays this run compared (R4).
+
+    cj_processed_essays is keyed by els_essay_id alone: a re-run with the same ELS essays
+    moves their rows to the new CJ batch, and the old run keeps comparisons without essays.
     """
-    row = conn.execute(
-        text(
-            "SELECT"
-            " EXISTS (SELECT 1 FROM event_outbox WHERE event_type = :completed"
-            "  AND (event_data -> 'data' ->> 'cj_assessment_job_id') = :sid) AS completed,"
-            " EXISTS (SELECT 1 FROM event_outbox WHERE event_type = :result"
-            "  AND aggregate_id = :sid) AS result,"
-            " EXISTS (SELECT 1 FROM event_outbox WHERE event_type = :resource"
-            "  AND aggregate_id = :bos"
-            "  AND (event_data -> 'data' ->> 'processing_id') = :sid) AS resource"
-        ),
-        {"completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
-         "resource": ev.RESOURCE_EVENT, "sid": str(batch.cj_batch_id),
-         "bos": batch.bos_batch_id},
-    ).mappings().one()
-    return [kind for kind in ("completed", "result", "resource") if row[kind]]
+    return [int(b) for b in conn.execute(
+        text("SELECT DISTINCT e.cj_batch_id FROM cj_comparison_pairs AS p"
+             " JOIN cj_processed_essays AS e"
+             "  ON e.els_essay_id IN (p.essay_a_els_id, p.essay_b_els_id)"
+             " JOIN cj_batch_uploads AS u ON u.id = e.cj_batch_id"
+             " WHERE p.cj_batch_id = :id AND e.cj_batch_id <> :id AND u.bos_batch_id = :bos"
+             " ORDER BY 1"),
+        {"id": batch.cj_batch_id, "bos": batch.bos_batch_id}).scalars()]
+
+
+def db_clock(conn: Connection) -> datetime:
+    """The database's clock, read inside the transaction: every time the finalizer writes
+    comes from here, never from the exporter host (whose clock may be off)."""
+    at: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return at
 
 
 def metadata_says_anchor(meta: Any) -> bool:
@@ -138,11 +188,16 @@ def metadata_says_anchor(meta: Any) -> bool:
 
 
 def load_essays(conn: Connection, batch_id: int) -> list[Essay]:
-    """Every essay of the batch (never the essay text); `is_anchor` as the column has it."""
+    """Every essay of the batch (never the essay text); `is_anchor` as the column has it.
+
+    In upstream's row order: its get_essays_for_cj_batch is an un-ordered select, whose
+    physical order `ORDER BY ctid` reproduces, and the last anchor in that order is its SE
+    reference (bt.py). Rows an UPDATE rewrote (the anchor backfill) come later in that order.
+    """
     rows = conn.execute(
         text("SELECT els_essay_id, is_anchor, CAST(processing_metadata AS text) AS meta,"
              " text_storage_id FROM cj_processed_essays WHERE cj_batch_id = :id"
-             " ORDER BY els_essay_id"),
+             " ORDER BY ctid"),
         {"id": batch_id},
     ).mappings().all()
     essays = []
@@ -168,17 +223,22 @@ def load_outcomes(conn: Connection, batch_id: int) -> list[tuple[str, str]]:
     return [(str(w), str(lo)) for w, lo in rows]
 
 
-def llm_model(conn: Connection, batch_id: int) -> tuple[str | None, str | None]:
-    """The most frequent (provider, model) in the batch's comparison metadata, as upstream
-    derives the result event's model_provider / model_used."""
-    row = conn.execute(
-        text("SELECT processing_metadata ->> 'provider', processing_metadata ->> 'model'"
-             " FROM cj_comparison_pairs WHERE cj_batch_id = :id"
-             " AND processing_metadata ->> 'model' IS NOT NULL"
-             " GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 1"),
-        {"id": batch_id},
-    ).first()
-    return (row[0], row[1]) if row else (None, None)
+def llm_model(conn: Connection, batch_id: int) -> tuple[str, str] | None:
+    """The most frequent (provider, model) over the batch's comparisons without an error code
+    and with both keys set, as upstream derives the result event's model_provider/model_used;
+    a tie goes to the pair met first in the row order of upstream's un-ordered select
+    (`ORDER BY ctid`; Python's max keeps the first of equal counts, as upstream's does).
+    None when no comparison names both: the caller uses the configured defaults."""
+    counts: dict[tuple[str, str], int] = {}
+    for provider, model in conn.execute(
+            text("SELECT processing_metadata ->> 'provider', processing_metadata ->> 'model'"
+                 " FROM cj_comparison_pairs WHERE cj_batch_id = :id AND error_code IS NULL"
+                 " ORDER BY ctid"), {"id": batch_id}):
+        if provider and model:
+            counts[(provider, model)] = counts.get((provider, model), 0) + 1
+    if not counts:
+        return None
+    return max(counts.items(), key=lambda item: item[1])[0]
 
 
 def load_context(conn: Connection, batch: Batch) -> Context:
@@ -220,7 +280,7 @@ def backfill_anchor_flags(conn: Connection, batch_id: int) -> list[str]:
     """is_anchor = true where the metadata says so; never clears a flag. Returns the ids."""
     return list(conn.execute(
         text("UPDATE cj_processed_essays SET is_anchor = true,"
-             " updated_at = (now() AT TIME ZONE 'UTC')"
+             " updated_at = (clock_timestamp() AT TIME ZONE 'UTC')"
              " WHERE cj_batch_id = :id AND lower(processing_metadata ->> 'is_anchor') = 'true'"
              " AND is_anchor IS DISTINCT FROM true RETURNING els_essay_id"),
         {"id": batch_id},
@@ -232,7 +292,7 @@ def write_scores(conn: Connection, batch_id: int, fit: BTFit) -> int:
     return conn.execute(
         text("UPDATE cj_processed_essays AS e SET current_bt_score = v.score,"
              " current_bt_se = v.se, comparison_count = v.n,"
-             " updated_at = (now() AT TIME ZONE 'UTC')"
+             " updated_at = (clock_timestamp() AT TIME ZONE 'UTC')"
              " FROM unnest(CAST(:ids AS text[]), CAST(:scores AS float8[]),"
              "  CAST(:ses AS float8[]), CAST(:counts AS integer[])) AS v(id, score, se, n)"
              " WHERE e.els_essay_id = v.id AND e.cj_batch_id = :batch"),
@@ -241,22 +301,38 @@ def write_scores(conn: Connection, batch_id: int, fit: BTFit) -> int:
     ).rowcount
 
 
-def insert_projections(conn: Connection, batch_id: int, projection: Projection,
-                       context_source: str) -> int:
-    """Students only; ON CONFLICT DO NOTHING keeps a projection someone already wrote."""
+def stale_projections(conn: Connection, batch_id: int, students: Sequence[str]) -> list[str]:
+    """Projections of this batch for essays that are not its students now (R5 replaces the
+    batch's projections; without DELETE rights such a row is left to a person)."""
+    return list(conn.execute(
+        text("SELECT els_essay_id FROM grade_projections WHERE cj_batch_id = :id"
+             " AND NOT (els_essay_id = ANY(CAST(:ids AS text[]))) ORDER BY 1"),
+        {"id": batch_id, "ids": list(students)}).scalars())
+
+
+def replace_projections(conn: Connection, batch_id: int, projection: Projection,
+                        context_source: str, at: datetime) -> int:
+    """Write every student's projection, replacing one written before (R5: upstream's own
+    retry dies on grade_projections_pkey, a plain INSERT here would too)."""
     students = projection.students
     if not students or projection.calibration is None:
         return 0
     return conn.execute(
         text("INSERT INTO grade_projections (els_essay_id, cj_batch_id, primary_grade,"
              " confidence_score, confidence_label, calculation_metadata, population_prior,"
-             " grade_scale)"
+             " grade_scale, created_at)"
              " SELECT v.id, :batch, v.grade, v.score, v.label, CAST(v.meta AS json), v.prior,"
-             " :scale FROM unnest(CAST(:ids AS text[]), CAST(:grades AS text[]),"
+             " :scale, :at FROM unnest(CAST(:ids AS text[]), CAST(:grades AS text[]),"
              "  CAST(:scores AS float8[]), CAST(:labels AS text[]), CAST(:metas AS text[]),"
              "  CAST(:priors AS float8[])) AS v(id, grade, score, label, meta, prior)"
-             " ON CONFLICT (els_essay_id, cj_batch_id) DO NOTHING"),
-        {"batch": batch_id, "scale": projection.calibration.scale.scale_id,
+             " ON CONFLICT (els_essay_id, cj_batch_id) DO UPDATE SET"
+             " primary_grade = EXCLUDED.primary_grade,"
+             " confidence_score = EXCLUDED.confidence_score,"
+             " confidence_label = EXCLUDED.confidence_label,"
+             " calculation_metadata = EXCLUDED.calculation_metadata,"
+             " population_prior = EXCLUDED.population_prior,"
+             " grade_scale = EXCLUDED.grade_scale, created_at = EXCLUDED.created_at"),
+        {"batch": batch_id, "scale": projection.calibration.scale.scale_id, "at": at,
          "ids": [s.els_essay_id for s in students],
          "grades": [s.primary_grade for s in students],
          "scores": [s.confidence_score for s in students],
@@ -272,7 +348,8 @@ def insert_events(conn: Connection, rows: Sequence[ev.OutboxRow], at: datetime) 
 
 
 def complete_batch(conn: Connection, batch_id: int, status: str, at: datetime) -> None:
-    """state COMPLETED, the upload's status, completed_at (naive UTC, kept if already set)."""
+    """state COMPLETED, the upload's status, completed_at (naive UTC, kept if already set);
+    `at` is the database's clock (db_clock)."""
     naive = at.astimezone(UTC).replace(tzinfo=None)
     conn.execute(
         text("UPDATE cj_batch_states SET state = 'COMPLETED', last_activity_at = :at"

@@ -97,7 +97,10 @@ def result_row(
     at: datetime,
 ) -> OutboxRow:
     """Rich result to RAS (AssessmentResultV1): the outbox event_type is not the topic string
-    (the envelope's is); aggregate assessment_result / the CJ batch id."""
+    (the envelope's is); aggregate assessment_result / the CJ batch id.
+
+    `result` follows the identifying fields in upstream's order: HEAD's starts with the
+    top-level `assignment_id` (RAS reads it there); the pre-fix code's had none."""
     data = {
         "event_name": RESULT_EVENT,
         "entity_id": bos_batch_id,
@@ -116,12 +119,12 @@ def result_row(
 
 def resource_row(
     bos_batch_id: str, correlation_id: str, user_id: str, org_id: str | None, quantity: int,
-    at: datetime, processing_id: str | None = None,
+    at: datetime, *, processing_id: str,
 ) -> OutboxRow:
     """Credits consumed (ResourceConsumptionV1): aggregate resource_consumption/bos_batch_id.
 
-    Upstream's processing_id is the CJ batch id; callers that do not know it (old seeds) get
-    the correlation id.
+    processing_id is the CJ batch id, `str(cj_batch_uploads.id)`, as upstream sets it (pre-fix
+    and HEAD alike): the one key a charge can be attributed to a run by (R1).
     """
     data = {
         "event_name": "resource.consumption.reported",
@@ -134,7 +137,7 @@ def resource_row(
         "resource_type": "cj_comparison",
         "quantity": quantity,
         "service_name": SOURCE_SERVICE,
-        "processing_id": processing_id or correlation_id,
+        "processing_id": processing_id,
         "consumed_at": timestamp(at),
     }
     return OutboxRow(

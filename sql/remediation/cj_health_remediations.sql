@@ -1,7 +1,7 @@
 -- cj-health-exporter's finalizer: its audit trail and its maintenance switch.
 --
 -- Created by `cj-health-exporter install-view --remediation` only: a database whose exporter
--- never remediates gets no table of ours besides the views. Both statements are idempotent.
+-- never remediates gets no table of ours besides the views. Every statement is idempotent.
 -- Grants (sql/roles.sql): the finalizer's write role may SELECT/INSERT the audit rows (never
 -- UPDATE/DELETE them) and only read the pause switch; people pause and resume.
 --
@@ -15,10 +15,17 @@ CREATE TABLE IF NOT EXISTS cj_health_remediations (
     cj_batch_id integer NOT NULL,
     action text NOT NULL CHECK (action IN ('backfill_anchors', 'refinalize')),
     dry_run boolean NOT NULL,
-    outcome text NOT NULL
-        CHECK (outcome IN ('applied', 'dry_run', 'skipped', 'needs_person', 'failed')),
+    outcome text NOT NULL,
     detail jsonb NOT NULL DEFAULT '{}'::jsonb
 );
+
+-- The outcomes of exporter/vocabulary.py (OUTCOMES). Replaced on every install, so that an
+-- existing audit table takes an outcome added since (`closed`); the lock is on our own table
+-- only, for the time it takes to check its rows.
+ALTER TABLE cj_health_remediations
+    DROP CONSTRAINT IF EXISTS cj_health_remediations_outcome_check,
+    ADD CONSTRAINT cj_health_remediations_outcome_check
+        CHECK (outcome IN ('applied', 'closed', 'dry_run', 'skipped', 'needs_person', 'failed'));
 
 -- Valves read a batch's history per action: attempts (max_attempts) and the last one (cooldown).
 CREATE INDEX IF NOT EXISTS cj_health_remediations_batch_action_idx

@@ -62,7 +62,9 @@ SELECT
     COALESCE(b.cj_state = 'SCORING', false) AS is_stuck_scoring,
     (b.status_complete AND b.projectable AND b.grade_projections = 0) AS missing_projections,
     (b.anchor_mismatches > 0) AS has_anchor_mismatch,
-    (b.completion_events > 1 OR b.result_events > 1) AS has_duplicate_completion,
+    -- R2 of docs/finalizer.md: one completion per run. A second result event alone is not a
+    -- duplicate completion: it is how a result is corrected (the finalizer's Batch 20 heal).
+    (b.completion_events > 1) AS has_duplicate_completion,
     -- Entitlements charge once per resource-consumption event: more events for the BOS batch
     -- than runs of it that reached finalization means a customer was charged twice.
     (b.resource_events > b.finalized_runs) AS has_duplicate_charge,

@@ -28,6 +28,7 @@ from tests.support.remediation import (
 )
 
 FINALIZERS = 8
+CORRECTED = {"completed": 1, "result": 2, "resource": 1}  # Batch 20 healed: its pre-fix events
 
 
 def test_eight_concurrent_finalizers_write_each_event_once(remediation_db: RemediationDb) -> None:
@@ -57,16 +58,17 @@ def test_eight_concurrent_finalizers_write_each_event_once(remediation_db: Remed
     assert len(results) == FINALIZERS
     outcomes = sorted(r.outcome for r in results)
     assert outcomes == [APPLIED] + [SKIPPED] * (FINALIZERS - 1), [r.line() for r in results]
+    # Batch 20 carries the pre-fix code's three events: exactly one corrected result is added,
+    # no second completion, no second charge.
     found = events_of(remediation_db.engine, b20)
-    assert {k: len(v) for k, v in found.items()} == {"completed": 1, "result": 1, "resource": 1}
+    assert {k: len(v) for k, v in found.items()} == CORRECTED
     assert health(remediation_db.engine, b20)["grade_projections"] == 6
     assert [r["outcome"] for r in audit_rows(remediation_db.engine)] == ["applied"]
     # Then one more wave after the commit: all skip on the guard.
     late = [refinalize(remediation_db.engine, b20, replica="late", dry_run=False)
             for _ in range(3)]
     assert {r.outcome for r in late} == {SKIPPED}
-    assert {k: len(v) for k, v in events_of(remediation_db.engine, b20).items()} == {
-        "completed": 1, "result": 1, "resource": 1}
+    assert {k: len(v) for k, v in events_of(remediation_db.engine, b20).items()} == CORRECTED
 
 
 def test_a_transaction_begun_before_the_winner_committed_still_skips(
@@ -143,5 +145,4 @@ def test_sigkill_in_the_middle_of_the_transaction_leaves_nothing(
         time.sleep(0.1)
         result = refinalize(engine, b20, replica="survivor", dry_run=False)
     assert result.outcome == APPLIED, result.line()
-    assert {k: len(v) for k, v in events_of(engine, b20).items()} == {
-        "completed": 1, "result": 1, "resource": 1}
+    assert {k: len(v) for k, v in events_of(engine, b20).items()} == CORRECTED

@@ -45,40 +45,40 @@ def test_batch20_wedge_is_healed_end_to_end(remediation_db: RemediationDb) -> No
     assert (after["cj_state"], after["upload_status"]) == ("COMPLETED", "COMPLETE_STABLE")
     assert after["completed_at"] == before["completed_at"]  # upstream's completion time kept
     found = events_of(engine, b20)
-    assert {k: len(v) for k, v in found.items()} == {"completed": 1, "result": 1, "resource": 1}
+    # The pre-fix code already published one of each: only the corrected result is added.
+    assert {k: len(v) for k, v in found.items()} == {"completed": 1, "result": 2, "resource": 1}
+    assert all(r["published_at"] is not None for k in ("completed", "resource")
+               for r in found[k])
+    old, new = sorted(found["result"], key=lambda r: r["published_at"] is None)
+    assert old["published_at"] is not None and new["published_at"] is None
+    assert {r["letter_grade"] for r in old["data"]["data"]["essay_results"]} == {"U"}
+    assert "assignment_id" not in old["data"]["data"]  # the pre-fix shape
     with engine.connect() as conn:
-        upload = conn.execute(text("SELECT bos_batch_id, event_correlation_id, user_id"
-                                   " FROM cj_batch_uploads WHERE id = :id"),
+        upload = conn.execute(text("SELECT bos_batch_id, event_correlation_id, user_id,"
+                                   " assignment_id FROM cj_batch_uploads WHERE id = :id"),
                               {"id": b20}).mappings().one()
         essays = conn.execute(text(
             "SELECT els_essay_id, current_bt_score, current_bt_se, comparison_count, is_anchor"
-            " FROM cj_processed_essays WHERE cj_batch_id = :id"), {"id": b20}).mappings().all()
+            " FROM cj_processed_essays WHERE cj_batch_id = :id ORDER BY ctid"),
+            {"id": b20}).mappings().all()
         outcomes = store.load_outcomes(conn, b20)
-    for kind, (aggregate_type, aggregate_id) in {
-            "completed": ("cj_batch", upload["bos_batch_id"]),
-            "result": ("assessment_result", str(b20)),
-            "resource": ("resource_consumption", upload["bos_batch_id"])}.items():
-        row = found[kind][0]
-        assert (row["aggregate_type"], row["aggregate_id"]) == (aggregate_type, aggregate_id)
-        assert row["event_key"] == aggregate_id and row["published_at"] is None
-        assert row["data"]["correlation_id"] == upload["event_correlation_id"]
-        assert row["data"]["topic"] == row["topic"]
-        assert row["data"]["source_service"] == "cj_assessment_service"
-    assert found["result"][0]["topic"] == ev.RESULT_TOPIC
-    assert found["result"][0]["data"]["event_type"] == ev.RESULT_TOPIC
-    completion = found["completed"][0]["data"]["data"]
-    assert completion["status"] == "completed_successfully"
-    assert completion["processing_summary"]["total_essays"] == 6
-    resource = found["resource"][0]["data"]["data"]
-    assert (resource["processing_id"], resource["quantity"]) == (str(b20), 15)  # 6*5/2
-    assert resource["user_id"] == upload["user_id"]
-    essay_results = found["result"][0]["data"]["data"]["essay_results"]
+    assert (new["aggregate_type"], new["aggregate_id"]) == ("assessment_result", str(b20))
+    assert new["event_key"] == str(b20) and new["topic"] == ev.RESULT_TOPIC
+    assert new["data"]["correlation_id"] == upload["event_correlation_id"]
+    assert new["data"]["topic"] == new["topic"] == new["data"]["event_type"]
+    assert new["data"]["source_service"] == "cj_assessment_service"
+    result = new["data"]["data"]
+    assert result["assignment_id"] == upload["assignment_id"]  # top level, where RAS reads it
+    assert (result["model_provider"], result["model_used"]) == ("openai", "gpt-5-mini")
+    assert result["assessment_metadata"]["llm_temperature"] == 0.1
+    essay_results = result["essay_results"]
     assert [r["rank"] for r in essay_results] == list(range(1, 12))
     assert {r["letter_grade"] for r in essay_results if r["is_anchor"]} == {"U"}
+    assert {r["letter_grade"] for r in essay_results if not r["is_anchor"]} != {"U"}
 
     # The stored scores are the BT fit of the stored comparisons, SEs and counts included.
     fit = bt.fit([e["els_essay_id"] for e in essays],
-                 {e["els_essay_id"] for e in essays if e["is_anchor"]}, outcomes)
+                 [e["els_essay_id"] for e in essays if e["is_anchor"]], outcomes)
     for e in essays:
         assert e["current_bt_score"] == pytest.approx(fit.scores[e["els_essay_id"]], abs=1e-12)
         assert e["current_bt_se"] == pytest.approx(fit.ses[e["els_essay_id"]], abs=1e-12)
@@ -89,6 +89,7 @@ def test_batch20_wedge_is_healed_end_to_end(remediation_db: RemediationDb) -> No
     assert [(r["cj_batch_id"], r["action"], r["outcome"], r["dry_run"]) for r in rows] == [
         (b20, "refinalize", "applied", False)]
     assert rows[0]["detail"]["projections"] == 6
+    assert rows[0]["detail"]["decisions"]["result"].startswith("corrected")
 
 
 def test_a_second_run_changes_nothing(remediation_db: RemediationDb) -> None:
@@ -115,7 +116,8 @@ def test_dry_run_changes_nothing_and_describes_the_plan(remediation_db: Remediat
     assert audit_rows(engine) == []
     assert plan.outcome == flags.outcome == other.outcome == DRY_RUN
     assert len(plan.detail["anchors_flagged"]) == 5 and plan.detail["projections"] == 6
-    assert plan.detail["events"] == ["completed", "result", "resource"]
+    assert plan.detail["events"] == ["result"]  # a correction: the rest is already out
+    assert other.detail["events"] == ["completed", "result", "resource"]
     assert any("FOR UPDATE SKIP LOCKED" in step for step in plan.detail["plan"])
     assert len(flags.detail["essays"]) == 5
     assert other.detail["projections"] == 0 and "expects no anchors" in other.detail["plan"][3]
@@ -163,10 +165,8 @@ def test_no_user_id_means_no_resource_event_and_short_budget_is_forced_recovery(
         "completed": 1, "result": 1, "resource": 0}
 
 
-def test_guard_skips_batches_with_events_or_not_wedged(remediation_db: RemediationDb) -> None:
+def test_guard_skips_batches_not_wedged_or_failed(remediation_db: RemediationDb) -> None:
     engine = remediation_db.engine
-    finalized_but_scoring = remediation_db.seed(BatchSpec(
-        status="FETCHING_CONTENT", state="SCORING", finished=False, completion_runs=1))
     in_flight = next(b for b, p in remediation_db.planted.items() if not p
                      and health(engine, b)["cj_state"] == "WAITING_CALLBACKS")
     failed = remediation_db.batch("inconsistent_state")  # the monitor's FAILED
@@ -174,17 +174,35 @@ def test_guard_skips_batches_with_events_or_not_wedged(remediation_db: Remediati
                                             finished=False))
     before = snapshot(engine)
     results = {b: refinalize(engine, b, replica="test", dry_run=False)
-               for b in (finalized_but_scoring, in_flight, failed, errored)}
+               for b in (in_flight, failed, errored)}
     assert snapshot(engine) == before
-    assert results[finalized_but_scoring].outcome == SKIPPED
-    # (the seeder's resource row carries the correlation id as processing_id, not the CJ
-    # batch id as upstream does, so only two of the three are attributed to this run)
-    assert "already in the outbox (completed, result)" in results[finalized_but_scoring].reason
     assert results[in_flight].outcome == SKIPPED and "not wedged" in results[in_flight].reason
     assert results[failed].outcome == SKIPPED and "state FAILED" in results[failed].reason
     assert results[errored].outcome == NEEDS_PERSON
     unknown = refinalize(engine, 999_999, replica="test", dry_run=False)
     assert unknown.outcome == SKIPPED and "no cj_batch_uploads row" in unknown.reason
+
+
+def test_a_run_that_published_everything_is_never_completed_or_charged_twice(
+        remediation_db: RemediationDb) -> None:
+    """Stuck in SCORING after its three events went out (R1, R2): whatever else happens, no
+    second completion and no second charge. Its result carries the demo's stand-in scores,
+    not the BT fit, so the fit's result differs and is published once as a correction (R3);
+    a second run finds the state COMPLETED."""
+    engine = remediation_db.engine
+    bid = remediation_db.seed(BatchSpec(status="FETCHING_CONTENT", state="SCORING",
+                                        finished=False, completion_runs=1))
+    before = {k: len(v) for k, v in events_of(engine, bid).items()}
+    assert before == {"completed": 1, "result": 1, "resource": 1}
+    result = refinalize(engine, bid, replica="test", dry_run=False)
+    assert result.outcome == APPLIED, result.line()
+    assert result.detail["decisions"]["completed"].startswith("kept")
+    assert result.detail["decisions"]["resource"].startswith("kept")
+    assert result.detail["decisions"]["result"].startswith("corrected")
+    assert {k: len(v) for k, v in events_of(engine, bid).items()} == {
+        "completed": 1, "result": 2, "resource": 1}
+    again = refinalize(engine, bid, replica="test", dry_run=False)
+    assert (again.outcome, again.reason) == (SKIPPED, "state is already COMPLETED")
 
 
 def test_an_unpublished_event_of_another_run_rolls_everything_back(

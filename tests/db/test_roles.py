@@ -181,7 +181,9 @@ def test_finalizer_under_the_remediation_role(roles_db: RolesDb) -> None:
         "DELETE FROM event_outbox",
         "UPDATE event_outbox SET published_at = now()",  # could hide an event from the relay
         "UPDATE cj_batch_uploads SET bos_batch_id = 'x'",
-        "UPDATE grade_projections SET primary_grade = 'A'",
+        # (it replaces projections, R5: UPDATE of the computed columns, never of the keys)
+        "UPDATE grade_projections SET els_essay_id = 'x'",
+        "UPDATE grade_projections SET cj_batch_id = 0",
         "DELETE FROM grade_projections",
         "TRUNCATE cj_comparison_pairs",
         "DELETE FROM cj_health_remediations",  # the audit trail cannot be rewritten

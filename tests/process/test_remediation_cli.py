@@ -18,6 +18,7 @@ from tests.support.process import ExporterProcess, free_port, http_get
 from tests.support.remediation import (
     RemediationDb,
     audit_rows,
+    events_of,
     health,
     problems,
     snapshot,
@@ -50,7 +51,9 @@ def test_remediate_without_yes_is_a_dry_run(remediation_db: RemediationDb,
     assert out.startswith("DRY RUN: nothing is changed; add --yes to apply.")
     assert f"refinalize batch {b20}: dry_run" in out
     assert "  - lock cj_batch_uploads/cj_batch_states rows" in out
-    assert "  - insert 6 grade projection(s) (swedish_8_anchor, context assignment)" in out
+    assert ("  - write 6 grade projection(s), replacing any (swedish_8_anchor, context"
+            " assignment)") in out
+    assert "  events: result" in out  # Batch 20: only a corrected result (docs/finalizer.md)
     assert snapshot(db.engine) == before and audit_rows(db.engine) == []
 
 
@@ -236,6 +239,14 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
             assert sorted((r["cj_batch_id"], r["action"]) for r in audit_rows(engine)
                           if r["cj_batch_id"] == b20) == [(b20, "backfill_anchors"),
                                                           (b20, "refinalize")]
+            # Healed by the policy: its pre-fix completion and charge stand, one corrected
+            # result is added (no second charge), and it is COMPLETED.
+            found = events_of(engine, b20)
+            assert {k: len(v) for k, v in found.items()} == {
+                "completed": 1, "result": 2, "resource": 1}
+            corrected = next(r for r in found["result"] if r["published_at"] is None)
+            assert corrected["data"]["data"]["assignment_id"] is not None
+            assert health(engine, b20)["cj_state"] == "COMPLETED"
         finally:
             engine.dispose()
     finally:

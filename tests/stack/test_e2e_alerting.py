@@ -3,7 +3,7 @@
     PostgreSQL (demo scenarios: the Batch 20 wedge, every other problem, healthy batches)
       -> `cj-health-exporter serve` (polls every second)
       -> the Debian `prometheus` (scrapes and evaluates every second; the rule pack generated from
-         alerts/params.yml with `for: 0s`, except the exporter-health alerts that keep theirs)
+         alerts/cjalerts.py with `for: 0s`, except the exporter-health alerts that keep theirs)
       -> `prometheus-alertmanager` (alerts/alertmanager.example.yml with the webhook URLs pointed
          at this test and group_wait 1s)
       -> a webhook receiver in this test (`/pager` for critical, `/ticket` for warning).
@@ -14,7 +14,6 @@ stopped in `finally` blocks, also when a test fails.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from exporter.demo import scenarios
+from exporter.vocabulary import PROBLEM_KINDS
 from tests.support.database import Server, drop_database, new_database, url_string
 from tests.support.paths import ROOT
 from tests.support.process import Daemon, ExporterProcess, free_port, load_module
@@ -44,16 +44,7 @@ PAGE_DEADLINE_S = 60.0  # the issue's bar: the page reaches the receiver in unde
 # the exporter-health alerts keep their `for:`: with 0s, absent(up) would page at every start,
 # before Prometheus's first scrape
 KEEP_FOR = ("CJHealthExporterDown", "CJHealthPollFailing", "CJHealthPollStale")
-PROBLEM_ALERTS = {
-    "wedged": "CJBatchWedged",
-    "stuck_scoring": "CJBatchStuckScoring",
-    "missing_projections": "CJBatchCompletedWithoutProjections",
-    "anchor_mismatch": "CJAnchorFlagMismatch",
-    "duplicate_completion": "CJDuplicateCompletionEvents",
-    "duplicate_charge": "CJDuplicateResourceConsumption",
-    "inconsistent_state": "CJBatchInconsistentState",
-    "metadata_incomplete": "CJBatchMetadataIncomplete",
-}
+PROBLEM_ALERTS = {kind.label: kind.alert for kind in PROBLEM_KINDS}
 RECEIVERS = {"critical": "pager", "warning": "ticket"}
 
 
@@ -132,10 +123,7 @@ def short_rules() -> str:
     """The rule pack from the same generator and parameters, with `for: 0s` for the alerts of
     batches and of the outbox."""
     raw = gen.load_params(ALERTS / "params.yml")
-    short = gen.override_for(raw, "0s")
-    for name in KEEP_FOR:
-        short["alerts"][name] = copy.deepcopy(raw["alerts"][name])
-    text_: str = gen.render(short)
+    text_: str = gen.render(gen.override_for(raw, "0s", keep=KEEP_FOR))
     return text_
 
 

@@ -235,8 +235,11 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         d, f"cj_batches_problem{{{J}, problem=~\"wedged|stuck\"}}"), "['stuck'] are not doc"),
     ("grouping by a missing label", lambda d: set_expr(
         d, f"max by (job, cj_state) (cj_batches_problem{{{J}}})"), "grouping by labels"),
-    ("annotation without job", lambda d: d["annotations"]["list"][1].update(
+    ("annotation without job", lambda d: d["annotations"]["list"][1]["target"].update(
         expr='ALERTS{alertstate="firing"}'), "annotation 'Firing CJ alerts': target-job-rule"),
+    ("legacy annotation without job", lambda d: d["annotations"]["list"][1].update(
+        target={}, expr='ALERTS{alertstate="firing"}'),
+     "annotation 'Firing CJ alerts': target-job-rule"),
     ("duplicate title", lambda d: panel(d, "stat").update(title=panel(d)["title"]),
      "panel titles must be unique"),
     ("duplicate refId", lambda d: panel(d)["targets"].append(panel(d)["targets"][0]),
