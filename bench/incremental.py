@@ -188,12 +188,13 @@ class Meter:
     """Runs one poll and reads what it cost the database and this process."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = engine  # a pool of one: the poll runs on the backend measured here
         with engine.connect() as conn:
             self.pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-            self.before = blocks(conn)
 
     def run(self, poll: Callable[[], Snapshot]) -> tuple[Snapshot, PollSample]:
+        with self.engine.connect() as conn:
+            before = blocks(conn)  # after the changes: their buffers are not the poll's
         ns = backend_ns(self.pid)
         cpu = time.process_time()
         started = time.perf_counter()
@@ -202,8 +203,7 @@ class Meter:
         client = time.process_time() - cpu
         db_cpu = (backend_ns(self.pid) - ns) / 1e9
         with self.engine.connect() as conn:
-            now = blocks(conn)
-        used, self.before = now - self.before, now
+            used = blocks(conn) - before
         return snap, PollSample(wall, db_cpu, used, client, snap.batches_read, snap.full_poll)
 
 

@@ -16,10 +16,12 @@ older than the previous mark's xmin. The timestamp finds candidates cheaply; the
 the ones already read, so a change inside the commit-lag window is re-read once, not at every
 poll of the window. A changed row marks its batch and, through bos_batch_id, every run of the
 same BOS batch (their resource-event and finalized-run counts are shared, and a re-run takes
-its essays over from the previous run). Outbox rows mark the runs of their aggregate_id: the
-BOS batch for completion and resource events (docs/design.md §F6), the batch itself for result
-events. No event document is read: the polling role may not read events (sql/roles.sql), and
-a document `->` would refuse cannot fail the poll (§F4).
+its essays over from the previous run); the poll finds the runs among the rows it keeps
+(exporter.poll.ledger), asking the database only for the BOS batch of a changed batch it does
+not keep. Outbox rows mark the runs of their aggregate_id: the BOS batch for completion and
+resource events (docs/design.md §F6), the batch itself for result events. No event document
+is read: the polling role may not read events (sql/roles.sql), and a document `->` would
+refuse cannot fail the poll (§F4).
 
 What no column signals (an UPDATE by hand that moves no timestamp or moves it back, deleted
 rows, a changed anchor_essay_references grade, a completion event whose cj_assessment_job_id
@@ -33,7 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, INTEGER
 
 XID_SPAN = 2**32
 
@@ -86,34 +89,37 @@ def _new(alias: str) -> str:
     return f"({x} >= 3 AND {full} >= :prev)"
 
 
-def _as_id(expr: str) -> str:
-    return f"CASE WHEN {expr} ~ '^[0-9]{{1,9}}$' THEN ({expr})::integer END"
-
-
 TOUCHED_SQL = text(
-    "WITH touched AS ("
-    " SELECT s.batch_id AS id FROM cj_batch_states AS s"
-    f"  WHERE s.last_activity_at > :since AND {_new('s')}"
-    " UNION SELECT u.id FROM cj_batch_uploads AS u"
-    f"  WHERE u.updated_at > (:since AT TIME ZONE 'UTC') AND {_new('u')}"
-    " UNION SELECT e.cj_batch_id FROM cj_processed_essays AS e"
-    f"  WHERE e.updated_at > (:since AT TIME ZONE 'UTC') AND {_new('e')}"
-    " UNION SELECT g.cj_batch_id FROM grade_projections AS g"
-    f"  WHERE g.created_at > :since AND {_new('g')}"
-    "), events AS ("
-    " SELECT o.aggregate_id FROM event_outbox AS o"
-    f"  WHERE o.created_at > :since AND {_new('o')}"
-    "), keys AS ("
-    " SELECT u.bos_batch_id AS bos FROM cj_batch_uploads AS u"
-    "  WHERE u.id = ANY (ARRAY(SELECT id FROM touched))"
-    " UNION SELECT aggregate_id FROM events"
-    ")"
-    " SELECT id FROM touched"
-    " UNION SELECT u.id FROM cj_batch_uploads AS u"
-    "  WHERE u.bos_batch_id = ANY (ARRAY(SELECT bos FROM keys))"
-    " UNION SELECT u.id FROM cj_batch_uploads AS u"
-    f"  WHERE u.id = ANY (ARRAY(SELECT {_as_id('aggregate_id')} FROM events))"
+    "SELECT s.batch_id AS id, NULL AS aggregate FROM cj_batch_states AS s"
+    f" WHERE s.last_activity_at > :since AND {_new('s')}"
+    " UNION SELECT u.id, NULL FROM cj_batch_uploads AS u"
+    f" WHERE u.updated_at > (:since AT TIME ZONE 'UTC') AND {_new('u')}"
+    " UNION SELECT e.cj_batch_id, NULL FROM cj_processed_essays AS e"
+    f" WHERE e.updated_at > (:since AT TIME ZONE 'UTC') AND {_new('e')}"
+    " UNION SELECT g.cj_batch_id, NULL FROM grade_projections AS g"
+    f" WHERE g.created_at > :since AND {_new('g')}"
+    " UNION SELECT NULL, o.aggregate_id FROM event_outbox AS o"
+    f" WHERE o.created_at > :since AND {_new('o')}"
 )
+BOS_SQL = text("SELECT DISTINCT bos_batch_id FROM cj_batch_uploads WHERE id = ANY (:ids)"
+               ).bindparams(bindparam("ids", type_=ARRAY(INTEGER)))
+
+
+@dataclass(frozen=True)
+class Touched:
+    """What the rows written since the previous mark name: batch ids, and outbox aggregates
+    (a BOS batch id, or a CJ batch id for result events)."""
+
+    batches: frozenset[int]
+    aggregates: frozenset[str]
+
+    def ids(self) -> set[int]:
+        """The batches named, an aggregate that is a CJ batch id included."""
+        return set(self.batches) | {int(a) for a in self.aggregates if _is_id(a)}
+
+
+def _is_id(key: str) -> bool:
+    return key.isascii() and key.isdigit() and len(key) <= 9
 
 
 def mark(conn: Connection) -> Mark:
@@ -121,12 +127,23 @@ def mark(conn: Connection) -> Mark:
     return Mark(at=row.at, xmin=int(row.xmin), xmax=int(row.xmax))
 
 
-def touched(conn: Connection, previous: Mark, current: Mark, commit_lag: float) -> set[int]:
-    """Ids of the batches with a row version `previous` could not see (a superset of the
-    changed batches among them; the caller keeps the watched ones)."""
+def touched(conn: Connection, previous: Mark, current: Mark, commit_lag: float) -> Touched:
+    """What the row versions `previous` could not see name (a superset of the changed batches;
+    the caller keeps the watched ones and adds the other runs of their BOS batches)."""
     params = {"since": previous.at - timedelta(seconds=commit_lag), "prev": previous.xmin,
               "xhi": current.xmax - current.xmax % XID_SPAN, "xmax": current.xmax}
-    return {int(i) for i in conn.execute(TOUCHED_SQL, params).scalars() if i is not None}
+    batches, aggregates = set(), set()
+    for bid, aggregate in conn.execute(TOUCHED_SQL, params):
+        if bid is not None:
+            batches.add(int(bid))
+        elif aggregate is not None:
+            aggregates.add(str(aggregate))
+    return Touched(frozenset(batches), frozenset(aggregates))
+
+
+def bos_of(conn: Connection, ids: set[int]) -> set[str]:
+    """The BOS batches of these CJ batches (for the ones whose rows are not kept)."""
+    return {str(b) for b in conn.execute(BOS_SQL, {"ids": sorted(ids)}).scalars()}
 
 
 def missing(conn: Connection) -> list[str]:

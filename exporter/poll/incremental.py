@@ -106,8 +106,7 @@ class IncrementalPoll:
             assert self._kept is not None
             try:
                 watched = query.watched_ids(conn, s.lookback_seconds)
-                since = changes.touched(conn, self._kept.mark, mark, s.commit_lag_seconds)
-                asked = (since & watched) | (watched - self._kept.ids())
+                asked = self._changed(conn, mark, watched)
                 read = dict(_parse(query.rows_by_id(conn, asked))) if asked else {}
                 outbox = parse_outbox(query.outbox_facts(conn))
             except Exception:
@@ -117,6 +116,21 @@ class IncrementalPoll:
                 raise
         self._kept.apply(watched, read, asked, mark)
         return self._assemble(self._kept, outbox, started, full=False, read=len(asked))
+
+    def _changed(self, conn: Connection, mark: changes.Mark, watched: set[int]) -> set[int]:
+        """The watched batches to read again: changed ones, the other runs of their BOS
+        batches, and the newly watched."""
+        assert self._kept is not None
+        kept = self._kept
+        touched = changes.touched(conn, kept.mark, mark, self.settings.commit_lag_seconds)
+        named = touched.ids()
+        bos = set(touched.aggregates) | {kept.ledger.rows[b].bos_batch_id for b in named
+                                          if b in kept.ledger.rows}
+        outside = named - kept.ledger.rows.keys()  # not kept: its BOS batch is not known here
+        if outside:
+            bos |= changes.bos_of(conn, outside)
+        runs = kept.ledger.runs_of(bos)
+        return ((named | runs) & watched) | (watched - kept.ids())
 
     def _full_due(self, started: float) -> bool:
         if self._kept is None or self._missing or self._last_full_started is None \

@@ -73,6 +73,8 @@ class Ledger:
         self._resource = 0
         self._exported_always = SortedKeys()  # problems or unfinished
         self._while_recent = SortedKeys()  # finished and healthy
+        # bos_batch_id -> its kept run, or runs (almost every BOS batch has one)
+        self._runs: dict[str, int | frozenset[int]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -81,11 +83,33 @@ class Ledger:
         self.remove(row.cj_batch_id)
         self.rows[row.cj_batch_id] = row
         self._count(row, 1)
+        self._run(row.bos_batch_id, row.cj_batch_id, True)
 
     def remove(self, bid: int) -> None:
         row = self.rows.pop(bid, None)
         if row is not None:
             self._count(row, -1)
+            self._run(row.bos_batch_id, bid, False)
+
+    def runs_of(self, bos: set[str]) -> set[int]:
+        """The kept runs of these BOS batches."""
+        out: set[int] = set()
+        for key in bos:
+            runs = self._runs.get(key)
+            if isinstance(runs, int):
+                out.add(runs)
+            elif runs:
+                out |= runs
+        return out
+
+    def _run(self, bos: str, bid: int, present: bool) -> None:
+        runs = self._runs.get(bos)
+        ids = {runs} if isinstance(runs, int) else set(runs or ())
+        (ids.add if present else ids.discard)(bid)
+        if not ids:
+            self._runs.pop(bos, None)
+        else:
+            self._runs[bos] = next(iter(ids)) if len(ids) == 1 else frozenset(ids)
 
     def _count(self, b: BatchRow, sign: int) -> None:
         state = (b.cj_state, b.upload_status)

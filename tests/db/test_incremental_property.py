@@ -144,7 +144,8 @@ def finalize_events(conn: Connection, batch: int, value: int) -> None:
     at = datetime.now(UTC)
     rows = [ev.completion_row(batch, bos, corr, {"total_essays": 6}, at),
             ev.result_row(batch, bos, corr, {"essay_results": []}, at),
-            ev.resource_row(bos, corr, "teacher-0001", "org-demo", 30, at)]
+            ev.resource_row(bos, corr, "teacher-0001", "org-demo", 30, at,
+                            processing_id=str(batch))]
     for row in rows[: 1 + value % 3]:
         try:
             with conn.begin_nested():
