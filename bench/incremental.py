@@ -33,13 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,11 @@ from bench import poll as bp
 from bench.seed import BenchServer, SeedParams, connect, ensure_seeded
 from exporter import db
 from exporter.config import Settings, parse_dsn
+from exporter.db import read_only_snapshot
 from exporter.finalizer.candidates import _SQL as CANDIDATES_SQL
 from exporter.poll import changes, query
 from exporter.poll.incremental import IncrementalPoll
-from exporter.poll.snapshot import Snapshot
+from exporter.poll.snapshot import Snapshot, build_snapshot
 
 DATA_DIR = Path("/tmp/cjh-bench-incremental/pg")
 IN_FLIGHT = (1000, 3000, 10000)
@@ -80,8 +82,12 @@ def log(message: str) -> None:
 # --- database-side counters ---------------------------------------------------------------------
 
 def backend_ns(pid: int) -> int:
-    """On-CPU nanoseconds of a PostgreSQL backend so far (first field of schedstat)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    """On-CPU nanoseconds of a PostgreSQL backend so far (first field of schedstat); 0 when
+    the server runs elsewhere (a container: its pids are not ours to read)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def blocks(conn: Connection) -> int:
@@ -129,7 +135,9 @@ class Changer:
 
     def apply(self, n: int) -> None:
         with self.lock:
-            ids = [self.pool[(self.next + i) % len(self.pool)] for i in range(n)]
+            # Distinct batches: with fewer in flight than n, each is changed once this round.
+            ids = list(dict.fromkeys(self.pool[(self.next + i) % len(self.pool)]
+                                     for i in range(n)))
             self.next += n
             for bid in ids:
                 self.net[bid] = self.net.get(bid, 0) + 1
@@ -179,6 +187,23 @@ class PollSeries:
         return float(statistics.median(getattr(s, attr) for s in self.samples))
 
 
+def reference(engine: Engine, cfg: Settings, now: float) -> Snapshot:
+    """A full poll (exporter.poll.query), assembled at the incremental poll's `now`: a finished
+    batch crossing the recent window between the two polls is no difference."""
+    started = time.monotonic()
+    with read_only_snapshot(engine, cfg.statement_timeout_seconds,
+                            cfg.lock_timeout_seconds) as conn:
+        rows = list(query.watched_rows(conn, cfg.lookback_seconds))
+        outbox = query.outbox_facts(conn)
+    return build_snapshot(rows, outbox, now=now, duration=time.monotonic() - started,
+                          recent_window=cfg.recent_window_seconds, max_batches=cfg.max_batches)
+
+
+def differing(a: Snapshot, b: Snapshot) -> list[str]:
+    return [f.name for f in fields(Snapshot) if getattr(facts(a), f.name) != getattr(facts(b),
+                                                                                   f.name)]
+
+
 def facts(s: Snapshot) -> Snapshot:
     return replace(s, taken_at=0.0, duration_seconds=0.0, full_poll=True, batches_read=0,
                    outbox=replace(s.outbox, oldest_unpublished_age_seconds=0.0))
@@ -220,10 +245,11 @@ def poll_series(engine: Engine, changer: Changer, n: int, rounds: int,
         changer.apply(n)
         snap, sample = meter.run(lambda: inc.poll(engine))
         incremental.samples.append(sample)
-        ref, ref_sample = meter.run(lambda: query.poll(engine, cfg))
+        at = snap.taken_at
+        ref, ref_sample = meter.run(lambda: reference(engine, cfg, at))  # noqa: B023
         full.samples.append(ref_sample)
         if facts(snap) != facts(ref):
-            issues.append(f"round {r}")
+            issues.append(f"round {r} ({', '.join(differing(snap, ref))})")
     incremental.check = "OK" if not issues else "DIFFERS: " + ", ".join(issues)
     return full, incremental
 
@@ -584,6 +610,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM ends the run through the finally blocks: changes undone, processes stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = "python -m bench.incremental " + " ".join(sys.argv[1:] if argv is None else argv)
     load = os.getloadavg()[:2]
     server = BenchServer(args.data_dir)
