@@ -2,15 +2,14 @@
 
 A custom Collector over an immutable Snapshot, as the Prometheus "writing exporters" guide asks:
 the families are built fresh from each snapshot, so a batch that leaves the exported set or
-changes state simply has no series in the next render (no ghost series to clean up). The
-families are built once per snapshot (on the first render) and each variant is rendered on
-demand (exporter.handoff.Rendered), so every variant of one snapshot says the same thing.
+changes state simply has no series in the next render (no ghost series to clean up). Each
+variant is rendered on demand (exporter.handoff.Rendered) from the same immutable snapshot,
+self-stats and finalizer families, so every variant of one snapshot says the same thing.
 """
 
 from __future__ import annotations
 
 import platform
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -51,16 +50,10 @@ class SnapshotCollector(Collector):
         # Read now, not at the first scrape: the finalizer's counters of this page are those
         # of its publication, whichever variant is rendered later.
         self._extra = list(extra())
-        self._families: list[Metric] | None = None
-        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:  # two variants rendered at once build the families once
-            if self._families is None:
-                self._families = list(self._build())
-        return iter(self._families)
-
-    def _build(self) -> Iterator[Metric]:
+        # Built anew for each format rendered (the page does not keep ~10k samples alive for
+        # the rare second format); from the same immutable inputs, so they say the same.
         if self._snapshot is not None:
             yield from batch_families(self._snapshot)
             yield from aggregate_families(self._snapshot)
