@@ -76,8 +76,8 @@ def transition(conn: Connection, batch: int, value: int) -> None:
 
 def set_status(conn: Connection, batch: int, value: int) -> None:
     conn.execute(text("UPDATE cj_batch_uploads SET status = CAST(:s AS cj_batch_status_enum),"
-                      f" updated_at = {NOW_UTC}, completed_at = CASE WHEN CAST(:s AS text) LIKE 'COMPLETE%'"
-                      f" THEN {NOW_UTC} END WHERE id = :b"),
+                      f" updated_at = {NOW_UTC}, completed_at = CASE WHEN CAST(:s AS text)"
+                      f" LIKE 'COMPLETE%' THEN {NOW_UTC} END WHERE id = :b"),
                  {"b": batch, "s": STATUSES[value % len(STATUSES)]})
 
 

@@ -4,6 +4,7 @@ assembling the same Snapshot a full read gives, and rendering each body variant 
 from __future__ import annotations
 
 import gzip
+import re
 import threading
 import time
 from dataclasses import replace
@@ -193,3 +194,27 @@ def test_all_variants_of_one_page_show_the_same_snapshot() -> None:
                  if line.startswith("cj_batch_progress_ratio{")]
     assert len(text_series) == 2 and text_series == om_series
     assert extra_calls == [1]  # read once, at publication, not per variant
+
+
+def test_both_formats_are_rendered_as_the_default_escaping_would_render_them() -> None:
+    """The collector renders without per-character name escaping (faster); every
+    declared family and label name is a legacy name, so the bytes are the same."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.openmetrics import exposition
+
+    from exporter.collector import idle_remediation_families
+    from exporter.vocabulary import FAMILIES
+
+    stats = SelfStats(up=True, stale=False, last_success=NOW, last_duration=0.1, polls=1,
+                      errors={"query": 1}, skipped=0, full_polls=1, last_full_poll=NOW,
+                      unsignalled_bound=315.0)
+    collector = SnapshotCollector(snapshot_of([row(1), row(2, problems=frozenset({"wedged"}))]),
+                                  stats, idle_remediation_families)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    rendered = render(collector)
+    assert rendered.openmetrics == exposition.generate_latest(registry)  # type: ignore[no-untyped-call]
+    assert rendered.text == generate_latest(registry)
+    legacy = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    assert all(legacy.match(f.name) and all(legacy.match(label) for label in f.labels)
+               for f in FAMILIES.values())
