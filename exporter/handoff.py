@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 VARIANTS = ("text", "text_gzip", "openmetrics", "openmetrics_gzip")
+Body = bytes | Callable[[], bytes]
 
 
 class Rendered:
@@ -26,14 +27,17 @@ class Rendered:
     the immutable snapshot the page was made from, never the database.
     """
 
-    def __init__(self, text: Callable[[], bytes], openmetrics: Callable[[], bytes]) -> None:
+    def __init__(self, text: Body, openmetrics: Body, text_gzip: Body | None = None,
+                 openmetrics_gzip: Body | None = None) -> None:
+        """Each body is given, or how to render it; a gzip body defaults to its base's."""
+        given = {"text": text, "openmetrics": openmetrics, "text_gzip": text_gzip,
+                 "openmetrics_gzip": openmetrics_gzip}
+        self._bodies: dict[str, bytes] = {v: b for v, b in given.items() if isinstance(b, bytes)}
         self._make: dict[str, Callable[[], bytes]] = {
-            "text": text,
-            "openmetrics": openmetrics,
             "text_gzip": lambda: gzip.compress(self.text, 6),
             "openmetrics_gzip": lambda: gzip.compress(self.openmetrics, 6),
         }
-        self._bodies: dict[str, bytes] = {}
+        self._make.update({v: b for v, b in given.items() if callable(b)})
         self._locks = {variant: threading.Lock() for variant in VARIANTS}
         self._count_lock = threading.Lock()
         self.renders = 0  # bodies made (at most one per variant; tests hold it to that)
@@ -51,7 +55,7 @@ class Rendered:
             return done
 
     def served(self) -> tuple[str, ...]:
-        """The variants made so far."""
+        """The variants made (or given) so far."""
         return tuple(v for v in VARIANTS if v in self._bodies)
 
     @property

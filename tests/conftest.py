@@ -13,12 +13,9 @@ from tests.support.database import (
     BACKEND,
     SeededDb,
     Server,
-    drop_database,
-    new_database,
-    seed,
+    database,
     seeded_own_postgres,
     start_server,
-    url_string,
 )
 
 
@@ -32,28 +29,27 @@ def pg_server() -> Iterator[Server]:
 @pytest.fixture
 def cj_db(pg_server: Server) -> Iterator[str]:
     """A fresh database with the reference CJ schema and the views; yields its URL."""
-    name = new_database(pg_server)
-    yield url_string(pg_server.url(name))
-    drop_database(pg_server, name)
+    with database(pg_server) as db:
+        yield db.url
 
 
 @pytest.fixture
-def seeded_db(cj_db: str) -> SeededDb:
-    """`cj_db` with the demo scenarios; `.planted` maps cj_batch_id -> expected problems."""
-    return seed(cj_db)
+def seeded_db(pg_server: Server) -> Iterator[SeededDb]:
+    """A fresh database with the demo scenarios; `.planted` maps cj_batch_id -> expected
+    problems."""
+    with database(pg_server, demo=True) as db:
+        yield db
 
 
 @pytest.fixture
-def remediation_db(seeded_db: SeededDb) -> Iterator[Any]:
+def remediation_db(pg_server: Server) -> Iterator[Any]:
     """`seeded_db` plus the finalizer's audit and pause tables (a RemediationDb)."""
-    from exporter.finalizer import audit  # only the remediation tests pay for numpy & co
-    from tests.support.remediation import RemediationDb
+    from tests.support.remediation import RemediationDb  # imports the finalizer (numpy & co)
 
-    engine = create_engine(seeded_db.url)
-    with engine.begin() as conn:
-        audit.install(conn)
-    yield RemediationDb(seeded_db.url, engine, seeded_db.planted)
-    engine.dispose()
+    with database(pg_server, demo=True, remediation=True) as db:
+        engine = create_engine(db.url)
+        yield RemediationDb(db.url, engine, db.planted)
+        engine.dispose()
 
 
 @pytest.fixture

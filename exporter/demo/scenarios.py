@@ -40,6 +40,24 @@ NORMALIZED = {"A": 1.0, "A-": 0.93, "B+": 0.87, "B": 0.8, "B-": 0.73, "C+": 0.67
               "C-": 0.53, "D+": 0.47, "D": 0.4, "D-": 0.33, "E+": 0.27, "E": 0.2, "E-": 0.13,
               "F+": 0.07, "F": 0.0, "U": 0.0}
 
+# The figures of the scenarios, named once: the tests and the docs rely on them, and the demo's
+# /metrics shows them (changing one changes what the demo exports).
+STUDENTS = 6  # student essays of a batch (BatchSpec default)
+COMPARISONS = 30  # a batch's budget, and comparisons submitted and completed (defaults)
+GRADES = ("E", "D", "C", "B", "A")  # the anchor grades of the anchored scenarios: 5 anchors
+BATCH20_IDLE = timedelta(hours=2)  # the Batch 20 wedge: no activity since its last callback
+RUNAWAY_COMPLETION_RUNS = 83  # the runaway loop wrote its three completion events 83 times
+RUNAWAY_BURST_SPACING = timedelta(milliseconds=70)  # one run every 70 ms: 83 within 6 s
+# every completion, result and resource event beyond the first, all the runaway loop's
+RUNAWAY_DUPLICATES = RUNAWAY_COMPLETION_RUNS - 1
+OUTBOX_PENDING = 4  # unpublished outbox rows the relay still retries
+OUTBOX_FAILED = 3  # unpublished rows past the relay's 5 retries: never delivered
+OUTBOX_UNPUBLISHED = OUTBOX_PENDING + OUTBOX_FAILED
+OUTBOX_OLDEST = timedelta(minutes=25)  # age of the oldest unpublished row
+RERUN_BOS_BATCH_ID = "7b0c1d2e-0000-4000-8000-0000000e0e0e"  # a BOS batch run twice, legitimately
+RERUNS = 2
+HISTORY_IDLE = timedelta(days=400)  # a batch finished long ago: outside the watched set
+
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -47,12 +65,12 @@ class BatchSpec:
 
     status: str = "COMPLETE_STABLE"
     state: str | None = "COMPLETED"
-    students: int = 6
+    students: int = STUDENTS
     anchor_grades: tuple[str, ...] = ()
     anchors_flagged: bool = True  # False: anchors only in metadata (Batch 20)
-    budget: int | None = 30
-    submitted: int = 30
-    completed: int = 30
+    budget: int | None = COMPARISONS
+    submitted: int = COMPARISONS
+    completed: int = COMPARISONS
     failed: int = 0
     request_metadata: bool = True  # original_request + comparison_budget in the state row
     idle: timedelta = timedelta(minutes=2)  # now - last_activity_at
@@ -359,8 +377,6 @@ def result_payload(c: Content, at: datetime) -> dict[str, Any]:
     return payload
 
 
-GRADES = ("E", "D", "C", "B", "A")
-
 # name -> (spec, problems the exporter must flag on exactly that batch)
 DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
     "healthy_with_anchors": (
@@ -385,7 +401,7 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
     # machine never left WAITING_CALLBACKS.
     "batch20_wedge": (
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
-                  anchors_flagged=False, idle=timedelta(hours=2), completion_runs=1,
+                  anchors_flagged=False, idle=BATCH20_IDLE, completion_runs=1,
                   prefix_events=True),
         problem_set("wedged", "anchor_mismatch", "missing_projections")),
     "stuck_scoring": (
@@ -393,7 +409,7 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
                   idle=timedelta(minutes=50)),
         problem_set("stuck_scoring")),
     "runaway_completion": (
-        BatchSpec(completion_runs=83, burst_spacing=timedelta(milliseconds=70)),
+        BatchSpec(completion_runs=RUNAWAY_COMPLETION_RUNS, burst_spacing=RUNAWAY_BURST_SPACING),
         problem_set("duplicate_completion", "duplicate_charge")),
     "monitor_failed": (
         BatchSpec(status="FETCHING_CONTENT", state="FAILED", completed=10, finished=False,
@@ -412,11 +428,10 @@ def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozen
     planted = {seeder.insert_batch(spec): problems
                for spec, problems in DEMO_SCENARIOS.values()}
     # A BOS batch run twice, each run finalized once: legitimate, not a duplicate.
-    rerun_bos = "7b0c1d2e-0000-4000-8000-0000000e0e0e"
-    for _ in range(2):
-        planted[seeder.insert_batch(BatchSpec(bos_batch_id=rerun_bos, completion_runs=1))] = (
-            problem_set())
+    for _ in range(RERUNS):
+        planted[seeder.insert_batch(BatchSpec(bos_batch_id=RERUN_BOS_BATCH_ID,
+                                              completion_runs=1))] = problem_set()
     # Years of history are not watched: a batch finished long ago is never exported.
-    seeder.insert_batch(BatchSpec(completion_runs=1, idle=timedelta(days=400)))
-    seeder.outbox_backlog(pending=4, failed=3, oldest=timedelta(minutes=25))
+    seeder.insert_batch(BatchSpec(completion_runs=1, idle=HISTORY_IDLE))
+    seeder.outbox_backlog(pending=OUTBOX_PENDING, failed=OUTBOX_FAILED, oldest=OUTBOX_OLDEST)
     return planted

@@ -17,24 +17,17 @@ from bench import incremental as bi
 from bench import seed as bench_seed
 from exporter import db
 from exporter.config import Settings, parse_dsn
-from tests.support.database import Server, url_string
+from tests.support.database import Server, database
 
 TINY = bench_seed.SeedParams(batches=60, in_flight=8, recent=10, faulty=12, seed=11)
 
 
 @pytest.fixture(scope="module")
 def tiny(pg_server: Server) -> Iterator[str]:
-    name = "bench_incremental_tiny"
-    admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = url_string(pg_server.url(name))
-    bench_seed.seed(bench_seed.conninfo_of(url), TINY, bench_seed.now_utc(), show_progress=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    with database(pg_server, schema="none") as db:
+        bench_seed.seed(bench_seed.conninfo_of(db.url), TINY, bench_seed.now_utc(),
+                        show_progress=False)
+        yield db.url
 
 
 def counters(url: str) -> list[tuple[int, int, int]]:

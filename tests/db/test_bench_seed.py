@@ -11,39 +11,28 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from bench import seed as bench_seed
 from exporter import sqlfiles
 from exporter.config import Settings
 from exporter.poll import query
-from tests.support.database import Server, url_string
+from tests.support.database import Server, database
 from tests.support.paths import ROOT
 
 TINY = bench_seed.SeedParams(batches=60, in_flight=5, recent=10, faulty=12, seed=7)
 
 
-def _create(server: Server, name: str) -> str:
-    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return url_string(server.url(name))
-
-
 @pytest.fixture(scope="module")
 def empty_dbs(pg_server: Server) -> Iterator[dict[str, str]]:
-    names = {k: f"bench_seed_{k}" for k in ("cli", "same", "other")}
-    yield {k: _create(pg_server, n) for k, n in names.items()}
-    admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in names.values():
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
+    """Three empty databases: bench/seed.py loads the schema itself."""
+    with ExitStack() as stack:
+        yield {k: stack.enter_context(database(pg_server, schema="none")).url
+               for k in ("cli", "same", "other")}
 
 
 def test_seed_is_deterministic_counts_rows_and_plants_the_faults(
@@ -94,8 +83,3 @@ def test_seed_is_deterministic_counts_rows_and_plants_the_faults(
     engine.dispose()
     assert snap.watched == manifest["watched"]
     assert dict(snap.problem_counts) == manifest["problems"]
-
-
-def test_plan_rejects_layouts_that_cannot_hold_the_faults() -> None:
-    with pytest.raises(ValueError, match="recent"):
-        bench_seed.SeedParams(batches=100, in_flight=1, recent=1, faulty=60).validate()

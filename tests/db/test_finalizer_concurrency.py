@@ -16,6 +16,7 @@ import time
 
 from sqlalchemy import create_engine
 
+from exporter.demo.scenarios import STUDENTS
 from exporter.finalizer.model import Result
 from exporter.finalizer.refinalize import Hooks, refinalize
 from exporter.vocabulary import APPLIED, SKIPPED
@@ -62,7 +63,7 @@ def test_eight_concurrent_finalizers_write_each_event_once(remediation_db: Remed
     # no second completion, no second charge.
     found = events_of(remediation_db.engine, b20)
     assert {k: len(v) for k, v in found.items()} == CORRECTED
-    assert health(remediation_db.engine, b20)["grade_projections"] == 6
+    assert health(remediation_db.engine, b20)["grade_projections"] == STUDENTS
     assert [r["outcome"] for r in audit_rows(remediation_db.engine)] == ["applied"]
     # Then one more wave after the commit: all skip on the guard.
     late = [refinalize(remediation_db.engine, b20, replica="late", dry_run=False)
@@ -81,9 +82,13 @@ def test_a_transaction_begun_before_the_winner_committed_still_skips(
     b_began, a_committed = threading.Event(), threading.Event()
     outcome: dict[str, Result] = {}
 
+    def begin_then_wait_for_a() -> None:
+        b_began.set()
+        a_committed.wait(30)
+
     def finalizer_b() -> None:
         engine = create_engine(remediation_db.url, pool_size=1)
-        hooks = Hooks(after_begin=lambda: (b_began.set(), a_committed.wait(30)))
+        hooks = Hooks(after_begin=begin_then_wait_for_a)
         outcome["b"] = refinalize(engine, stuck, replica="b", dry_run=False, hooks=hooks)
         engine.dispose()
 

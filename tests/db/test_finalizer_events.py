@@ -102,11 +102,11 @@ class _SkewedClock(datetime):
     """A host clock 20 years off: nothing the finalizer writes may come from it."""
 
     @classmethod
-    def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+    def now(cls, tz: Any = None) -> Any:
         return datetime(2006, 1, 2, 3, 4, 5, tzinfo=tz or UTC)
 
     @classmethod
-    def utcnow(cls) -> Any:  # type: ignore[override]
+    def utcnow(cls) -> Any:
         return datetime(2006, 1, 2, 3, 4, 5)
 
 

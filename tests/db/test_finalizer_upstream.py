@@ -264,12 +264,13 @@ def test_parity_with_upstreams_own_refinalization(fixture_db: up.UpstreamDb) -> 
         wanted = ([t for t in theirs if t["event_type"] == "assessment.result.published"]
                   if batch_id == up.BATCH20_WEDGE else theirs)  # R1/R2: Batch 20 only a result
         assert [r["event_type"] for r in ours] == [t["event_type"] for t in wanted]
-        for mine, their in zip(ours, wanted, strict=True):
-            assert (mine["aggregate_id"], mine["aggregate_type"], mine["topic"],
-                    mine["event_key"]) == (their["aggregate_id"],
-                                           AGGREGATE_TYPES[their["event_type"]],
-                                           their["event_data"]["topic"], their["aggregate_id"])
-            assert differences(their["event_data"], mine["event_data"]) == []
+        for written, their in zip(ours, wanted, strict=True):
+            assert (written["aggregate_id"], written["aggregate_type"], written["topic"],
+                    written["event_key"]) == (their["aggregate_id"],
+                                              AGGREGATE_TYPES[their["event_type"]],
+                                              their["event_data"]["topic"],
+                                              their["aggregate_id"])
+            assert differences(their["event_data"], written["event_data"]) == []
             compared += leaves(their["event_data"])
     print(f"\nparity with upstream HEAD (batches 1, 7): max |delta BT| = {figures['bt']:.1e},"
           f" max |delta SE| = {figures['se']:.1e}, grades equal, {compared} payload fields"

@@ -28,7 +28,7 @@ from exporter.poll import query
 from exporter.poll.incremental import IncrementalPoll
 from exporter.poll.snapshot import Snapshot
 from exporter.upstream import events as ev
-from tests.support.database import Server, drop_database, new_database, seed, url_string
+from tests.support.database import Server, database
 
 EXAMPLES = int(os.environ.get("CJ_HEALTH_PROPERTY_EXAMPLES", "12"))
 STATES = ("INITIALIZING", "GENERATING_PAIRS", "WAITING_CALLBACKS", "SCORING", "COMPLETED",
@@ -245,16 +245,14 @@ def settings_() -> Settings:
 
 @contextmanager
 def demo_database(server: Server) -> Iterator[Engine]:
-    """A database of its own with the demo scenarios, dropped afterwards."""
-    name = new_database(server)
-    url = url_string(server.url(name))
-    seed(url)
-    engine = create_engine(url, pool_size=2)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        drop_database(server, name)
+    """A database of its own with the demo scenarios (tests/support/database.py), dropped
+    afterwards."""
+    with database(server, demo=True) as db:
+        engine = create_engine(db.url, pool_size=2)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def run_sequence(engine: Engine, cfg: Settings, ops: list[Op]) -> dict[str, Any]:

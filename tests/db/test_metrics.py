@@ -14,18 +14,26 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy import create_engine, text
 
 from exporter import config, db
 from exporter.config import Settings
+from exporter.demo.scenarios import (
+    BATCH20_IDLE,
+    GRADES,
+    OUTBOX_FAILED,
+    OUTBOX_OLDEST,
+    OUTBOX_UNPUBLISHED,
+    RUNAWAY_COMPLETION_RUNS,
+    RUNAWAY_DUPLICATES,
+)
 from exporter.poll.scheduler import Poller, PollScheduler
 from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 from exporter.web.negotiation import OPENMETRICS_TYPE, TEXT_TYPE
 from exporter.web.server import MetricsServer
 from tests.support.database import SeededDb
+from tests.support.exposition import parse
 from tests.support.process import free_port, http_get
 
 
@@ -44,18 +52,18 @@ def poller(seeded_db: SeededDb) -> Iterator[Poller]:
 
 
 def samples(poller: Poller) -> list[Sample]:
-    body = poller.store.page.metrics.text.decode()
-    return [s for fam in text_string_to_metric_families(body) for s in fam.samples]
+    families = parse(poller.store.page.metrics.text).families.values()
+    return [s for family in families for s in family.samples]
 
 
 def named(poller: Poller, name: str) -> list[Sample]:
-    return [s for s in samples(poller) if s.name == name]
+    return parse(poller.store.page.metrics.text).samples(name)
 
 
 def value(poller: Poller, name: str, **labels: str) -> float:
-    found = [s.value for s in named(poller, name) if labels.items() <= s.labels.items()]
-    assert len(found) == 1, (name, labels, found)
-    return found[0]
+    found = parse(poller.store.page.metrics.text).value(name, **labels)
+    assert found is not None, (name, labels)
+    return found
 
 
 def test_problem_series_exactly_on_the_planted_batches(poller: Poller,
@@ -95,13 +103,14 @@ def test_values_of_the_wedged_batch(poller: Poller, seeded_db: SeededDb) -> None
     wedged = next(b for b, p in seeded_db.planted.items() if "wedged" in p)
     bid = str(wedged)
     assert value(poller, "cj_batch_anchors", cj_batch_id=bid, source="column") == 0
-    assert value(poller, "cj_batch_anchors", cj_batch_id=bid, source="metadata") == 5
-    assert value(poller, "cj_batch_anchor_mismatches", cj_batch_id=bid) == 5
+    assert value(poller, "cj_batch_anchors", cj_batch_id=bid, source="metadata") == len(GRADES)
+    assert value(poller, "cj_batch_anchor_mismatches", cj_batch_id=bid) == len(GRADES)
     assert value(poller, "cj_batch_grade_projections", cj_batch_id=bid) == 0
     assert value(poller, "cj_batch_comparisons", cj_batch_id=bid, kind="pending") == 0
     activity = value(poller, "cj_batch_last_activity_timestamp_seconds", cj_batch_id=bid,
                      cj_state="WAITING_CALLBACKS", upload_status="COMPLETE_STABLE")
-    assert activity == pytest.approx(time.time() - 7200, abs=120)  # a timestamp, not an age
+    # a timestamp, not an age
+    assert activity == pytest.approx(time.time() - BATCH20_IDLE.total_seconds(), abs=120)
 
 
 def test_nulls_are_absent_not_zero(poller: Poller, seeded_db: SeededDb) -> None:
@@ -114,17 +123,21 @@ def test_nulls_are_absent_not_zero(poller: Poller, seeded_db: SeededDb) -> None:
 
 
 def test_runaway_and_outbox_aggregates(poller: Poller) -> None:
-    assert max(s.value for s in named(poller, "cj_batch_completion_event_burst")) == 83
-    assert value(poller, "cj_outbox_duplicate_events", event="completed") == 82
-    assert value(poller, "cj_outbox_unpublished_events") == 7
-    assert value(poller, "cj_outbox_failed_events") == 3
-    assert value(poller, "cj_outbox_oldest_unpublished_age_seconds") == pytest.approx(1500, abs=90)
+    burst = max(s.value for s in named(poller, "cj_batch_completion_event_burst"))
+    assert burst == RUNAWAY_COMPLETION_RUNS
+    for event in ("completed", "result", "resource"):
+        assert value(poller, "cj_outbox_duplicate_events", event=event) == RUNAWAY_DUPLICATES
+    assert value(poller, "cj_outbox_unpublished_events") == OUTBOX_UNPUBLISHED
+    assert value(poller, "cj_outbox_failed_events") == OUTBOX_FAILED
+    assert value(poller, "cj_outbox_oldest_unpublished_age_seconds") == pytest.approx(
+        OUTBOX_OLDEST.total_seconds(), abs=90)
 
 
 def test_history_is_not_exported(poller: Poller, seeded_db: SeededDb) -> None:
     exported = {s.labels["cj_batch_id"] for s in
                 named(poller, "cj_batch_last_activity_timestamp_seconds")}
-    assert exported == {str(b) for b in seeded_db.planted}  # the 400-day-old batch is absent
+    # the batch finished HISTORY_IDLE (400 days) ago is absent
+    assert exported == {str(b) for b in seeded_db.planted}
     assert value(poller, "cj_health_exported_batches") == len(seeded_db.planted)
 
 
@@ -172,7 +185,7 @@ def test_promtool_check_metrics_accepts_the_output(poller: Poller) -> None:
 def test_openmetrics_rendering_parses(poller: Poller) -> None:
     body = poller.store.page.metrics.openmetrics.decode()
     assert body.endswith("# EOF\n")
-    families = {f.name: f for f in om_parse(body)}
+    families = parse(body, openmetrics=True).families
     assert families["cj_health_poll_errors"].type == "counter"
     assert families["cj_batch_problem"].samples
 

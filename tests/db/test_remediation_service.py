@@ -1,29 +1,28 @@
-"""The remediation cycle: authorization, safety valves, leader election, audit and metrics."""
+"""The remediation cycle on a real PostgreSQL: healing, dry runs, pauses, the valves in action,
+leader election, audit and metrics. Authorization, settings and the valves' logic alone (no
+database) are in tests/unit/test_valves.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from exporter import config
 from exporter.config import RemediationSettings, Settings
 from exporter.demo.scenarios import BatchSpec
-from exporter.errors import OperatorError
-from exporter.finalizer import audit, valves
+from exporter.finalizer import audit
 from exporter.finalizer.leader import LeaderLock
 from exporter.finalizer.metrics import RemediationMetrics
-from exporter.finalizer.model import History
 from exporter.finalizer.service import Remediator
-from exporter.finalizer.valves import Candidate
 from exporter.vocabulary import APPLIED, DRY_RUN, NEEDS_PERSON
+from tests.support.exposition import Exposition, parse
 from tests.support.remediation import (
     RemediationDb,
     audit_rows,
@@ -46,82 +45,15 @@ def remediator(url: str, **overrides: object) -> Remediator:
     return Remediator(settings.finalizer(), config.parse_dsn(url))
 
 
-# --- authorization and configuration (no database) ------------------------------------------
-
-
-@pytest.mark.parametrize(("remediation", "reason"), [
-    (RemediationSettings(), "remediation.enabled is false"),
-    (RemediationSettings(enabled=True, actions=BOTH), "no write DSN"),
-    (RemediationSettings(enabled=True, write_dsn="postgresql://w@db/cj"),
-     "remediation.actions is empty"),
-    (RemediationSettings(enabled=True, write_dsn_file="/nonexistent/dsn", actions=BOTH),
-     "cannot read write_dsn file /nonexistent/dsn"),
-])
-def test_unauthorized_configurations_refuse_and_say_why(remediation: RemediationSettings,
-                                                        reason: str) -> None:
-    auth = valves.authorize(Settings(remediation=remediation).finalizer())
-    assert not auth.allowed and reason in auth.reason
-    assert not auth.allows("refinalize")
-
-
-def test_authorized_configuration(tmp_path: Path) -> None:
-    dsn_file = tmp_path / "write.dsn"
-    dsn_file.write_text("postgresql://writer:secret@db/cj\n")
-    auth = valves.authorize(Settings(remediation=RemediationSettings(
-        enabled=True, write_dsn_file=str(dsn_file), actions=("refinalize",))).finalizer())
-    assert auth.allowed and auth.reason == "dry run: refinalize"  # dry_run is the default
-    assert auth.allows("refinalize") and not auth.allows("backfill_anchors")
-    assert auth.write_url is not None and auth.write_url.password == "secret"
-
-
-@pytest.mark.parametrize(("env", "message"), [
-    ({"CJ_HEALTH_REMEDIATION_MAX_ACTIONS_PER_CYCLE": "0"}, "max_actions_per_cycle must be"),
-    ({"CJ_HEALTH_REMEDIATION_COOLDOWN_SECONDS": "-1"}, "cooldown_seconds must not be negative"),
-    ({"CJ_HEALTH_REMEDIATION_WRITE_DSN": "mysql://x@y/z"}, "must be a postgresql:// URL"),
-    ({"CJ_HEALTH_REMEDIATION_WRITE_DSN": "postgresql://x@y/z",
-      "CJ_HEALTH_REMEDIATION_WRITE_DSN_FILE": "/f"}, "either remediation.write_dsn"),
-    ({"CJ_HEALTH_REMEDIATION_ACTIONS": "refinalize,delete_everything"}, "unknown action"),
-])
-def test_invalid_remediation_settings_are_config_errors(env: dict[str, str],
-                                                        message: str) -> None:
-    with pytest.raises(OperatorError, match=message):
-        config.load(None, env, {})
-
-
-# --- the valves (pure) -----------------------------------------------------------------------
-
-
-def test_valves_hold_back_in_order() -> None:
-    r = RemediationSettings(max_actions_per_cycle=1, min_wedged_seconds=600, max_attempts=2,
-                            cooldown_seconds=1800, max_wedged_for_auto=3)
-    now = 1_000_000.0
-    cands = [Candidate(1, "refinalize", 10.0),  # too recent
-             Candidate(2, "refinalize", 9999.0),  # tried twice already
-             Candidate(3, "refinalize", 9999.0),  # ran 10 minutes ago
-             Candidate(4, "backfill_anchors", 9999.0),  # runs
-             Candidate(4, "refinalize", 9999.0)]  # over the cycle limit
-    history = {(2, "refinalize"): History(2, now - 99999), (3, "refinalize"): History(1, now - 600)}
-    d = valves.decide(cands, wedged=3, paused=False, settings=r, history=history, now=now)
-    assert d.run == (cands[3],)
-    assert dict(d.blocked) == {"paused": 0, "too_many_wedged": 0, "min_wedged_seconds": 1,
-                               "max_attempts": 1, "cooldown": 1, "cycle_limit": 1}
-    assert valves.decide(cands, wedged=4, paused=False, settings=r, history={},
-                         now=now).blocked["too_many_wedged"] == 5
-    paused = valves.decide(cands, wedged=9, paused=True, settings=r, history={}, now=now)
-    assert paused.run == () and paused.blocked["paused"] == 5
-
-
-# --- the cycle on a real database ----------------------------------------------------------
-
-
-def metric_lines(metrics: RemediationMetrics) -> set[str]:
+def exposed(metrics: RemediationMetrics) -> Exposition:
+    """The finalizer's families as a scrape reads them."""
     class One(Collector):
-        def collect(self):  # type: ignore[no-untyped-def]
+        def collect(self) -> Iterable[Metric]:
             return metrics.collect()
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(One())
-    return set(generate_latest(registry).decode().splitlines())
+    return parse(generate_latest(registry))
 
 
 def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
@@ -145,15 +77,16 @@ def test_a_cycle_heals_the_wedged_batches_and_audits_each_action(
         again = rem.run_cycle()
         assert again.results == () and again.decision is not None
         assert sum(again.decision.blocked.values()) == 0
-        assert len(audit_rows(db.engine)) == 3
-        lines = metric_lines(rem.metrics)
-        assert 'cj_health_remediations_total{action="refinalize",outcome="applied"} 2.0' in lines
-        assert ('cj_health_remediations_total{action="backfill_anchors",outcome="applied"} 1.0'
-                in lines)
-        assert 'cj_health_remediation_cycles_total{result="ok"} 2.0' in lines
-        assert "cj_health_remediation_leader 1.0" in lines
-        assert "cj_health_remediation_dry_run 0.0" in lines
-        assert 'cj_health_remediation_blocked{reason="too_many_wedged"} 0.0' in lines
+        assert len(audit_rows(db.engine)) == db.planned_actions()
+        metrics = exposed(rem.metrics)
+        assert metrics.value("cj_health_remediations_total", action="refinalize",
+                             outcome="applied") == len(db.wedged())
+        assert metrics.value("cj_health_remediations_total", action="backfill_anchors",
+                             outcome="applied") == 1
+        assert metrics.value("cj_health_remediation_cycles_total", result="ok") == 2
+        assert metrics.value("cj_health_remediation_leader") == 1
+        assert metrics.value("cj_health_remediation_dry_run") == 0
+        assert metrics.value("cj_health_remediation_blocked", reason="too_many_wedged") == 0
     finally:
         rem.close()
 
@@ -165,16 +98,18 @@ def test_dry_run_cycles_audit_the_plan_change_nothing_and_cool_down(
     rem = remediator(db.url, dry_run=True)
     try:
         first = rem.run_cycle()
-        assert {r.outcome for r in first.results} == {DRY_RUN} and len(first.results) == 3
+        assert {r.outcome for r in first.results} == {DRY_RUN}
+        assert len(first.results) == db.planned_actions()
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
-        assert len(rows) == 3 and all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows)
+        assert len(rows) == db.planned_actions()
+        assert all(r["dry_run"] and r["outcome"] == "dry_run" for r in rows)
         assert rows[1]["detail"]["plan"][0].startswith("lock cj_batch_uploads")
         second = rem.run_cycle()  # the plan is not repeated every cycle: cooldown
         assert second.results == () and second.decision is not None
-        assert second.decision.blocked["cooldown"] == 3
-        assert len(audit_rows(db.engine)) == 3
-        assert "cj_health_remediation_dry_run 1.0" in metric_lines(rem.metrics)
+        assert second.decision.blocked["cooldown"] == db.planned_actions()
+        assert len(audit_rows(db.engine)) == db.planned_actions()
+        assert exposed(rem.metrics).value("cj_health_remediation_dry_run") == 1
     finally:
         rem.close()
 
@@ -187,11 +122,11 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
     try:
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
-        assert report.decision.blocked["paused"] == 3
-        assert "cj_health_remediation_paused 1.0" in metric_lines(rem.metrics)
+        assert report.decision.blocked["paused"] == db.planned_actions()
+        assert exposed(rem.metrics).value("cj_health_remediation_paused") == 1
         assert snapshot(db.engine) == before and audit_rows(db.engine) == []
         assert audit.resume(db.engine) and not audit.resume(db.engine)
-        assert len(rem.run_cycle().results) == 3
+        assert len(rem.run_cycle().results) == db.planned_actions()
     finally:
         rem.close()
     paused_by_setting = remediator(db.url, paused=True)
@@ -204,14 +139,16 @@ def test_the_pause_row_and_setting_stop_every_action(remediation_db: Remediation
 def test_too_many_wedged_batches_is_a_persons_call(remediation_db: RemediationDb) -> None:
     db = remediation_db
     before = snapshot(db.engine)
-    rem = remediator(db.url, max_wedged_for_auto=1)  # the demo has two wedged batches
+    assert len(db.wedged()) == 2
+    rem = remediator(db.url, max_wedged_for_auto=1)
     try:
         report = rem.run_cycle()
         assert report.results == () and report.decision is not None
-        assert report.decision.blocked["too_many_wedged"] == 3
-        lines = metric_lines(rem.metrics)
-        assert 'cj_health_remediation_blocked{reason="too_many_wedged"} 3.0' in lines
-        assert "cj_health_remediation_wedged_batches 2.0" in lines
+        assert report.decision.blocked["too_many_wedged"] == db.planned_actions()
+        metrics = exposed(rem.metrics)
+        assert metrics.value("cj_health_remediation_blocked",
+                             reason="too_many_wedged") == db.planned_actions()
+        assert metrics.value("cj_health_remediation_wedged_batches") == len(db.wedged())
         assert snapshot(db.engine) == before
     finally:
         rem.close()
@@ -236,8 +173,8 @@ def test_unusable_anchors_are_reported_then_left_after_max_attempts(
         rows = [r for r in audit_rows(db.engine) if r["cj_batch_id"] == bad]
         assert [r["outcome"] for r in rows] == ["needs_person", "needs_person"]
         assert rows[0]["detail"]["grades"] == ["B"]
-        assert ('cj_health_remediations_total{action="refinalize",outcome="needs_person"} 2.0'
-                in metric_lines(rem.metrics))
+        assert exposed(rem.metrics).value("cj_health_remediations_total", action="refinalize",
+                                          outcome="needs_person") == 2
     finally:
         rem.close()
 
@@ -253,8 +190,8 @@ def test_one_leader_at_a_time_and_a_lost_lock_is_noticed(remediation_db: Remedia
         before = snapshot(remediation_db.engine)
         assert not follower.run_cycle().leader
         assert snapshot(remediation_db.engine) == before
-        assert 'cj_health_remediation_cycles_total{result="follower"} 1.0' in metric_lines(
-            follower.metrics)
+        assert exposed(follower.metrics).value("cj_health_remediation_cycles_total",
+                                               result="follower") == 1
         # The leader's session dies (server restart, network cut, a recycled connection).
         with remediation_db.engine.begin() as conn:
             killed = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -274,8 +211,8 @@ def test_a_database_without_the_audit_table_is_a_cycle_error(cj_db: str) -> None
     try:
         report = rem.run_cycle()
         assert report.error is not None and "install-view --remediation" in report.error
-        assert 'cj_health_remediation_cycles_total{result="error"} 1.0' in metric_lines(
-            rem.metrics)
+        assert exposed(rem.metrics).value("cj_health_remediation_cycles_total",
+                                          result="error") == 1
     finally:
         rem.close()
 
@@ -298,15 +235,8 @@ def test_a_failed_action_is_audited_and_counted(remediation_db: RemediationDb) -
         assert snapshot(db.engine) == before
         rows = audit_rows(db.engine)
         assert {(r["cj_batch_id"], r["outcome"]) for r in rows} >= {(stuck, "failed")}
-        assert ('cj_health_remediations_total{action="refinalize",outcome="failed"} 2.0'
-                in metric_lines(rem.metrics))  # Batch 20 fails the same way
+        assert exposed(rem.metrics).value(  # Batch 20 fails the same way
+            "cj_health_remediations_total", action="refinalize",
+            outcome="failed") == len(db.wedged())
     finally:
         rem.close()
-
-
-def test_an_unreachable_database_means_no_leader_and_no_password_in_logs(
-        caplog: pytest.LogCaptureFixture) -> None:
-    url = make_url("postgresql+psycopg://writer:s3cret@127.0.0.1:1/cj")
-    lock = LeaderLock(url, 1)
-    assert not lock.ensure()  # nothing listens on port 1: not leader, no exception
-    assert "leader lock unavailable" in caplog.text and "s3cret" not in caplog.text

@@ -7,8 +7,6 @@ so each test drops them again; their grants die with the test's database.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,12 +18,12 @@ from sqlalchemy.exc import DBAPIError
 
 from exporter import config, db
 from exporter.config import RemediationSettings, Settings
-from exporter.demo import scenarios
-from exporter.finalizer import audit
 from exporter.finalizer.service import Remediator
 from exporter.poll.scheduler import Poller
-from tests.support.database import Server, drop_database, new_database
-from tests.support.hardening import apply_roles, drop_roles, libpq_url, metric
+from tests.support.database import Server, database
+from tests.support.exposition import sample_value
+from tests.support.hardening import apply_roles, drop_roles, libpq_url
+from tests.support.process import run_cli
 
 RO, RW, OP, PERSON = "cj_health_ro", "cj_health_remediator", "cj_health_operator", "cjh_person"
 RO_PASSWORD, RW_PASSWORD = "ro-test-pw-1", "rw-test-pw-2"  # test-only; docs say use \password
@@ -41,20 +39,14 @@ class RolesDb:
 
 @pytest.fixture
 def roles_db(pg_server: Server) -> Iterator[RolesDb]:
-    name = new_database(pg_server)
-    admin = pg_server.url(name)
-    engine = create_engine(admin)
-    with engine.begin() as conn:
-        planted = scenarios.seed_demo(conn)
-        audit.install(conn)
-    engine.dispose()
     try:
-        result = apply_roles(admin, ro_password=RO_PASSWORD, rw_password=RW_PASSWORD)
-        assert result.returncode == 0, result.stderr
-        yield RolesDb(admin, admin.set(username=RO, password=RO_PASSWORD),
-                      admin.set(username=RW, password=RW_PASSWORD), planted)
-    finally:
-        drop_database(pg_server, name)
+        with database(pg_server, demo=True, remediation=True) as db:
+            admin = pg_server.url(db.name)
+            result = apply_roles(admin, ro_password=RO_PASSWORD, rw_password=RW_PASSWORD)
+            assert result.returncode == 0, result.stderr
+            yield RolesDb(admin, admin.set(username=RO, password=RO_PASSWORD),
+                          admin.set(username=RW, password=RW_PASSWORD), db.planted)
+    finally:  # after the database: the roles own grants in it until it is dropped
         drop_roles(pg_server.url(), PERSON, OP, RO, RW)
 
 
@@ -98,11 +90,11 @@ def test_poller_under_the_read_only_role_and_writes_refused(roles_db: RolesDb) -
     poller = Poller(settings, engine)
     poller.poll_once()
     body = poller.store.page.metrics.text
-    assert metric(body, "cj_health_up") == 1, poller.last_error
+    assert sample_value(body, "cj_health_up") == 1, poller.last_error
     for batch, problems in roles_db.planted.items():
         for problem in problems:
-            assert metric(body, "cj_batch_problem", cj_batch_id=str(batch),
-                          problem=problem) == 1, (batch, problem)
+            assert sample_value(body, "cj_batch_problem", cj_batch_id=str(batch),
+                                problem=problem) == 1, (batch, problem)
     # The role has what incremental polls need (exporter/poll/changes.py): the next poll reads
     # only what changed, and sees a callback.
     in_flight = min(b for b, p in roles_db.planted.items() if not p)
@@ -112,11 +104,11 @@ def test_poller_under_the_read_only_role_and_writes_refused(roles_db: RolesDb) -
                           " = now() WHERE batch_id = :b"), {"b": in_flight})
     poller.poll_once()
     body = poller.store.page.metrics.text
-    assert metric(body, "cj_health_up") == 1, poller.last_error
-    assert metric(body, "cj_health_full_polls_total") == 1
-    assert metric(body, "cj_health_poll_batches_read") == 1
-    assert metric(body, "cj_batch_comparisons", cj_batch_id=str(in_flight),
-                  kind="completed") == 29
+    assert sample_value(body, "cj_health_up") == 1, poller.last_error
+    assert sample_value(body, "cj_health_full_polls_total") == 1
+    assert sample_value(body, "cj_health_poll_batches_read") == 1
+    assert sample_value(body, "cj_batch_comparisons", cj_batch_id=str(in_flight),
+                        kind="completed") == 29
     errors = psycopg.errors
     # The role's transactions are read-only by default: a write grant given by mistake (a DBA
     # "fixing" a permission error) is still refused ...
@@ -208,15 +200,11 @@ def test_operator_role_for_people(roles_db: RolesDb) -> None:
     dsn = person.render_as_string(hide_password=False)
     wedged = next(b for b, p in roles_db.planted.items() if "wedged" in p)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                              text=True, timeout=60)
-
-    shown = cli("inspect", str(wedged), "--dsn", dsn, "--json")
+    shown = run_cli("inspect", str(wedged), "--dsn", dsn, "--json")
     assert shown.returncode == 0, shown.stderr
-    paused = cli("remediate", "--pause", "roles test", "--dsn", dsn, "--write-dsn", dsn)
+    paused = run_cli("remediate", "--pause", "roles test", "--dsn", dsn, "--write-dsn", dsn)
     assert paused.returncode == 0, paused.stderr
-    resumed = cli("remediate", "--resume", "--dsn", dsn, "--write-dsn", dsn)
+    resumed = run_cli("remediate", "--resume", "--dsn", dsn, "--write-dsn", dsn)
     assert resumed.returncode == 0, resumed.stderr
     # psql works with the same URL form the docs give.
     assert libpq_url(person).startswith("postgresql://")

@@ -4,7 +4,6 @@ one exactly (columns, types, nullability, defaults, constraints, indexes, enum l
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import pytest
@@ -12,78 +11,35 @@ from sqlalchemy import Engine, create_engine, text
 
 from exporter import sqlfiles
 from exporter.config import Settings
-from exporter.demo import scenarios
+from exporter.demo.scenarios import OUTBOX_FAILED
 from exporter.poll import query
-from tests.support.database import Server, drop_database, url_string
-from tests.support.paths import ALEMBIC_SCHEMA
-
-ALEMBIC_DUMP = ALEMBIC_SCHEMA
-ORM_STATUS_ORDER = ("PENDING", "FETCHING_CONTENT", "PERFORMING_COMPARISONS",
-                    "COMPLETE_FORCED_RECOVERY", "COMPLETE_STABLE", "COMPLETE_MAX_COMPARISONS",
-                    "COMPLETE_INSUFFICIENT_ESSAYS", "ERROR_PROCESSING", "ERROR_ESSAY_PROCESSING")
-NO_DEFAULT_IN_ORM = ("submitted_comparisons", "completed_comparisons", "failed_comparisons",
-                     "partial_scoring_triggered", "completion_threshold_pct",
-                     "current_iteration")
-
-
-def alembic_sql() -> str:
-    assert ALEMBIC_DUMP.is_file(), f"the upstream schema dump is missing: {ALEMBIC_DUMP}"
-    return ALEMBIC_DUMP.read_text()
-
-
-def create_all_sql() -> str:
-    """The reference schema as the ORM's create_all leaves it: Python enum order and no server
-    defaults on six cj_batch_states columns."""
-    sql = sqlfiles.read("schema/cj_reference.sql")
-    labels = ", ".join(f"'{label}'" for label in ORM_STATUS_ORDER)
-    sql = re.sub(r"CREATE TYPE cj_batch_status_enum AS ENUM \([^)]*\)",
-                 f"CREATE TYPE cj_batch_status_enum AS ENUM ({labels})", sql)
-    for column in NO_DEFAULT_IN_ORM:
-        sql, n = re.subn(rf"(\n    {column} \w+) DEFAULT \S+ NOT NULL", r"\1 NOT NULL", sql)
-        assert n == 1, column
-    return sql
-
-
-def fresh_db(server: Server, name: str, ddl: str) -> Engine:
-    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    engine = create_engine(url_string(server.url(name)))
-    with engine.begin() as conn:
-        sqlfiles.run_script(conn, ddl)
-    return engine
+from tests.support.database import (
+    SeededDb,
+    Server,
+    alembic_head_ddl,
+    database,
+    orm_create_all_ddl,
+)
 
 
 @pytest.fixture(params=["alembic_head", "orm_create_all"])
-def variant_db(request: pytest.FixtureRequest, pg_server: Server) -> Iterator[Engine]:
-    ddl = alembic_sql() if request.param == "alembic_head" else create_all_sql()
-    name = f"variant_{request.param}"
-    engine = fresh_db(pg_server, name, ddl)
-    yield engine
+def variant_db(request: pytest.FixtureRequest, pg_server: Server) -> Iterator[SeededDb]:
+    """The variant's schema, then the views and the demo scenarios on top of it."""
+    ddl = alembic_head_ddl() if request.param == "alembic_head" else orm_create_all_ddl()
+    with database(pg_server, ddl=ddl, views=True, demo=True) as db:
+        yield db
+
+
+def test_views_indexes_and_a_poll_run_unchanged_on_each_variant(variant_db: SeededDb) -> None:
+    engine = create_engine(variant_db.url)
+    sqlfiles.install_indexes(engine)
+    snap = query.poll(engine, Settings())
     engine.dispose()
-    drop_database(pg_server, name)
-
-
-def test_views_indexes_and_a_poll_run_unchanged_on_each_variant(variant_db: Engine) -> None:
-    with variant_db.begin() as conn:
-        sqlfiles.install_views(conn)
-        planted = scenarios.seed_demo(conn)
-    sqlfiles.install_indexes(variant_db)
-    snap = query.poll(variant_db, Settings())
     flagged = {b.cj_batch_id: b.problems for b in snap.batches}
-    for batch_id, expected in planted.items():
+    for batch_id, expected in variant_db.planted.items():
         assert flagged.get(batch_id, frozenset()) == expected
     assert snap.malformed_rows == 0
-    assert snap.outbox.failed_events == 3
-
-
-def test_orm_variant_really_differs() -> None:
-    """Guard against the transformation silently doing nothing."""
-    sql = create_all_sql()
-    assert "'PERFORMING_COMPARISONS', 'COMPLETE_FORCED_RECOVERY'" in sql
-    assert "completion_threshold_pct integer NOT NULL" in sql
+    assert snap.outbox.failed_events == OUTBOX_FAILED
 
 
 CATALOG_QUERIES = {
@@ -110,16 +66,18 @@ def catalog(engine: Engine) -> dict[str, set[tuple[object, ...]]]:
         return {k: {tuple(r) for r in conn.execute(text(q))} for k, q in CATALOG_QUERIES.items()}
 
 
-def test_reference_schema_matches_the_migrated_schema(pg_server: Server) -> None:
-    reference = fresh_db(pg_server, "schema_reference", sqlfiles.read("schema/cj_reference.sql"))
-    migrated = fresh_db(pg_server, "schema_migrated", alembic_sql())
+def catalog_of(url: str) -> dict[str, set[tuple[object, ...]]]:
+    engine = create_engine(url)
     try:
-        ours, theirs = catalog(reference), catalog(migrated)
+        return catalog(engine)
     finally:
-        reference.dispose()
-        migrated.dispose()
-        drop_database(pg_server, "schema_reference")
-        drop_database(pg_server, "schema_migrated")
+        engine.dispose()
+
+
+def test_reference_schema_matches_the_migrated_schema(pg_server: Server) -> None:
+    with (database(pg_server, schema="reference") as reference,
+          database(pg_server, ddl=alembic_head_ddl()) as migrated):
+        ours, theirs = catalog_of(reference.url), catalog_of(migrated.url)
     assert len(theirs["columns"]) == 97 and len(theirs["enums"]) == 16  # not vacuous
     for kind in CATALOG_QUERIES:
         assert ours[kind] == theirs[kind], (kind, ours[kind] ^ theirs[kind])

@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from exporter.demo.scenarios import GRADES, BatchSpec, Seeder
+from exporter.demo.scenarios import (
+    GRADES,
+    OUTBOX_FAILED,
+    OUTBOX_OLDEST,
+    OUTBOX_UNPUBLISHED,
+    RUNAWAY_COMPLETION_RUNS,
+    RUNAWAY_DUPLICATES,
+    STUDENTS,
+    BatchSpec,
+    Seeder,
+)
 from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 from tests.support.database import SeededDb
 
@@ -80,8 +90,10 @@ def test_batch20_wedge_columns(conn: Connection) -> None:
     assert row["progress_ratio"] == pytest.approx(1.0)
     assert row["pairs_with_winner"] == 28
     assert row["student_essays"] == 6
-    assert (row["anchors_flagged"], row["anchors_in_metadata"], row["anchors_by_id"]) == (0, 5, 5)
-    assert row["anchor_mismatches"] == 5 and row["anchor_grades"] == 5
+    anchors = len(GRADES)
+    assert (row["anchors_flagged"], row["anchors_in_metadata"], row["anchors_by_id"]) == (
+        0, anchors, anchors)
+    assert row["anchor_mismatches"] == anchors and row["anchor_grades"] == anchors
     assert row["projectable"] is True and row["grade_projections"] == 0
     assert row["state_age_seconds"] == pytest.approx(7200, abs=60)
     assert row["last_activity_at"].tzinfo is not None
@@ -105,11 +117,13 @@ def test_naive_upload_times_are_read_as_utc(conn: Connection) -> None:
 
 def test_runaway_burst_and_event_counts(conn: Connection) -> None:
     seeder = Seeder(conn)
-    batch = seeder.insert_batch(BatchSpec(completion_runs=83,
+    runs = RUNAWAY_COMPLETION_RUNS
+    batch = seeder.insert_batch(BatchSpec(completion_runs=runs,
                                           burst_spacing=timedelta(milliseconds=72)))
     row = health(conn, batch)
-    assert (row["completion_events"], row["result_events"], row["resource_events"]) == (83, 83, 83)
-    assert row["completion_event_burst"] == 83
+    assert (row["completion_events"], row["result_events"], row["resource_events"]) == (
+        runs, runs, runs)
+    assert row["completion_event_burst"] == runs
     span = row["last_completion_event_at"] - row["first_completion_event_at"]
     assert span < timedelta(seconds=6)
     assert problems(row) == {"duplicate_completion", "duplicate_charge"}
@@ -159,8 +173,8 @@ def test_second_charge_for_one_run_is_flagged(conn: Connection) -> None:
 
 def test_in_flight_with_pending_callbacks_is_not_wedged(conn: Connection) -> None:
     batch = Seeder(conn).insert_batch(BatchSpec(
-        status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=10, failed=2,
-        finished=False, idle=timedelta(hours=3)))
+        status="FETCHING_CONTENT", state="WAITING_CALLBACKS", submitted=30, completed=10,
+        failed=2, finished=False, idle=timedelta(hours=3)))
     row = health(conn, batch)
     assert row["pending_callbacks"] == 18
     assert problems(row) == set() and row["is_terminal"] is False
@@ -169,8 +183,8 @@ def test_in_flight_with_pending_callbacks_is_not_wedged(conn: Connection) -> Non
 def test_all_callbacks_in_but_still_waiting_is_wedged(conn: Connection) -> None:
     """The completion sweep should have finalized it: nothing will."""
     batch = Seeder(conn).insert_batch(BatchSpec(
-        status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=29, failed=1,
-        finished=False))
+        status="FETCHING_CONTENT", state="WAITING_CALLBACKS", submitted=30, completed=29,
+        failed=1, finished=False))
     assert problems(health(conn, batch)) == {"wedged"}
 
 
@@ -200,14 +214,14 @@ def test_unexpected_essay_metadata_never_breaks_the_view(conn: Connection,
     """Non-object or odd-typed metadata: no error, and no mismatch is invented from it."""
     batch = Seeder(conn).insert_batch(BatchSpec(essay_metadata=essay_meta, completion_runs=1))
     row = health(conn, batch)
-    assert row["student_essays"] == 6
+    assert row["student_essays"] == STUDENTS
     assert row["anchor_mismatches"] == 0 and problems(row) == set()
 
 
 def test_metadata_is_anchor_true_as_string_counts(conn: Connection) -> None:
     batch = Seeder(conn).insert_batch(BatchSpec(essay_metadata={"is_anchor": "TRUE"}))
     row = health(conn, batch)
-    assert row["anchors_in_metadata"] == 6 and row["anchor_mismatches"] == 6
+    assert row["anchors_in_metadata"] == STUDENTS and row["anchor_mismatches"] == STUDENTS
 
 
 @pytest.mark.parametrize("state_meta", [
@@ -251,11 +265,13 @@ def test_outbox_view(seeded_db: SeededDb) -> None:
     with engine.connect() as c:
         row = c.execute(text("SELECT * FROM cj_outbox_health")).mappings().one()
     engine.dispose()
-    assert row["unpublished_events"] == 7 and row["failed_events"] == 3
-    assert row["oldest_unpublished_age_seconds"] == pytest.approx(25 * 60, abs=60)
-    assert row["duplicate_completion_events"] == 82
-    assert row["duplicate_result_events"] == 82
-    assert row["duplicate_resource_events"] == 82
+    assert row["unpublished_events"] == OUTBOX_UNPUBLISHED
+    assert row["failed_events"] == OUTBOX_FAILED
+    assert row["oldest_unpublished_age_seconds"] == pytest.approx(
+        OUTBOX_OLDEST.total_seconds(), abs=60)
+    assert row["duplicate_completion_events"] == RUNAWAY_DUPLICATES
+    assert row["duplicate_result_events"] == RUNAWAY_DUPLICATES
+    assert row["duplicate_resource_events"] == RUNAWAY_DUPLICATES
 
 
 def test_infinite_timestamps_and_huge_counters_never_break_the_view(conn: Connection) -> None:
@@ -264,7 +280,7 @@ def test_infinite_timestamps_and_huge_counters_never_break_the_view(conn: Connec
     infinite = seeder.insert_batch(BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS",
                                              completed=5, finished=False))
     huge = seeder.insert_batch(BatchSpec(status="FETCHING_CONTENT", state="WAITING_CALLBACKS",
-                                         completed=5, finished=False))
+                                         budget=30, completed=5, finished=False))
     conn.execute(text("UPDATE cj_batch_states SET last_activity_at = 'infinity'"
                       " WHERE batch_id = :id"), {"id": infinite})
     conn.execute(text("UPDATE cj_batch_states SET submitted_comparisons = 2147483647,"

@@ -32,10 +32,10 @@ from exporter import sqlfiles
 from exporter.demo.embedded import EmbeddedPostgres
 from exporter.demo.scenarios import BatchSpec, Seeder
 from tests.support.database import SeededDb, url_string
+from tests.support.exposition import parse, sample_value
 from tests.support.hardening import (
     exporter_backends,
     fd_count,
-    metric,
     percentiles,
     settled_count,
     thread_count,
@@ -47,7 +47,7 @@ OUTAGE_CYCLES = 20
 
 
 def up(body: bytes | str) -> float | None:
-    return metric(body, "cj_health_up")
+    return sample_value(body, "cj_health_up")
 
 
 def test_twenty_database_outages_without_crash_or_leak(own_postgres: EmbeddedPostgres) -> None:
@@ -65,14 +65,15 @@ def test_twenty_database_outages_without_crash_or_leak(own_postgres: EmbeddedPos
         for cycle in range(OUTAGE_CYCLES):
             own_postgres.stop_server()
             body = exp.wait_for(lambda b: up(b) == 0, 10)
-            assert b"cj_batch_problem{" in body, f"cycle {cycle}: last snapshot not served"
+            assert parse(body).samples("cj_batch_problem"), (
+                f"cycle {cycle}: last snapshot not served")
             own_postgres.start_server()
             started = time.monotonic()
             exp.wait_for(lambda b: up(b) == 1, 15)
             recoveries.append(time.monotonic() - started)
         assert exp.proc.poll() is None, "the exporter must survive every outage"
         body = exp.wait_for(lambda b: True, 5)
-        errors = metric(body, "cj_health_poll_errors_total", reason="connection") or 0
+        errors = sample_value(body, "cj_health_poll_errors_total", reason="connection") or 0
         assert errors >= OUTAGE_CYCLES
         # Leaks: threads and descriptors come back to where they were, one pooled connection.
         wait_until(lambda: settled_count(lambda: thread_count(pid)) <= threads_before, 5,
@@ -130,8 +131,8 @@ def test_poll_slower_than_statement_timeout_is_cancelled_server_side(
             assert status == 200
             longest = max(longest, longest_exporter_query(seeded_db.url, db))
             time.sleep(0.02)
-        body = exp.wait_for(
-            lambda b: (metric(b, "cj_health_poll_errors_total", reason="timeout") or 0) >= 2, 10)
+        body = exp.wait_for(lambda b: (sample_value(b, "cj_health_poll_errors_total",
+                                                    reason="timeout") or 0) >= 2, 10)
         assert up(body) == 0
         # A client-side timeout would leave pg_sleep(30) running for 30 s: server-side, no
         # exporter statement ever lives much longer than the 0.5 s statement_timeout.
@@ -148,11 +149,11 @@ def test_scrape_storm_has_bounded_latency(seeded_db: SeededDb) -> None:
     with ExporterProcess(seeded_db.url, poll_interval=0.2) as exp:
         assert exp.proc is not None
         pid = exp.proc.pid
-        polls_before = metric(exp.metrics(), "cj_health_polls_total") or 0
+        polls_before = sample_value(exp.metrics(), "cj_health_polls_total") or 0
         threads_before = settled_count(lambda: thread_count(pid))
         barrier = threading.Barrier(scrapes)
 
-        def scrape(i: int) -> tuple[float, bool]:
+        def scrape(i: int) -> tuple[float, bytes]:
             # Half ask as Prometheus does (OpenMetrics, gzip), half plain text.
             headers = {"Accept": "application/openmetrics-text;version=1.0.0",
                        "Accept-Encoding": "gzip"} if i % 2 else {}
@@ -161,17 +162,19 @@ def test_scrape_storm_has_bounded_latency(seeded_db: SeededDb) -> None:
             started = time.monotonic()
             with urllib.request.urlopen(request, timeout=30) as response:
                 body = response.read()
-            elapsed = time.monotonic() - started
-            if i % 2:
-                body = gzip.decompress(body)
-                return elapsed, body.endswith(b"# EOF\n")
-            return elapsed, b"cj_batch_problem{" in body
+            return time.monotonic() - started, body
 
         with concurrent.futures.ThreadPoolExecutor(scrapes) as pool:
             results = list(pool.map(scrape, range(scrapes)))
-        assert all(ok for _, ok in results)
+        # Checked after the storm: parsing in the scrape threads would hold the GIL while
+        # the other scrapes are being timed.
+        for i, (_, body) in enumerate(results):
+            if i % 2:
+                body = gzip.decompress(body)
+                assert body.endswith(b"# EOF\n")
+            assert parse(body, openmetrics=bool(i % 2)).samples("cj_batch_problem"), i
         figures = percentiles([elapsed for elapsed, _ in results])
-        polls_after = metric(exp.metrics(), "cj_health_polls_total") or 0
+        polls_after = sample_value(exp.metrics(), "cj_health_polls_total") or 0
         print(f"\nscrape storm, {scrapes} concurrent: p50 {figures['p50'] * 1000:.0f} ms, "
               f"p99 {figures['p99'] * 1000:.0f} ms, max {figures['max'] * 1000:.0f} ms; "
               f"polls during the storm and after: {polls_after - polls_before:.0f}")
@@ -248,27 +251,27 @@ def test_malformed_rows_are_counted_never_fatal(seeded_db: SeededDb) -> None:
         with ExporterProcess(seeded_db.url, poll_interval=0.3) as exp:
             body = exp.wait_for(lambda b: True, 5)
             assert up(body) == 1
-            assert metric(body, "cj_health_malformed_rows") == 1  # the infinite one, alone
-            assert metric(body, "cj_batch_last_activity_timestamp_seconds",
-                          cj_batch_id=str(infinite)) is None
+            assert sample_value(body, "cj_health_malformed_rows") == 1  # the infinite one, alone
+            assert sample_value(body, "cj_batch_last_activity_timestamp_seconds",
+                                cj_batch_id=str(infinite)) is None
             # NULL state reads as "no state" (the view cannot tell the two apart).
-            assert metric(body, "cj_batch_last_activity_timestamp_seconds",
-                          cj_batch_id=str(null_state), cj_state="NONE") is not None
-            assert metric(body, "cj_batch_last_activity_timestamp_seconds",
-                          cj_batch_id=str(new_labels), cj_state="PAUSED",
-                          upload_status="AWAITING_REVIEW") is not None
-            assert metric(body, "cj_batches", cj_state="PAUSED",
-                          upload_status="AWAITING_REVIEW") == 1
+            assert sample_value(body, "cj_batch_last_activity_timestamp_seconds",
+                                cj_batch_id=str(null_state), cj_state="NONE") is not None
+            assert sample_value(body, "cj_batch_last_activity_timestamp_seconds",
+                                cj_batch_id=str(new_labels), cj_state="PAUSED",
+                                upload_status="AWAITING_REVIEW") is not None
+            assert sample_value(body, "cj_batches", cj_state="PAUSED",
+                                upload_status="AWAITING_REVIEW") == 1
             # Non-object request metadata is "incomplete", not an error.
-            assert metric(body, "cj_batch_problem", cj_batch_id=str(odd_json),
-                          problem="metadata_incomplete") == 1
-            assert metric(body, "cj_batch_anchors", cj_batch_id=str(odd_json),
-                          source="metadata") == 0
+            assert sample_value(body, "cj_batch_problem", cj_batch_id=str(odd_json),
+                                problem="metadata_incomplete") == 1
+            assert sample_value(body, "cj_batch_anchors", cj_batch_id=str(odd_json),
+                                source="metadata") == 0
             # Every planted demo problem is still exported next to the bad rows.
             for batch, problems in seeded_db.planted.items():
                 for problem in problems:
-                    assert metric(body, "cj_batch_problem", cj_batch_id=str(batch),
-                                  problem=problem) == 1, (batch, problem)
+                    assert sample_value(body, "cj_batch_problem", cj_batch_id=str(batch),
+                                        problem=problem) == 1, (batch, problem)
 
             # Counters near 2^31 are computed in bigint: the corrupt row is exported as it
             # is and the poll stays up (it used to overflow and fail every poll).
@@ -277,16 +280,16 @@ def test_malformed_rows_are_counted_never_fatal(seeded_db: SeededDb) -> None:
             conn.execute(text("UPDATE cj_batch_states SET submitted_comparisons = 2147483647,"
                               " completed_comparisons = -10, last_activity_at = now()"
                               " WHERE batch_id = :b"), {"b": odd_json})
-            body = exp.wait_for(lambda b: metric(b, "cj_batch_comparisons", kind="pending",
-                                                 cj_batch_id=str(odd_json)) == 2147483657, 10)
+            body = exp.wait_for(lambda b: sample_value(b, "cj_batch_comparisons", kind="pending",
+                                                       cj_batch_id=str(odd_json)) == 2147483657, 10)
             assert up(body) == 1
 
             # A query the database refuses (here: a view dropped under the exporter) fails
             # the poll: counted as reason="query", the process lives on and recovers.
-            errors_before = metric(body, "cj_health_poll_errors_total", reason="query") or 0
+            errors_before = sample_value(body, "cj_health_poll_errors_total", reason="query") or 0
             conn.execute(text("DROP VIEW cj_outbox_health"))
             body = exp.wait_for(lambda b: up(b) == 0, 10)
-            assert (metric(body, "cj_health_poll_errors_total", reason="query") or 0) \
+            assert (sample_value(body, "cj_health_poll_errors_total", reason="query") or 0) \
                 > errors_before
             sqlfiles.install_views(conn)
             exp.wait_for(lambda b: up(b) == 1, 10)

@@ -10,9 +10,6 @@ environment, nor a startup error, may contain the password, raw or URL-encoded.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -21,11 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from exporter.config import RemediationSettings, Settings
 from exporter.demo.embedded import EmbeddedPostgres
 from tests.support.database import seeded_own_postgres
-from tests.support.hardening import apply_roles, metric
-from tests.support.process import ExporterProcess, free_port, http_get
+from tests.support.exposition import sample_value
+from tests.support.hardening import apply_roles
+from tests.support.process import ExporterProcess, free_port, http_get, run_cli
 
 # Characters that need URL-encoding, so both spellings are searched for.
 SECRET = "Sx9-p@ss:w/rd%7e-unique"
@@ -81,11 +78,9 @@ def no_secret(text_: str, where: str) -> None:
 def test_password_never_leaks(password_postgres: EmbeddedPostgres, tmp_path: Path) -> None:
     pg = password_postgres
     path = dsn_file(tmp_path, pg, SECRET)
-    exp = ExporterProcess("unused", poll_interval=0.3, env={"CJ_HEALTH_DSN_FILE": str(path)},
+    # The DSN comes from CJ_HEALTH_DSN_FILE only (no --dsn).
+    exp = ExporterProcess(None, poll_interval=0.3, env={"CJ_HEALTH_DSN_FILE": str(path)},
                           extra_args=["--log-level", "debug", "--stale-after", "1000"])
-    # The DSN comes from CJ_HEALTH_DSN_FILE only: drop the --dsn the helper puts first.
-    at = exp.args.index("--dsn")
-    del exp.args[at:at + 2]
     seen: list[tuple[str, str]] = []
 
     def collect(phase: str) -> None:
@@ -111,7 +106,7 @@ def test_password_never_leaks(password_postgres: EmbeddedPostgres, tmp_path: Pat
         pg.start_server()
         # 3. The password is set back: the exporter recovers by itself.
         admin(pg, f"ALTER ROLE cj_health_ro PASSWORD '{SECRET}'")
-        exp.wait_for(lambda b: metric(b, "cj_health_up") == 1, 15)
+        exp.wait_for(lambda b: sample_value(b, "cj_health_up") == 1, 15)
         collect("recovered")
         for name in ("cmdline", "environ"):
             no_secret(Path(f"/proc/{exp.proc.pid}/{name}").read_bytes().decode(
@@ -135,28 +130,18 @@ def test_startup_errors_never_show_the_password(password_postgres: EmbeddedPostg
     for args in (["--dsn-file", str(path)],
                  ["--dsn", wrong.render_as_string(hide_password=False)],
                  ["--dsn", "postgresql://cj_health_ro:" + ENCODED + "@/x?host=/nonexistent"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "exporter", "serve", *args, "--web.listen-address", listen,
-             "--log-level", "debug"], capture_output=True, text=True, timeout=60)
+        result = run_cli("serve", *args, "--web.listen-address", listen, "--log-level", "debug")
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "***" in result.stderr or "cannot" in result.stderr
         no_secret(result.stdout + result.stderr, f"the startup error of {args[0]}")
 
 
-def test_settings_repr_hides_dsns() -> None:
-    settings = Settings(dsn=f"postgresql://u:{SECRET}@h/d", remediation=RemediationSettings(
-        write_dsn=f"postgresql://w:{SECRET}@h/d"))
-    no_secret(repr(settings), "repr(Settings)")
-
-
 def test_dsn_file_beats_nothing_and_conflicts_with_dsn(tmp_path: Path) -> None:
     """CJ_HEALTH_DSN_FILE plus a --dsn is refused rather than silently picking one."""
     path = tmp_path / "dsn"
     path.write_text("postgresql://u@h/d")
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", "serve", "--dsn", "postgresql://u@h/d2"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "CJ_HEALTH_DSN_FILE": str(path)})
+    result = run_cli("serve", "--dsn", "postgresql://u@h/d2",
+                     env={"CJ_HEALTH_DSN_FILE": str(path)})
     assert result.returncode == 2
     assert "either dsn or dsn_file" in result.stderr

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine
 
 from exporter.vocabulary import (
     ACTIONS,
@@ -31,7 +29,8 @@ from exporter.vocabulary import (
     PROBLEM_KINDS,
     exposed_name,
 )
-from tests.support.database import Server, drop_database, new_database, seed, url_string
+from tests.support.database import Server, database
+from tests.support.exposition import parse
 from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess
 
@@ -101,7 +100,7 @@ def documented(path: Path = DOC) -> dict[str, Family]:
 def exposed(text: str) -> dict[str, Family]:
     """The families of an exposition, by exposed name (counters with `_total`)."""
     out: dict[str, Family] = {}
-    for metric in text_string_to_metric_families(text):
+    for metric in parse(text).families.values():
         name = f"{metric.name}_total" if metric.type == "counter" else metric.name
         labels: dict[str, set[str]] = {}
         for sample in metric.samples:
@@ -123,41 +122,38 @@ class Expositions:
 
 
 def _scrape_until(exporter: ExporterProcess, wanted: tuple[str, ...], timeout: float) -> str:
+    """The first exposition with every family in `wanted` (or the last one after `timeout`)."""
     deadline = time.monotonic() + timeout
     text = exporter.metrics()
-    while not all(w in text for w in wanted) and time.monotonic() < deadline:
+    while not set(wanted) <= set(parse(text).families) and time.monotonic() < deadline:
         time.sleep(0.2)
         text = exporter.metrics()
     return text
 
 
+def _every_problem(problems: set[str]) -> Callable[[bytes], bool]:
+    return lambda body: {s.labels["problem"] for s in parse(body).samples(
+        "cj_batch_problem")} >= problems
+
+
 @pytest.fixture(scope="module")
 def expositions(pg_server: Server,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Expositions]:
-    database = new_database(pg_server)
-    url = url_string(pg_server.url(database))
-    try:
-        seeded = seed(url)
-        from exporter.finalizer import audit  # the finalizer's audit and pause tables
-
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            audit.install(conn)
-        engine.dispose()
+    # with the finalizer's audit and pause tables
+    with database(pg_server, demo=True, remediation=True) as seeded:
+        url = seeded.url
         config = tmp_path_factory.mktemp("metrics-doc") / "exporter.yml"
         config.write_text(yaml.safe_dump({"remediation": {
             "enabled": True, "dry_run": True, "write_dsn": url, "actions": list(ACTIONS),
             "interval_seconds": 1}}))
-        problems = tuple(f'problem="{p}"' for p in set().union(*seeded.planted.values()))
+        problems = set().union(*seeded.planted.values())
         with ExporterProcess(url, extra_args=["--config", str(config)]) as exporter:
-            exporter.wait_for(lambda body: all(p.encode() in body for p in problems), 20)
+            exporter.wait_for(_every_problem(problems), 20)
             # the finalizer's families join at the first poll after its first cycle
             text = _scrape_until(
                 exporter, ("cj_health_remediation_last_cycle_timestamp_seconds",), 10)
         with ExporterProcess(url) as exporter:
-            plain = exporter.wait_for(lambda body: all(p.encode() in body for p in problems), 20)
-    finally:
-        drop_database(pg_server, database)
+            plain = exporter.wait_for(_every_problem(problems), 20)
     yield Expositions(exposed(text), exposed(plain.decode()), seeded.planted, text,
                       plain.decode())
 
@@ -220,8 +216,8 @@ def test_without_remediation_only_the_idle_action_counter_of_the_finalizer_is_ex
         "cj_health_remediations_total"}
     counter = plain["cj_health_remediations_total"]
     assert counter.values == {"action": set(ACTIONS), "outcome": set(OUTCOMES)}
-    idle = [s.value for m in text_string_to_metric_families(expositions.plain_text)
-            if m.name == "cj_health_remediations" for s in m.samples]
+    idle = [s.value for s in parse(expositions.plain_text).samples(
+        "cj_health_remediations_total")]
     assert idle == [0.0] * (len(ACTIONS) * len(OUTCOMES))
 
 
@@ -229,14 +225,11 @@ def test_the_burst_is_0_for_a_healthy_unfinished_batch_and_1_for_a_healthy_finis
         expositions: Expositions) -> None:
     """docs/metrics.md's cj_batch_completion_event_burst sentence, on the demo's healthy
     batches."""
-    state: dict[str, str] = {}
-    burst: dict[str, float] = {}
-    for metric in text_string_to_metric_families(expositions.text):
-        for s in metric.samples:
-            if s.name == "cj_batch_last_activity_timestamp_seconds":
-                state[s.labels["cj_batch_id"]] = s.labels["cj_state"]
-            if s.name == "cj_batch_completion_event_burst":
-                burst[s.labels["cj_batch_id"]] = s.value
+    metrics = parse(expositions.text)
+    state = {s.labels["cj_batch_id"]: s.labels["cj_state"]
+             for s in metrics.samples("cj_batch_last_activity_timestamp_seconds")}
+    burst = {s.labels["cj_batch_id"]: s.value
+             for s in metrics.samples("cj_batch_completion_event_burst")}
     healthy = [str(b) for b, problems in expositions.planted.items()
                if not problems and str(b) in burst]
     finished = [b for b in healthy if state[b] == "COMPLETED"]

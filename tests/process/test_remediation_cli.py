@@ -4,17 +4,18 @@ remediation enabled (and refused), and `demo --remediation` healing its Batch 20
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from exporter import cli
-from tests.support.process import ExporterProcess, free_port, http_get
+from exporter.demo.scenarios import STUDENTS
+from exporter.vocabulary import FAMILIES
+from tests.support.exposition import parse, sample_value
+from tests.support.process import DemoProcess, ExporterProcess
 from tests.support.remediation import (
     RemediationDb,
     audit_rows,
@@ -31,15 +32,6 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return code, out, err
 
 
-def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body) for s in family.samples}
-
-
-def value(body: str, name: str, **labels: str) -> float | None:
-    return samples(body).get((name, tuple(sorted(labels.items()))))
-
-
 def test_remediate_without_yes_is_a_dry_run(remediation_db: RemediationDb,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     db = remediation_db
@@ -51,8 +43,8 @@ def test_remediate_without_yes_is_a_dry_run(remediation_db: RemediationDb,
     assert out.startswith("DRY RUN: nothing is changed; add --yes to apply.")
     assert f"refinalize batch {b20}: dry_run" in out
     assert "  - lock cj_batch_uploads/cj_batch_states rows" in out
-    assert ("  - write 6 grade projection(s), replacing any (swedish_8_anchor, context"
-            " assignment)") in out
+    assert (f"  - write {STUDENTS} grade projection(s), replacing any (swedish_8_anchor,"
+            " context assignment)") in out
     assert "  events: result" in out  # Batch 20: only a corrected result (docs/finalizer.md)
     assert snapshot(db.engine) == before and audit_rows(db.engine) == []
 
@@ -163,16 +155,22 @@ def test_serve_with_remediation_heals_and_exports_it(remediation_db: Remediation
     db = remediation_db
     b20, stuck = db.batch("wedged"), db.batch("stuck_scoring")
     with ExporterProcess(db.url, env=remediation_env(db.url)) as exporter:
-        body = exporter.wait_for(lambda b: b'outcome="applied"} 2.0' in b, 20).decode()
-        assert value(body, "cj_health_remediation_enabled") == 1.0
-        assert value(body, "cj_health_remediation_leader") == 1.0
-        healed = exporter.wait_for(
-            lambda b: f'cj_batch_id="{b20}"'.encode() in b
-            and not re.search(rf'cj_batch_problem{{[^}}]*cj_batch_id="({b20}|{stuck})"'.encode(),
-                              b), 20).decode()
-        assert value(healed, "cj_batch_grade_projections", cj_batch_id=str(b20)) == 6.0
-        assert value(healed, "cj_batches_problem", problem="wedged") == 0.0
-        assert value(healed, "cj_batches_problem", problem="stuck_scoring") == 0.0
+        body = parse(exporter.wait_for(lambda b: sample_value(
+            b, "cj_health_remediations_total", action="refinalize", outcome="applied") == 2, 20))
+        assert body.value("cj_health_remediation_enabled") == 1.0
+        assert body.value("cj_health_remediation_leader") == 1.0
+
+        def healed_and_exported(b: bytes) -> bool:
+            metrics = parse(b)
+            return (bool(metrics.samples("cj_batch_last_activity_timestamp_seconds",
+                                         cj_batch_id=str(b20)))
+                    and not metrics.samples("cj_batch_problem", cj_batch_id=str(b20))
+                    and not metrics.samples("cj_batch_problem", cj_batch_id=str(stuck)))
+
+        healed = parse(exporter.wait_for(healed_and_exported, 20))
+        assert healed.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == STUDENTS
+        assert healed.value("cj_batches_problem", problem="wedged") == 0.0
+        assert healed.value("cj_batches_problem", problem="stuck_scoring") == 0.0
     rows = audit_rows(db.engine)
     assert sorted((r["cj_batch_id"], r["action"], r["outcome"]) for r in rows) == sorted([
         (b20, "backfill_anchors", "applied"), (b20, "refinalize", "applied"),
@@ -184,55 +182,45 @@ def test_serve_refuses_unauthorized_remediation_but_keeps_exporting(
     db = remediation_db
     before = snapshot(db.engine)
     with ExporterProcess(db.url, env=remediation_env(None)) as exporter:
-        body = exporter.metrics()
-        assert value(body, "cj_health_remediation_enabled") == 0.0
-        assert value(body, "cj_health_up") == 1.0
+        body = parse(exporter.metrics())
+        assert body.value("cj_health_remediation_enabled") == 0.0
+        assert body.value("cj_health_up") == 1.0
         # the core's idle counter (all 0), never the finalizer's families
-        assert 'cj_health_remediations_total{action="refinalize",outcome="applied"} 0.0' in body
-        assert "cj_health_remediation_leader" not in body
+        assert body.value("cj_health_remediations_total", action="refinalize",
+                          outcome="applied") == 0.0
+        assert "cj_health_remediation_leader" not in body.families
         time.sleep(1.5)
         assert "remediation refused: no write DSN" in exporter.output()
     assert snapshot(db.engine) == before
 
 
 def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", "--remediation", "--web.listen-address",
-         f"127.0.0.1:{port}", "--poll-interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        summary = "".join(lines)
+    with DemoProcess("--remediation") as demo:
+        summary = demo.summary
         b20 = int(re.search(r"^\s+(\d+): anchor_mismatch, missing_projections, wedged$",
                             summary, re.MULTILINE).group(1))  # type: ignore[union-attr]
         # By the time two cycles have run, every action is done: exactly one per action.
-        body = ""
+        body = parse("")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            body = http_get(url)[2].decode()
-            if (value(body, "cj_health_remediation_cycles_total", result="ok") or 0) >= 2:
+            body = parse(demo.metrics())
+            if (body.value("cj_health_remediation_cycles_total", result="ok") or 0) >= 2:
                 break
             time.sleep(0.1)
-        assert value(body, "cj_health_remediations_total", action="backfill_anchors",
-                     outcome="applied") == 1.0, body
-        assert value(body, "cj_health_remediations_total", action="refinalize",
-                     outcome="applied") == 2.0  # Batch 20 and the batch stuck in SCORING
+        assert set(body.families) == set(FAMILIES)  # the finalizer's own families joined
+        assert body.value("cj_health_remediations_total", action="backfill_anchors",
+                          outcome="applied") == 1.0, body
+        assert body.value("cj_health_remediations_total", action="refinalize",
+                          outcome="applied") == 2.0  # Batch 20 and the batch stuck in SCORING
         # ... and the next poll shows Batch 20 healthy.
         while time.monotonic() < deadline:
-            body = http_get(url)[2].decode()
-            if not re.search(rf'cj_batch_problem{{[^}}]*cj_batch_id="{b20}"', body):
+            body = parse(demo.metrics())
+            if not body.samples("cj_batch_problem", cj_batch_id=str(b20)):
                 break
             time.sleep(0.2)
-        assert not re.search(rf'cj_batch_problem{{[^}}]*cj_batch_id="{b20}"', body)
-        assert value(body, "cj_batch_grade_projections", cj_batch_id=str(b20)) == 6.0
-        assert value(body, "cj_batches_problem", problem="wedged") == 0.0
+        assert not body.samples("cj_batch_problem", cj_batch_id=str(b20))
+        assert body.value("cj_batch_grade_projections", cj_batch_id=str(b20)) == STUDENTS
+        assert body.value("cj_batches_problem", problem="wedged") == 0.0
         dsn = re.search(r"--dsn '([^']+)'", summary).group(1)  # type: ignore[union-attr]
         engine = create_engine(dsn)
         try:
@@ -249,7 +237,4 @@ def test_demo_with_remediation_heals_its_batch20_within_two_cycles() -> None:
             assert health(engine, b20)["cj_state"] == "COMPLETED"
         finally:
             engine.dispose()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(20)
-    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    assert demo.returncode == 0, demo.stderr

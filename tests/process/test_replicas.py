@@ -29,10 +29,10 @@ from sqlalchemy.engine import URL
 
 from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec, Seeder
-from exporter.finalizer import audit
 from exporter.finalizer.leader import LOCK_KEY
-from tests.support.database import Server, drop_database, new_database
-from tests.support.hardening import apply_roles, drop_roles, metric, wait_until
+from tests.support.database import Server, database
+from tests.support.exposition import sample_value
+from tests.support.hardening import apply_roles, drop_roles, wait_until
 from tests.support.process import ExporterProcess
 
 INTERVAL = 0.5  # remediation cycle, seconds
@@ -51,19 +51,14 @@ class ReplicaDb:
 
 @pytest.fixture
 def replica_db(pg_server: Server) -> Iterator[ReplicaDb]:
-    name = new_database(pg_server)
-    admin = pg_server.url(name)
-    engine = create_engine(admin)
-    with engine.begin() as conn:
-        audit.install(conn)
-    engine.dispose()
     try:
-        result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
-        assert result.returncode == 0, result.stderr
-        yield ReplicaDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
-                        admin.set(username="cj_health_remediator", password="rw-pw"))
-    finally:
-        drop_database(pg_server, name)
+        with database(pg_server, remediation=True) as db:
+            admin = pg_server.url(db.name)
+            result = apply_roles(admin, ro_password="ro-pw", rw_password="rw-pw")
+            assert result.returncode == 0, result.stderr
+            yield ReplicaDb(admin, admin.set(username="cj_health_ro", password="ro-pw"),
+                            admin.set(username="cj_health_remediator", password="rw-pw"))
+    finally:  # after the database: the roles own grants in it until it is dropped
         drop_roles(pg_server.url(), "cj_health_operator", "cj_health_ro",
                    "cj_health_remediator")
 
@@ -88,7 +83,7 @@ def replica(db: ReplicaDb, name: str) -> ExporterProcess:
 
 
 def gauge(exp: ExporterProcess, name: str, **labels: str) -> float:
-    value = metric(exp.metrics(), name, **labels)
+    value = sample_value(exp.metrics(), name, **labels)
     return -1.0 if value is None else value
 
 
@@ -152,12 +147,12 @@ def test_two_replicas_one_leader_takeover_and_exactly_once(replica_db: ReplicaDb
     db = replica_db
     with replica(db, "a") as a, replica(db, "b") as b:
         # 1. One leader, one follower.
-        a.wait_for(lambda body: metric(body, "cj_health_remediation_leader") == 1
-                   or metric(b.metrics(), "cj_health_remediation_leader") == 1, 10)
-        b.wait_for(lambda body: (metric(body, "cj_health_remediation_cycles_total",
-                                        result="follower") or 0)
-                   + (metric(a.metrics(), "cj_health_remediation_cycles_total",
-                             result="follower") or 0) >= 2, 10)
+        a.wait_for(lambda body: sample_value(body, "cj_health_remediation_leader") == 1
+                   or sample_value(b.metrics(), "cj_health_remediation_leader") == 1, 10)
+        b.wait_for(lambda body: (sample_value(body, "cj_health_remediation_cycles_total",
+                                              result="follower") or 0)
+                   + (sample_value(a.metrics(), "cj_health_remediation_cycles_total",
+                                   result="follower") or 0) >= 2, 10)
         leaders = [p for p in (a, b) if gauge(p, "cj_health_remediation_leader") == 1]
         assert len(leaders) == 1 and len(lock_holders(db)) == 1
         leader, follower = leaders[0], (b if leaders[0] is a else a)
@@ -185,8 +180,8 @@ def test_two_replicas_one_leader_takeover_and_exactly_once(replica_db: ReplicaDb
         # 3. The lock is lost mid-cycle while the leader is inside a refinalize transaction.
         survivor, survivor_name = follower, ("b" if leader is a else "a")
         with replica(db, "c") as c:
-            c.wait_for(lambda body: (metric(body, "cj_health_remediation_cycles_total",
-                                            result="follower") or 0) >= 1, 10)
+            c.wait_for(lambda body: (sample_value(body, "cj_health_remediation_cycles_total",
+                                                  result="follower") or 0) >= 1, 10)
             old_holder = lock_holders(db)
             assert len(old_holder) == 1
             blocker = create_engine(db.admin)
@@ -235,8 +230,8 @@ def test_two_replicas_one_leader_takeover_and_exactly_once(replica_db: ReplicaDb
             assert survivor.proc is not None and survivor.proc.poll() is None
         # The views agree: no duplicate completion anywhere.
         body = survivor.wait_for(lambda body: True, 5)
-        assert metric(body, "cj_outbox_duplicate_events", event="completed") == 0
-        assert metric(body, "cj_batches_problem", problem="wedged") == 0
+        assert sample_value(body, "cj_outbox_duplicate_events", event="completed") == 0
+        assert sample_value(body, "cj_batches_problem", problem="wedged") == 0
         started = time.monotonic()
         assert survivor.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 5

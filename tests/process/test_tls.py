@@ -3,47 +3,37 @@
 The certificates are made by `openssl` in the test (a CA, a server certificate for 127.0.0.1,
 client certificates from that CA and from a rogue one); passwords are bcrypt-hashed here. The
 web config parser and the bcrypt cache are also tested in-process, where their inner counts can
-be seen.
+be seen: tests/unit/test_web_config.py and tests/unit/test_basic_auth.py.
 """
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
-from sqlalchemy import create_engine
 
-from exporter.demo import scenarios
-from exporter.errors import OperatorError
 from exporter.web import config as webconfig
 from exporter.web import tls
-from exporter.web.auth import BasicAuth, parse_basic
-from exporter.web.reload import WebSecurity
-from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
-from tests.support.hardening import Pki, make_leaf, make_pki, percentiles
-from tests.support.process import ExporterProcess, free_port
+from tests.support.database import SeededDb, Server, database
+from tests.support.exposition import parse
+from tests.support.hardening import Pki, basic, make_leaf, make_pki, percentiles
+from tests.support.process import ExporterProcess, free_port, http_get, run_cli
 
 PASSWORD = "scrape-pässword-1"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
 # htpasswd -B writes $2y$; Python's bcrypt and Go's accept it: the file must too.
 HASH_2Y = "$2y$" + HASH[4:]
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -52,52 +42,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def https_get(url: str, ctx: ssl.SSLContext | None, headers: dict[str, str] | None = None,
-              method: str = "GET", timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=ctx) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+              method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    return http_get(url, headers, context=ctx, method=method)
 
 
-class TLSExporter(ExporterProcess):
-    """ExporterProcess speaking HTTPS, with credentials and/or a client certificate."""
-
-    def __init__(self, dsn: str, web_config: Path, ctx: ssl.SSLContext,
-                 authorization: str | None = None, **kwargs: object) -> None:
-        super().__init__(dsn, extra_args=["--web.config.file", str(web_config)],
-                         **kwargs)  # type: ignore[arg-type]
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.ctx = ctx
-        self.auth = {"Authorization": authorization} if authorization else {}
-
-    def __enter__(self) -> TLSExporter:
-        super().__enter__()
-        return self
-
-    def get(self, path: str, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
-        return https_get(f"{self.url}{path}", self.ctx, self.auth, **kwargs)  # type: ignore
-
-    def metrics(self) -> str:
-        status, _, body = self.get("/metrics")
-        assert status == 200, status
-        return body.decode()
-
-    def wait_for(self, predicate: Callable[[bytes], bool], timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                status, _, body = self.get("/metrics", timeout=2)
-                if status == 200 and predicate(body):
-                    return body
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for the exporter:\n{self.output()[-3000:]}")
+def tls_exporter(dsn: str, web_config: Path, ctx: ssl.SSLContext,
+                 authorization: str | None = None) -> ExporterProcess:
+    """`serve --web.config.file`, reached over HTTPS with `ctx` (and credentials, if given)."""
+    return ExporterProcess(dsn, extra_args=["--web.config.file", str(web_config)],
+                           poll_interval=0.5, scheme="https", ssl_context=ctx,
+                           headers={"Authorization": authorization} if authorization else None)
 
 
 def write_config(folder: Path, body: str, name: str = "web.yml") -> Path:
@@ -109,21 +63,13 @@ def write_config(folder: Path, body: str, name: str = "web.yml") -> Path:
 @pytest.fixture(scope="module")
 def module_db(pg_server: Server) -> Iterator[str]:
     """A seeded database shared by this module's read-only TLS tests (one process for all)."""
-    name = new_database(pg_server)
-    url = url_string(pg_server.url(name))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        scenarios.seed_demo(conn)
-    engine.dispose()
-    try:
-        yield url
-    finally:
-        drop_database(pg_server, name)
+    with database(pg_server, demo=True) as db:
+        yield db.url
 
 
 @pytest.fixture(scope="module")
 def tls_auth_exporter(pki: Pki, module_db: str,
-                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSExporter]:
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
     tmp_path = tmp_path_factory.mktemp("tls")
     # Relative file names resolve against the config's folder, as in exporter-toolkit.
     shutil.copy(pki.server.cert, tmp_path / "server.crt")
@@ -141,12 +87,12 @@ basic_auth_users:
   prometheus: '{HASH}'
   grafana: '{HASH_2Y}'
 """)
-    with TLSExporter(module_db, config, pki.client_context(),
-                     basic("prometheus", PASSWORD), poll_interval=0.5) as exp:
+    with tls_exporter(module_db, config, pki.client_context(),
+                      basic("prometheus", PASSWORD)) as exp:
         yield exp
 
 
-def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: TLSExporter, pki: Pki) -> None:
+def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: ExporterProcess, pki: Pki) -> None:
     exp = tls_auth_exporter
     ctx = pki.client_context()
     for path in ("/metrics", "/", "/healthz"):
@@ -154,7 +100,7 @@ def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: TLSExporter, pk
         assert status == 200, path
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["X-Frame-Options"] == "deny"
-    assert b"cj_batch_problem{" in exp.get("/metrics")[2]
+    assert parse(exp.get("/metrics")[2]).samples("cj_batch_problem")
     assert https_get(f"{exp.url}/metrics", ctx, {"Authorization": basic("grafana",
                                                                         PASSWORD)})[0] == 200
     # Missing, wrong, unknown, malformed credentials: 401 with a Basic challenge, everywhere,
@@ -175,20 +121,20 @@ def test_tls_and_basic_auth_on_every_endpoint(tls_auth_exporter: TLSExporter, pk
     assert exp.get("/metrics", method="DELETE")[0] == 405
 
 
-def test_plain_http_and_old_tls_are_refused(tls_auth_exporter: TLSExporter, pki: Pki) -> None:
+def test_plain_http_and_old_tls_are_refused(tls_auth_exporter: ExporterProcess, pki: Pki) -> None:
     exp = tls_auth_exporter
     with pytest.raises((OSError, urllib.error.URLError)):
         urllib.request.urlopen(f"http://127.0.0.1:{exp.port}/metrics", timeout=5)
     tls12 = pki.client_context(max_version=ssl.TLSVersion.TLSv1_2)
     with pytest.raises((ssl.SSLError, urllib.error.URLError)):
-        https_get(f"{exp.url}/metrics", tls12, exp.auth)
+        https_get(f"{exp.url}/metrics", tls12, exp.headers)
     untrusting = ssl.create_default_context()  # does not know the test CA
     with pytest.raises((ssl.SSLError, urllib.error.URLError)):
-        https_get(f"{exp.url}/metrics", untrusting, exp.auth)
+        https_get(f"{exp.url}/metrics", untrusting, exp.headers)
     assert exp.get("/metrics")[0] == 200  # the server shrugs all that off
 
 
-def test_a_silent_client_does_not_block_others(tls_auth_exporter: TLSExporter) -> None:
+def test_a_silent_client_does_not_block_others(tls_auth_exporter: ExporterProcess) -> None:
     """The handshake runs in the connection's thread: a client that connects and never
     speaks TLS must not hold up the accept loop."""
     exp = tls_auth_exporter
@@ -202,7 +148,7 @@ def test_a_silent_client_does_not_block_others(tls_auth_exporter: TLSExporter) -
             sock.close()
 
 
-def test_scrape_storm_over_tls_with_basic_auth(tls_auth_exporter: TLSExporter) -> None:
+def test_scrape_storm_over_tls_with_basic_auth(tls_auth_exporter: ExporterProcess) -> None:
     """200 concurrent authenticated HTTPS scrapes: bcrypt (~70 ms at cost 10) must run about
     once, not 200 times (that alone would be 14 s of CPU)."""
     exp = tls_auth_exporter
@@ -230,7 +176,7 @@ def test_certificate_rotation_needs_no_restart(pki: Pki, seeded_db: SeededDb,
     shutil.copy(pki.server.key, tmp_path / "server.key")
     config = write_config(tmp_path, "tls_server_config:\n  cert_file: server.crt\n"
                                     "  key_file: server.key\n")
-    with TLSExporter(seeded_db.url, config, pki.client_context(), poll_interval=0.5) as exp:
+    with tls_exporter(seeded_db.url, config, pki.client_context()) as exp:
         assert serial_of_server(exp.port, pki) == serial_of_file(pki.server.cert)
         rotated = make_leaf(pki.folder, pki.ca, "server-rotated", "IP:127.0.0.1",
                             "serverAuth")
@@ -274,7 +220,7 @@ tls_server_config:
   client_allowed_sans: [prometheus.monitoring.svc]
 """)
     good = pki.client_context(pki.client)
-    with TLSExporter(seeded_db.url, config, good, poll_interval=0.5) as exp:
+    with tls_exporter(seeded_db.url, config, good) as exp:
         assert exp.get("/metrics")[0] == 200
         refused = {
             "no client certificate": pki.client_context(),
@@ -302,50 +248,15 @@ def test_bad_web_config_exits_2_with_one_line_and_no_secret(tmp_path: Path,
     }
     for body, expected in cases.items():
         config = write_config(tmp_path, body)
-        result = subprocess.run(
-            [sys.executable, "-m", "exporter", "serve", "--dsn", "postgresql://u:pw@h/db",
-             "--web.config.file", str(config), "--web.listen-address",
-             f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+        result = run_cli("serve", "--dsn", "postgresql://u:pw@h/db", "--web.config.file",
+                         str(config), "--web.listen-address", f"127.0.0.1:{free_port()}")
         assert result.returncode == 2, (body, result.stderr)
         assert expected in result.stderr, (expected, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert plaintext not in result.stderr
 
 
-# -- in-process: the parser and the bcrypt cache ---------------------------------------------
-
-@pytest.mark.parametrize(("body", "message"), [
-    ("rate_limit:\n  interval: 1s\n  burst: 5\n", "rate_limit is not supported"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: "
-     "RequireAnyClientCert\n  client_ca_file: c\n", "nobody verified"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: c\n",
-     "without a client_auth_type"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: "
-     "RequireAndVerifyClientCert\n", "needs client_ca_file"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n",
-     "client_allowed_sans requires"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS14\n",
-     "unknown TLS version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n"
-     "  max_version: TLS12\n", "above max_version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [RC4]\n",
-     "unknown cipher: RC4"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [X25519]\n",
-     "curve_preferences is not supported"),
-    ("tls_server_config:\n  cert: x\n  cert_file: a\n  key_file: b\n", "not both"),
-    ("tls_server_config:\n  key_file: b\n", "missing one of cert or cert_file"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  certfile: c\n",
-     "unknown setting tls_server_config.certfile"),
-    ("http_server_config:\n  headers:\n    Server: x\n", "can not be configured"),
-    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "invalid value"),
-    ("basic_auth_users:\n  yes: '$2b$10$" + "a" * 53 + "'\n", "quote it"),
-    ("basic_auth_users:\n  alice: '$2b$99$" + "a" * 53 + "'\n", "cost out of range"),
-    ("- a list\n", "must be a mapping"),
-    ("tls_server_config: [\n", "not valid YAML"),
-])
-def test_web_config_errors(tmp_path: Path, body: str, message: str) -> None:
-    with pytest.raises(OperatorError, match=message):
-        webconfig.load(write_config(tmp_path, body))
+# -- the toolkit format in full (in-process, but it needs the openssl-made certificates) ------
 
 
 def test_web_config_accepts_the_toolkit_format(tmp_path: Path, pki: Pki) -> None:
@@ -387,68 +298,3 @@ basic_auth_users:
 
 def _indent(text: str, spaces: int) -> str:
     return "\n".join(" " * spaces + line for line in text.strip().splitlines())
-
-
-def test_bcrypt_runs_once_for_a_storm_of_identical_credentials() -> None:
-    auth = BasicAuth({"prometheus": HASH.encode()})
-    barrier = threading.Barrier(100)
-
-    def check(_: int) -> bool:
-        barrier.wait()
-        return auth.check(basic("prometheus", PASSWORD))
-
-    with concurrent.futures.ThreadPoolExecutor(100) as pool:
-        assert all(pool.map(check, range(100)))
-    assert auth.bcrypt_calls == 1
-
-
-def test_wrong_passwords_cannot_evict_the_good_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    cheap = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))
-    monkeypatch.setattr(BasicAuth, "FAIL_CACHE", 8)
-    auth = BasicAuth({"prometheus": cheap})
-    assert auth.check(basic("prometheus", PASSWORD))
-    for i in range(40):  # a guessing flood, far beyond both caches
-        assert not auth.check(basic("prometheus", f"guess-{i}"))
-    calls = auth.bcrypt_calls
-    assert auth.check(basic("prometheus", PASSWORD))
-    assert auth.bcrypt_calls == calls, "the good entry was evicted by failures"
-    assert not auth.check(basic("prometheus", "guess-39"))  # failures are cached too
-    assert auth.bcrypt_calls == calls
-
-
-def test_unknown_users_cost_a_bcrypt_like_known_ones() -> None:
-    """No timing oracle for user names: an unknown user is checked against a dummy hash of the
-    same cost, so it costs the same bcrypt as a wrong password for a real user."""
-    auth = BasicAuth({"prometheus": HASH.encode()})
-    started = time.monotonic()
-    assert not auth.check(basic("prometheus", "wrong"))
-    known = time.monotonic() - started
-    auth.check(basic("mallory", "warm-up"))  # the dummy hash is made once, on first use
-    started = time.monotonic()
-    assert not auth.check(basic("mallory", "wrong"))
-    unknown = time.monotonic() - started
-    assert auth.bcrypt_calls == 3
-    assert unknown > known / 3, (known, unknown)
-
-
-def test_parse_basic() -> None:
-    assert parse_basic(basic("a", "b:c")) == ("a", b"b:c")
-    assert parse_basic("basic " + base64.b64encode(b"a:").decode()) == ("a", b"")
-    for bad in (None, "", "Basic", "Basic !!", "Digest abc",
-                "Basic " + base64.b64encode(b"no-colon").decode(),
-                "Basic " + base64.b64encode(b"\xff:x").decode()):
-        assert parse_basic(bad) is None, bad
-
-
-def test_security_without_users_lets_everyone_in(tmp_path: Path) -> None:
-    security = WebSecurity(write_config(tmp_path, "http_server_config:\n  http2: false\n"))
-    assert not security.tls_enabled and not security.auth_enabled
-    assert security.describe() == "TLS off, no basic auth"
-
-
-def test_passwords_longer_than_72_bytes_never_match() -> None:
-    """bcrypt reads 72 bytes; an older bcrypt would accept any suffix of a 72-byte password."""
-    long = "p" * 72
-    auth = BasicAuth({"u": bcrypt.hashpw(long.encode(), bcrypt.gensalt(rounds=4))})
-    assert auth.check(basic("u", long))
-    assert not auth.check(basic("u", long + "-anything"))

@@ -6,6 +6,8 @@ names and ports must agree with deploy/prometheus/prometheus.yml, the Grafana pr
 Dockerfile and the rule pack's links; promtool and amtool must accept the configurations exactly
 as the containers will see them. The Postgres init script and the demo-seed script run for real
 against PostgreSQL, and the exporter serves the result through the read-only role they create.
+The image's Dockerfile alone (user, port, healthcheck, build context) is checked in
+tests/unit/test_dockerfile.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from exporter import config as exporter_config
-from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.database import Server, database, url_string
+from tests.support.dockerfile import instructions
+from tests.support.exposition import parse
 from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess
 
@@ -109,22 +112,6 @@ def published(svc: dict[str, Any]) -> dict[int, tuple[str, int]]:
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the root Dockerfile, continuation lines joined."""
-    joined = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
-    out = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            instruction, _, args = line.partition(" ")
-            out.append((instruction.upper(), args.strip()))
-    return out
-
-
-def instructions(name: str) -> list[str]:
-    return [args for instruction, args in dockerfile() if instruction == name]
 
 
 # --- the Compose parser ----------------------------------------------------------------------
@@ -308,54 +295,6 @@ def test_alert_links_open_the_published_grafana(model: dict[str, Any]) -> None:
     assert published(grafana)[3000] == ("127.0.0.1", port)
 
 
-# --- the exporter image ----------------------------------------------------------------------
-
-
-def test_dockerfile_builds_a_non_root_exporter_with_a_healthcheck() -> None:
-    froms = instructions("FROM")
-    args = dict(a.split("=", 1) for a in instructions("ARG") if "=" in a)
-    assert {f.split()[0].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"]) for f in froms} == {
-        "python:3.11-slim"
-    }
-    (user,) = instructions("USER")
-    assert user not in ("root", "0") and not user.startswith("0:")
-    assert instructions("EXPOSE") == [str(exporter_config.DEFAULT_PORT)]
-    (healthcheck,) = instructions("HEALTHCHECK")
-    assert f"127.0.0.1:{exporter_config.DEFAULT_PORT}/healthz" in healthcheck
-    assert json.loads(instructions("ENTRYPOINT")[0]) == ["cj-health-exporter"]
-    assert any("pip wheel" in run or "pip install" in run for run in instructions("RUN"))
-
-
-def test_docker_build_context_holds_what_pip_install_needs() -> None:
-    """Every COPY source exists and survives .dockerignore, and it covers what the wheel needs."""
-    rules = []
-    for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            rules.append((line.startswith("!"), line.lstrip("!").rstrip("/")))
-
-    def included(path: str) -> bool:
-        keep = True
-        for negated, pattern in rules:  # the last matching rule wins, as in Docker
-            if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern + "/*"):
-                keep = negated
-        return keep
-
-    sources = []
-    for copy in instructions("COPY"):
-        if copy.startswith("--from"):
-            continue
-        sources += shlex.split(copy)[:-1]
-    for source in sources:
-        assert (ROOT / source).exists(), source
-        assert included(source), f".dockerignore excludes {source}"
-    assert not included(".venv") and not included(".git")
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    readme = re.search(r'^readme\s*=\s*"([^"]+)"', pyproject, re.M)
-    needed = {"pyproject.toml", "exporter", "sql"} | ({readme.group(1)} if readme else set())
-    assert needed <= set(sources), needed - set(sources)
-
-
 # --- the database init and the demo seed, for real -------------------------------------------
 
 
@@ -371,16 +310,15 @@ def libpq_env(url: URL) -> dict[str, str]:
 
 def psql_dir() -> Path:
     """A psql client: the one pgserver bundles (always installed with the test extras)."""
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     return Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
 
 
 @pytest.fixture
 def empty_db(pg_server: Server) -> Iterator[URL]:
-    name = new_database(pg_server, template="template0")
-    yield make_url(url_string(pg_server.url(name)))
-    drop_database(pg_server, name)
+    with database(pg_server, schema="none") as db:
+        yield make_url(db.url)
 
 
 def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db: URL) -> None:
@@ -431,7 +369,7 @@ def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db
 
         # the exporter, on the role compose gives it, exports the seeded problems
         with ExporterProcess(reader_url) as exporter:
-            metrics = exporter.metrics()
+            metrics = parse(exporter.metrics())
             # and the image's HEALTHCHECK command passes against it
             (healthcheck,) = instructions("HEALTHCHECK")
             command = json.loads(healthcheck.split("CMD", 1)[1])
@@ -439,8 +377,8 @@ def test_postgres_init_and_demo_seed_give_the_exporter_a_read_only_role(empty_db
             port = f":{exporter_config.DEFAULT_PORT}/"
             probe = [sys.executable, *(a.replace(port, f":{exporter.port}/") for a in command[1:])]
             assert subprocess.run(probe, timeout=10).returncode == 0
-        assert 'cj_batches_problem{problem="wedged"} 1.0' in metrics
-        assert "cj_batch_problem{" in metrics
+        assert metrics.value("cj_batches_problem", problem="wedged") == 1
+        assert metrics.samples("cj_batch_problem")
     finally:
         admin = create_engine(owner_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:

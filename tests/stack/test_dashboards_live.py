@@ -26,10 +26,16 @@ from types import TracebackType
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
 
-from exporter.demo import scenarios
-from tests.support.database import Server, drop_database, new_database, url_string
+from exporter.demo.scenarios import (
+    BATCH20_IDLE,
+    OUTBOX_FAILED,
+    OUTBOX_OLDEST,
+    OUTBOX_UNPUBLISHED,
+    RUNAWAY_COMPLETION_RUNS,
+    RUNAWAY_DUPLICATES,
+)
+from tests.support.database import Server, database
 from tests.support.paths import ROOT
 from tests.support.process import Daemon, ExporterProcess, http_get, load_module
 
@@ -136,16 +142,11 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(pg_server: Server) -> Iterator[Stack]:
     """One seeded database, exporter and Prometheus for every test of this module."""
-    database = new_database(pg_server)
-    url = url_string(pg_server.url(database))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        planted = scenarios.seed_demo(conn)
-    engine.dispose()
-    problem_batches = {b for b, problems in planted.items() if problems}
-    try:
+    with database(pg_server, demo=True) as db:
+        planted = db.planted
+        problem_batches = {b for b, problems in planted.items() if problems}
         with (
-            ExporterProcess(url, poll_interval=SCRAPE_INTERVAL_S) as exporter,
+            ExporterProcess(db.url, poll_interval=SCRAPE_INTERVAL_S) as exporter,
             Prometheus(exporter.port, [RULES]) as prometheus,
         ):
             instance = f"127.0.0.1:{exporter.port}"
@@ -164,8 +165,6 @@ def stack(pg_server: Server) -> Iterator[Stack]:
 
             prometheus.wait(ready, 25, "the planted problems, a firing alert, 3 samples")
             yield Stack(prometheus, instance, planted)
-    finally:
-        drop_database(pg_server, database)
 
 
 def dashboard(name: str) -> dict[str, Any]:
@@ -223,7 +222,7 @@ def test_variables_offer_the_live_job_instance_and_batches(stack: Stack) -> None
         board = dashboard(name)
         assert label_values(stack, board, "job") == {JOB}
         assert label_values(stack, board, "instance") == {stack.instance}
-    # every exported batch: the planted ones (all recent), not the 400-day-old history batch
+    # every exported batch: the planted ones (all recent), not the HISTORY_IDLE-old one
     offered = label_values(stack, dashboard("batch.json"), "cj_batch_id")
     assert offered == {str(b) for b in stack.planted}
 
@@ -253,7 +252,8 @@ def test_overview_every_query_runs_and_the_planted_problems_show(stack: Stack) -
 
     wedged = panel("Wedged batches")
     assert {s["metric"]["cj_batch_id"] for s in wedged} == stack.batches_with("wedged")
-    assert all(s["metric"]["bos_batch_id"] and value(s) > 3600 for s in wedged)  # idle 2 h
+    idle = BATCH20_IDLE.total_seconds()
+    assert all(s["metric"]["bos_batch_id"] and value(s) > idle - 120 for s in wedged)
     assert {(s["metric"]["cj_state"], s["metric"]["upload_status"]) for s in wedged} == {
         ("WAITING_CALLBACKS", "COMPLETE_STABLE")
     }
@@ -268,18 +268,20 @@ def test_overview_every_query_runs_and_the_planted_problems_show(stack: Stack) -
     assert {s["metric"]["cj_batch_id"] for s in duplicates} == stack.batches_with(
         "duplicate_completion"
     )
-    assert {value(s) for s in duplicates} == {83.0}  # the runaway loop's completion/result events
+    # the runaway loop's completion and result events
+    assert {value(s) for s in duplicates} == {float(RUNAWAY_COMPLETION_RUNS)}
     bursts = panel("Completion event bursts")
     assert {s["metric"]["cj_batch_id"] for s in bursts} == stack.batches_with(
         "duplicate_completion"
     )
     assert {s["metric"]["event"]: value(s) for s in panel("Duplicate outbox events")}[
         "completed"
-    ] >= 82
+    ] >= RUNAWAY_DUPLICATES
 
-    assert [value(s) for s in panel("Failed outbox events")] == [3.0]
-    assert value(panel("Unpublished outbox events")[0]) >= 7  # 4 pending + 3 given up
-    assert value(panel("Oldest unpublished event")[0]) >= 25 * 60 - 5
+    assert [value(s) for s in panel("Failed outbox events")] == [float(OUTBOX_FAILED)]
+    # the pending ones and those the relay gave up on
+    assert value(panel("Unpublished outbox events")[0]) >= OUTBOX_UNPUBLISHED
+    assert value(panel("Oldest unpublished event")[0]) >= OUTBOX_OLDEST.total_seconds() - 5
     assert len(panel("Outbox backlog")) == 2 and len(panel("Oldest unpublished outbox event")) == 1
 
     states = {
@@ -319,8 +321,9 @@ def test_batch_drilldown_every_query_runs_and_shows_the_wedged_batch(stack: Stac
     assert row["metric"]["cj_batch_id"] == wedged
     assert (row["metric"]["cj_state"], row["metric"]["upload_status"]) == (
         "WAITING_CALLBACKS", "COMPLETE_STABLE")  # fmt: skip
-    assert abs(value(row) / 1000 - (time.time() - 2 * 3600)) < 120  # a timestamp in ms
-    assert value(panel("Time since last activity")[0]) > 3600
+    idle = BATCH20_IDLE.total_seconds()
+    assert abs(value(row) / 1000 - (time.time() - idle)) < 120  # a timestamp in ms
+    assert value(panel("Time since last activity")[0]) > idle - 120
     assert {s["metric"]["problem"] for s in panel("Problems")} == stack.planted[int(wedged)]
     assert [value(s) for s in panel("Grade projections")] == [0.0]
     kinds = {s["metric"]["kind"] for s in panel("Comparisons")}
@@ -328,7 +331,8 @@ def test_batch_drilldown_every_query_runs_and_shows_the_wedged_batch(stack: Stac
     anchors = panel("Anchors")
     assert any("source" not in s["metric"] and value(s) > 0 for s in anchors)  # mismatches
     assert len(panel("State and status over time")) == 1
-    assert value(panel("Progress")[0]) == 1.0  # 30 of a budget of 30 done, never finalized
+    # all COMPARISONS of its budget done, never finalized
+    assert value(panel("Progress")[0]) == 1.0
 
 
 def test_batch_drilldown_shows_the_alert_of_its_batch(stack: Stack) -> None:
@@ -355,4 +359,4 @@ def test_batch_drilldown_shows_the_alert_of_its_batch(stack: Stack) -> None:
         s["metric"].get("event"): value(s)
         for s in by_title(board, results, "Outbox events for this batch")
     }
-    assert events["completed"] == events["result"] == 83.0
+    assert events["completed"] == events["result"] == RUNAWAY_COMPLETION_RUNS

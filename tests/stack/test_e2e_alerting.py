@@ -30,9 +30,8 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from exporter.demo import scenarios
 from exporter.vocabulary import PROBLEM_KINDS
-from tests.support.database import Server, drop_database, new_database, url_string
+from tests.support.database import Server, database
 from tests.support.paths import ROOT
 from tests.support.process import Daemon, ExporterProcess, free_port, load_module
 
@@ -158,14 +157,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(pg_server: Server) -> Iterator[Stack]:
-    database = new_database(pg_server)
-    url = url_string(pg_server.url(database))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        planted = scenarios.seed_demo(conn)
-        bos = {int(row.id): str(row.bos_batch_id) for row in conn.execute(
-            text("SELECT id, bos_batch_id FROM cj_batch_uploads"))}
-    engine.dispose()
     folder = Path(tempfile.mkdtemp(prefix="cjh-e2e-alerting-"))
     rules_text = short_rules()
     (folder / "rules.yml").write_text(rules_text)
@@ -175,7 +166,8 @@ def stack(pg_server: Server) -> Iterator[Stack]:
             if "alert" in rule:
                 rules.setdefault(rule["alert"], rule)
     try:
-        with Webhook() as webhook, ExporterProcess(url, poll_interval=1.0) as exporter:
+        with (database(pg_server, demo=True) as db, Webhook() as webhook,
+              ExporterProcess(db.url, poll_interval=1.0) as exporter):
             (folder / "alertmanager.yml").write_text(json.dumps(alertmanager_config(webhook)))
             alertmanager = Daemon("prometheus-alertmanager", folder, lambda port, d: [
                 f"--config.file={d / 'alertmanager.yml'}",
@@ -207,10 +199,19 @@ def stack(pg_server: Server) -> Iterator[Stack]:
                     "--log.level=warn",
                 ])
                 with prometheus:
-                    yield Stack(started, planted, bos, rules, prometheus, alertmanager, webhook)
+                    yield Stack(started, db.planted, bos_batch_ids(db.url), rules, prometheus,
+                                alertmanager, webhook)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        drop_database(pg_server, database)
+
+
+def bos_batch_ids(url: str) -> dict[int, str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        bos = {int(row.id): str(row.bos_batch_id) for row in conn.execute(
+            text("SELECT id, bos_batch_id FROM cj_batch_uploads"))}
+    engine.dispose()
+    return bos
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -278,7 +279,8 @@ def test_prometheus_fires_exactly_the_planted_problems_and_nothing_on_healthy_ba
     assert not {a["labels"]["cj_batch_id"] for a in firing if "cj_batch_id" in a["labels"]} & (
         stack.healthy())
     others = {a["labels"]["alertname"] for a in firing if "cj_batch_id" not in a["labels"]}
-    # the demo's outbox: 3 rows given up, 4 more waiting behind them for 25 minutes
+    # the demo's outbox: OUTBOX_FAILED rows given up, OUTBOX_PENDING more waiting behind them
+    # for OUTBOX_OLDEST (exporter.demo.scenarios)
     assert others == {"CJOutboxEventsFailed", "CJOutboxBacklog"}
     assert not any(a["labels"]["alertname"].startswith("CJHealth") for a in firing)
 

@@ -1,8 +1,18 @@
-"""What the tests share (nothing is imported from conftest.py):
+"""What the tests share (nothing is imported from conftest.py, which only holds fixtures):
 
 - paths       the repository root and ../shared beside it
-- database    PostgreSQL servers and per-test databases (testcontainers, else pgserver)
-- process     free ports, HTTP, a real `serve` subprocess, Prometheus/Alertmanager daemons
-- hardening   roles, certificates, /proc figures for the security tests
-- remediation finalizer fixtures: wedged batches, event counts, exactly-once checks
+- database    the PostgreSQL server of the session and the one database factory: database() /
+              create_database() fill a database by populate() (schema, views, demo scenarios,
+              audit tables); seeded_own_postgres() gives a test a server of its own
+- exposition  the one /metrics parser and sample lookup (prometheus_client's parsers)
+- process     the one place processes start: run_cli, ExporterProcess (serve, HTTP or HTTPS),
+              DemoProcess, Daemon (Prometheus/Alertmanager); free ports and HTTP; the PromQL
+              selector walker and the loader of the alerts/dashboards scripts
+- rows        cj_batch_health rows as the poll fetches them, for the unit tests
+- tiers       what the unit tier may not do (PostgreSQL, processes), applied by
+              tests/unit/conftest.py
+- hardening   roles, certificates, basic-auth headers, /proc figures for the security tests
+- remediation finalizer helpers: wedged batches, event counts, exactly-once checks
+- dockerfile  the root Dockerfile as instructions
+- k8s         the Helm chart's tooling (rendering, schemas)
 """

@@ -6,6 +6,7 @@ package is not a dependency of this project), as a real operator would make them
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import ssl
@@ -16,21 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from exporter.db import APPLICATION_NAME
 
 
-def metric(body: bytes | str, name: str, **labels: str) -> float | None:
-    """The value of the one sample `name{labels...}` in a text exposition, None if absent."""
-    if isinstance(body, bytes):
-        body = body.decode()
-    found = [s.value for fam in text_string_to_metric_families(body) for s in fam.samples
-             if s.name == name and labels.items() <= s.labels.items()]
-    assert len(found) <= 1, (name, labels, found)
-    return found[0] if found else None
+def basic(user: str, password: str) -> str:
+    """An Authorization header for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def thread_count(pid: int) -> int:

@@ -1,4 +1,7 @@
-"""Shared test helpers: free ports and a real `cj-health-exporter serve` subprocess."""
+"""The one place tests start processes: the exporter's CLI run to its end (`run_cli`), a real
+`serve` (`ExporterProcess`), the `demo` (`DemoProcess`), and Prometheus/Alertmanager
+(`Daemon`); plus free ports and HTTP. (Also the PromQL selector walker and the loader of the
+repository's alerts/dashboards scripts, shared by the alert and dashboard tests.)"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -15,12 +19,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, Self
 
 import promql_parser
+
+from tests.support.exposition import sample_value
 
 
 def free_port() -> int:
@@ -29,45 +35,84 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(url: str, headers: dict[str, str] | None = None,
-             timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
+def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 5, *,
+             context: ssl.SSLContext | None = None,
+             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request; an HTTP error status is returned, not raised."""
+    request = urllib.request.Request(url, headers=dict(headers or {}), method=method)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
 
 
-class ExporterProcess:
-    """`cj-health-exporter serve` on 127.0.0.1:PORT; waits for the first poll; always stopped."""
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of an exporter subprocess: ours without CJ_HEALTH_* (the exporter refuses
+    unknown ones, and a setting exported in the caller's shell must not change a test), plus
+    `extra`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CJ_HEALTH_")}
+    return {**inherited, **(extra or {})}
 
-    def __init__(self, dsn: str, port: int | None = None, extra_args: list[str] | None = None,
-                 poll_interval: float = 1.0, env: dict[str, str] | None = None) -> None:
+
+def exporter_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "exporter", *args]
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`cj-health-exporter ARGS` run to its end, stdout and stderr captured as text."""
+    return subprocess.run(exporter_argv(*args), capture_output=True, text=True,
+                          timeout=timeout, env=child_env(env))
+
+
+class ExporterProcess:
+    """`cj-health-exporter serve` on 127.0.0.1:PORT; waits for the first poll; always stopped.
+
+    `dsn=None` passes no --dsn (the test gives it another way, e.g. CJ_HEALTH_DSN_FILE). For a
+    server behind --web.config.file, `scheme="https"`, the client's `ssl_context` and `headers`
+    (credentials) are used by every request the helper makes.
+    """
+
+    def __init__(self, dsn: str | None, port: int | None = None,
+                 extra_args: list[str] | None = None, poll_interval: float = 1.0,
+                 env: dict[str, str] | None = None, *, scheme: str = "http",
+                 ssl_context: ssl.SSLContext | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "exporter", "serve", "--dsn", dsn,
-                     "--web.listen-address", f"127.0.0.1:{self.port}",
-                     "--poll-interval", str(poll_interval), *(extra_args or [])]
-        self.env = {**os.environ, **(env or {})}
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.ssl_context = ssl_context
+        self.headers = dict(headers or {})
+        self.args = exporter_argv(
+            "serve", *(["--dsn", dsn] if dsn is not None else []),
+            "--web.listen-address", f"127.0.0.1:{self.port}",
+            "--poll-interval", str(poll_interval), *(extra_args or []))
+        self.env = child_env(env)
         fd, log_path = tempfile.mkstemp(prefix="cjh-serve-", suffix=".log")
         self._log = os.fdopen(fd, "wb")
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen[bytes] | None = None
         self._final_output: str | None = None
 
-    def __enter__(self) -> ExporterProcess:
+    def __enter__(self) -> Self:
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
-        self.wait_for(lambda body: b"cj_health_last_success_timestamp_seconds" in body, 30)
+        try:
+            # Ready once the first poll succeeded (the family is absent until then).
+            self.wait_for(lambda body: sample_value(
+                body, "cj_health_last_success_timestamp_seconds") is not None, 30)
+        except BaseException:
+            self.__exit__(None, None, None)  # __exit__ does not run when __enter__ raises
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-        self._log.close()
-        self._final_output = self.output()
-        self.log_path.unlink(missing_ok=True)
+        if not self._log.closed:
+            self._log.close()
+            self._final_output = self.output()
+            self.log_path.unlink(missing_ok=True)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -86,8 +131,14 @@ class ExporterProcess:
             return self._final_output
         return self.log_path.read_text(errors="replace")
 
+    def get(self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5,
+            method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        """One request to the server, with the helper's TLS context and credentials."""
+        return http_get(f"{self.url}{path}", {**self.headers, **(headers or {})}, timeout,
+                        context=self.ssl_context, method=method)
+
     def metrics(self) -> str:
-        status, _, body = http_get(f"{self.url}/metrics")
+        status, _, body = self.get("/metrics")
         assert status == 200, status
         return body.decode()
 
@@ -99,7 +150,7 @@ class ExporterProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
             try:
-                status, _, body = http_get(f"{self.url}/metrics", timeout=2)
+                status, _, body = self.get("/metrics", timeout=2)
                 if status == 200 and predicate(body):
                     return body
             except OSError:
@@ -107,6 +158,64 @@ class ExporterProcess:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for the exporter; last body:\n"
                              f"{body.decode()[-2000:]}\nlog:\n{self.output()[-3000:]}")
+
+
+class DemoProcess:
+    """`cj-health-exporter demo` on 127.0.0.1:PORT: started, its summary read up to the Ctrl-C
+    line; on exit interrupted with SIGINT (as a person would) and waited for. `returncode` and
+    `stderr` are set after the block."""
+
+    def __init__(self, *extra_args: str, poll_interval: float = 1.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = exporter_argv("demo", "--web.listen-address", f"127.0.0.1:{self.port}",
+                                  "--poll-interval", str(poll_interval), *extra_args)
+        self.summary = ""
+        self.returncode: int | None = None
+        self.stderr = ""
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Self:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     text=True, env=child_env())
+        try:
+            assert self.proc.stdout is not None
+            lines = []
+            for line in self.proc.stdout:
+                lines.append(line)
+                if line.startswith("Ctrl-C"):
+                    break
+            self.summary = "".join(lines)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        if "Ctrl-C" not in self.summary:
+            self.__exit__(None, None, None)
+            raise AssertionError(f"the demo did not start:\n{self.summary}\n{self.stderr}")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.returncode = self.proc.returncode
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.seek(0)
+        self.stderr = self._stderr.read().decode(errors="replace")
+        self._stderr.close()
+
+    def metrics(self) -> bytes:
+        status, _, body = http_get(f"{self.url}/metrics")
+        assert status == 200, status
+        return body
 
 
 class Daemon:
@@ -123,7 +232,7 @@ class Daemon:
         self.log_path = folder / f"{binary}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> Self:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
         try:

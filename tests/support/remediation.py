@@ -61,6 +61,16 @@ class RemediationDb:
     def batch(self, problem: str) -> int:
         return next(b for b, p in sorted(self.planted.items()) if problem in p)
 
+    def wedged(self) -> list[int]:
+        """The planted batches the finalizer acts on: wedged, or stuck in SCORING (2 in the
+        demo: Batch 20 and the stuck one)."""
+        return sorted(b for b, p in self.planted.items() if p & {"wedged", "stuck_scoring"})
+
+    def planned_actions(self) -> int:
+        """What one cycle plans for them: a refinalize each, and a backfill_anchors before it
+        where the anchors are flagged only in metadata (3 in the demo)."""
+        return sum(1 + ("anchor_mismatch" in self.planted[b]) for b in self.wedged())
+
     def seed(self, spec: BatchSpec) -> int:
         """One more batch; its own random ids (the demo's seeded generator would repeat)."""
         with self.engine.begin() as conn:

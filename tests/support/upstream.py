@@ -20,10 +20,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 
 from exporter import sqlfiles
-from tests.support.database import Server, drop_database, url_string
+from tests.support.database import Server, database
 from tests.support.paths import ALEMBIC_SCHEMA, UPSTREAM
 
 FIXTURES = UPSTREAM / "fixtures"
@@ -86,33 +86,17 @@ class UpstreamDb:
 
 
 @contextmanager
-def upstream_database(server: Server, schema: str = "alembic_head",
-                      name: str | None = None) -> Iterator[UpstreamDb]:
-    """A fresh database on the session's server holding the upstream fixture; dropped after."""
-    name = name or f"upstream_{schema}_{next(_names)}"
-    admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    url = url_string(server.url(name))
-    engine = create_engine(url)
-    try:
-        load(engine, schema)
-        yield UpstreamDb(url, engine)
-    finally:
-        engine.dispose()
-        drop_database(server, name)
-
-
-def _counter() -> Iterator[int]:
-    n = 0
-    while True:
-        n += 1
-        yield n
-
-
-_names = _counter()
+def upstream_database(server: Server, schema: str = "alembic_head") -> Iterator[UpstreamDb]:
+    """A fresh database on the session's server holding the upstream fixture; dropped after.
+    (An empty one from the shared factory: the fixture brings its own schema, loaded in
+    MANIFEST.md's order by load().)"""
+    with database(server, schema="none") as empty:
+        engine = create_engine(empty.url)
+        try:
+            load(engine, schema)
+            yield UpstreamDb(empty.url, engine)
+        finally:
+            engine.dispose()
 
 
 @cache

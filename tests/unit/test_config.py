@@ -1,14 +1,16 @@
-"""Settings: file < env < flags, and one clear line + exit 2 for every operator error."""
+"""Settings: file < env < flags, and one clear line (OperatorError) for every operator error;
+a Settings repr never shows a password. The same errors through the real command line (exit 2):
+tests/process/test_config_cli.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from exporter import config
+from exporter.config import RemediationSettings, Settings
 from exporter.errors import OperatorError
 
 
@@ -91,36 +93,9 @@ def test_dsn_file(tmp_path: Path) -> None:
         config.resolve_dsn(None, str(tmp_path / "missing"))
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **(env or {})})
-
-
-def test_cli_unknown_key_exits_2_with_one_line(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yml"
-    cfg.write_text("dsn: postgresql://u@h/db\npoll_intervall: 3\n")
-    result = run_cli("serve", "--config", str(cfg))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"cj-health-exporter: error: unknown setting poll_intervall (from config file {cfg})"]
-
-
-def test_cli_missing_dsn_exits_2() -> None:
-    result = run_cli("serve")
-    assert result.returncode == 2 and "no dsn given" in result.stderr
-
-
-def test_cli_unreachable_dsn_exits_2_without_the_password(tmp_path: Path) -> None:
-    socket_dir = tmp_path / "nothing-listens-here"
-    socket_dir.mkdir()
-    dsn = f"postgresql://cj:Sup3rSecret@/cj?host={socket_dir}"
-    result = run_cli("serve", "--dsn", dsn, "--web.listen-address", "127.0.0.1:0")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot connect to postgresql+psycopg://cj:***@/cj" in lines[0]
-    assert "Sup3rSecret" not in result.stderr + result.stdout
-
-
-def test_cli_unparseable_dsn_from_env_exits_2() -> None:
-    result = run_cli("serve", env={"CJ_HEALTH_DSN": "::garbage::"})
-    assert result.returncode == 2 and "is not a database URL" in result.stderr
+def test_settings_repr_hides_dsns() -> None:
+    secret = "Sx9-p@ss:w/rd%7e-unique"
+    settings = Settings(dsn=f"postgresql://u:{secret}@h/d", remediation=RemediationSettings(
+        write_dsn=f"postgresql://w:{secret}@h/d"))
+    shown = repr(settings)
+    assert secret not in shown and urllib.parse.quote(secret, safe="") not in shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_what_upstreams_relay_sent_is_valid_and_formats_are_checked() -> None:
 
 def test_an_eng5_national_grade_has_no_valid_result() -> None:
     event_type, message = next((t, m) for t, m in relayed() if t == ev.RESULT_EVENT)
-    data = dict(message["data"])  # type: ignore[arg-type]
+    data = dict(cast(dict[str, Any], message["data"]))
     data["essay_results"] = [{**data["essay_results"][0], "letter_grade": "9"}]
     problems = contracts.violations(event_type, {**message, "data": data})
     assert problems == ["data/essay_results/0/letter_grade: '9' does not match"

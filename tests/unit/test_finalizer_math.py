@@ -77,7 +77,8 @@ def newton(pairs: list[tuple[int, int]], n: int, alpha: float) -> np.ndarray:
         theta[:-1] += step
         if np.abs(step).max() < 1e-14:
             break
-    return theta - theta.mean()
+    centred: np.ndarray = theta - theta.mean()
+    return centred
 
 
 def indices(outcomes: list[tuple[str, str]]) -> tuple[list[str], list[tuple[int, int]]]:
@@ -234,7 +235,8 @@ def test_projected_grades_match_an_independent_calibration() -> None:
 ])
 def test_confidence_is_the_geometric_mean_capped_by_the_se(entropy: float, se: float,
                                                             label: str, score: float) -> None:
-    assert projection.confidence(entropy, se) == (pytest.approx(score), label)
+    got_score, got_label = projection.confidence(entropy, se)
+    assert got_score == pytest.approx(score) and got_label == label
 
 
 def test_unusable_anchors_and_grade_lookup_order() -> None:
