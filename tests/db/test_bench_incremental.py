@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bench import incremental as bi
+from bench import poll as bench_poll
 from bench import seed as bench_seed
 from exporter import db
 from exporter.config import Settings, parse_dsn
@@ -44,7 +45,7 @@ def test_polls_both_ways_reads_only_the_changes_and_undoes_them(tiny: str) -> No
     engine = db.make_engine(parse_dsn(tiny), 5)
     changer = bi.Changer(engine)
     try:
-        bi.bp.install(engine)
+        bench_poll.install(engine)
         assert changer.pool, "the tiny seed has batches waiting for callbacks"
         full, inc = bi.poll_series(engine, changer, 2, 2, Settings())
     finally:
