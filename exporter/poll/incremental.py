@@ -1,7 +1,8 @@
 """The incremental poll: per-batch facts kept between polls, re-read only where rows changed.
 
-A full poll reads every watched batch's row of cj_batch_health (exporter.poll.query) and keeps
-them, parsed, by batch id. The polls in between read, in one read-only snapshot:
+A full poll reads every watched batch's row of cj_batch_health (exporter.poll.query: the watched
+ids, then their rows a chunk of ids at a time) and keeps them, parsed, by batch id. The
+polls in between read, in one read-only snapshot:
 
 1. the watched ids (index scans only: membership changes with time alone, as the lookback
    window moves, so it is asked every poll),
@@ -150,7 +151,9 @@ class IncrementalPoll:
                         " (install-view --indexes) and the grants of sql/roles.sql; missing"
                         " %s: every poll is a full poll", ", ".join(missing))
         self._missing = missing
-        kept = Kept(_parse(query.watched_rows(conn, self.settings.lookback_seconds)), mark)
+        # The watched ids, then their rows a chunk at a time: same snapshot, bounded memory.
+        watched = query.watched_ids(conn, self.settings.lookback_seconds)
+        kept = Kept(_parse(query.rows_by_id(conn, watched)), mark)
         outbox = parse_outbox(query.outbox_facts(conn))
         self._kept = kept
         self._last_full_started = started

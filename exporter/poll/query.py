@@ -25,8 +25,9 @@ _VIEW_COLUMNS += ["last_activity_at", "completed_at", *PROBLEM_COLUMNS.values()]
 # Python datetime, and psycopg would fail the whole fetch on it, so one odd row would make every
 # poll fail. As a double it arrives as inf and only its own row is skipped (and counted).
 _EPOCH_COLUMNS = ("last_activity_at", "completed_at")
-# Rows are fetched in chunks of this many through a server-side cursor: a full poll of 11,200
-# watched batches then never holds more than one chunk of raw rows (docs/performance.md).
+# Rows are read by id in chunks of this many: a full poll of 11,200 watched batches never holds
+# more than one chunk of them, raw or parsed. (Not a server-side cursor: closing one on a
+# connection the server just dropped logs a traceback.)
 CHUNK_ROWS = 1000
 
 
@@ -47,14 +48,17 @@ OUTBOX_SQL = text(
 )
 
 
-def watched_rows(conn: Connection, lookback: float) -> Iterator[Mapping[Any, Any]]:
-    """Every watched batch's row, streamed."""
-    return _stream(conn, POLL_SQL, {"lookback": lookback})
+def watched_rows(conn: Connection, lookback: float) -> list[Mapping[Any, Any]]:
+    """Every watched batch's row, in one statement (the stateless poll below)."""
+    return list(conn.execute(POLL_SQL, {"lookback": lookback}).mappings())
 
 
 def rows_by_id(conn: Connection, ids: Collection[int]) -> Iterator[Mapping[Any, Any]]:
-    """The rows of these batches, streamed (ids without a row are simply absent)."""
-    return _stream(conn, ROWS_BY_ID_SQL, {"ids": sorted(ids)})
+    """The rows of these batches, a chunk of ids at a time (ids without a row are absent)."""
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), CHUNK_ROWS):
+        chunk = ordered[start:start + CHUNK_ROWS]
+        yield from conn.execute(ROWS_BY_ID_SQL, {"ids": chunk}).mappings()
 
 
 def watched_ids(conn: Connection, lookback: float) -> set[int]:
@@ -65,19 +69,12 @@ def outbox_facts(conn: Connection) -> Mapping[Any, Any]:
     return conn.execute(OUTBOX_SQL).mappings().one()
 
 
-def _stream(conn: Connection, sql: Any, params: dict[str, Any]) -> Iterator[Mapping[Any, Any]]:
-    result = conn.execution_options(stream_results=True, max_row_buffer=CHUNK_ROWS).execute(
-        sql, params)
-    for chunk in result.mappings().partitions(CHUNK_ROWS):
-        yield from chunk
-
-
 def poll(engine: Engine, settings: Settings) -> Snapshot:
     """One full, stateless poll: read the watched batches and the outbox in one snapshot."""
     started = time.monotonic()
     with read_only_snapshot(engine, settings.statement_timeout_seconds,
                             settings.lock_timeout_seconds) as conn:
-        rows = list(watched_rows(conn, settings.lookback_seconds))
+        rows = watched_rows(conn, settings.lookback_seconds)
         outbox = outbox_facts(conn)
     return build_snapshot(rows, outbox, now=time.time(), duration=time.monotonic() - started,
                           recent_window=settings.recent_window_seconds,
