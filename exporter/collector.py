@@ -156,11 +156,20 @@ def self_families(snap: Snapshot | None, stats: SelfStats) -> Iterator[Metric]:
     yield info
 
 
-def _version() -> str:
+def _read_version() -> str:
     try:
         return metadata.version("cj-health-exporter")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+# Read once, at import: importlib.metadata opens the dist-info's METADATA file each time, and a
+# render that needs a free file descriptor fails whenever clients hold them all.
+_VERSION = _read_version()
+
+
+def _version() -> str:
+    return _VERSION
 
 
 def render(collector: Collector) -> Rendered:

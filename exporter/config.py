@@ -98,6 +98,8 @@ class Settings:
     dsn_file: str | None = setting(None, "file holding the DSN (secrets)", flag="--dsn-file")
     listen_address: str = setting(f":{DEFAULT_PORT}", "HOST:PORT to serve on",
                                   flag="--web.listen-address")
+    telemetry_path: str = setting("/metrics", "path under which to expose metrics",
+                                  flag="--web.telemetry-path")
     poll_interval_seconds: float = setting(15.0, "seconds between polls", flag="--poll-interval",
                                            rule=POSITIVE)
     statement_timeout_seconds: float = setting(10.0, "server-side statement timeout of a poll",

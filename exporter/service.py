@@ -3,7 +3,8 @@
 `serve` and `demo` both end up in `run()`: it wires a Poller (exporter.poll.scheduler), the
 finalizer when remediation is authorized (exporter.finalizer, imported only then: the core never
 needs numpy, scipy or choix), and the metrics server (exporter.web), then waits for SIGTERM or
-SIGINT and stops everything within SHUTDOWN_SECONDS.
+SIGINT and stops everything within SHUTDOWN_SECONDS. SIGHUP re-reads the web config and the
+read DSN file (docs/security.md, "Signals").
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
@@ -79,15 +82,17 @@ def serve(settings: Settings) -> int:
 
 
 def _exit_lingering(code: int) -> None:
-    """A job that ignored the cancel (say, a connect to a black-holed host) would make the
-    interpreter wait for its thread at exit. Every database change is one transaction, which
-    Postgres rolls back when the connection drops, so leaving now is safe."""
+    """A job that ignored the cancel (say, a connect to a black-holed host, or a finalizer
+    action inside its transaction) would make the interpreter wait for its thread at exit:
+    concurrent.futures joins its workers at exit even though APScheduler's are daemon threads
+    (SIGTERM inside a finalizer transaction once waited for the whole remediation cycle). Every
+    database change is one transaction, which Postgres rolls back when the connection drops, so
+    leaving now is safe; os._exit unwinds nothing, so no native code is interrupted mid-call."""
     end = time.monotonic() + 1.0
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
-    lingering = [t.name for t in threading.enumerate()
-                 if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    for thread in others:
+        thread.join(max(end - time.monotonic(), 0))  # idle pool workers end within ms
+    lingering = [t.name for t in others if t.is_alive()]
     if lingering:
         log.warning("exiting with %s still running", ", ".join(lingering))
         logging.shutdown()
@@ -116,17 +121,90 @@ def _server(settings: Settings, host: str, port: int, poller: Poller,
     try:
         return MetricsServer(
             host, port, poller.store,
-            authorize=security.authorize if security else None,
+            auth=security.basic_auth if security else None,
             tls=security if security and security.tls_enabled else None,
-            headers=security.headers if security else None)
+            headers=security.headers if security else None,
+            telemetry_path=settings.telemetry_path)
     except OSError as exc:
         raise OperatorError(f"cannot listen on {settings.listen_address}: "
                             f"{exc.strerror}") from None
 
 
+class ReadDsn:
+    """The read DSN of a running exporter, re-read from `dsn_file` on SIGHUP.
+
+    New connections take their parameters from the DSN in use (a `do_connect` hook), so after a
+    reload the pool is emptied and the next poll connects with the new DSN, say a rotated
+    password; a poll running meanwhile finishes on its connection. A file that cannot be read
+    or parsed keeps the DSN in use (logged). A DSN given directly (`--dsn`) cannot change.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.url = engine.url
+        self._base = self._params(engine.url)  # what the engine's own URL contributes
+        self._current = self._base
+        event.listen(engine, "do_connect", self._on_connect)
+
+    def _params(self, url: URL) -> dict[str, Any]:
+        return dict(self.engine.dialect.create_connect_args(url)[1])
+
+    def _on_connect(self, dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        for key in self._base:
+            cparams.pop(key, None)
+        cparams.update(self._current)
+
+    def reload(self) -> None:
+        path = self.settings.dsn_file
+        if not path:
+            log.info("SIGHUP: the DSN was given directly, not in a file: nothing to re-read")
+            return
+        try:
+            url = resolve_dsn(None, path)
+        except OperatorError as exc:
+            log.error("SIGHUP: keeping the DSN in use: %s", exc)
+            return
+        if url == self.url:
+            log.info("SIGHUP: dsn_file %s unchanged", path)
+            return
+        self._current, self.url = self._params(url), url
+        self.engine.dispose()  # idle pooled connections close; the next poll reconnects
+        log.info("SIGHUP: read DSN reloaded from %s (%s)", path, redact(url))
+
+
+class Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; both are handled on the main thread."""
+
+    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._received: deque[int] = deque()
+        for sig in self.HANDLED:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._received.append(signum)  # only this here: the real work waits for the main loop
+        self._wake.set()
+
+    def wait(self, on_hangup: Callable[[], None]) -> None:
+        """Until SIGTERM or SIGINT; each SIGHUP meanwhile calls `on_hangup()`."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._received:
+                signum = self._received.popleft()
+                if signum != signal.SIGHUP:
+                    log.info("%s received", signal.Signals(signum).name)
+                    return
+                on_hangup()
+
+
 def run(settings: Settings, engine: Engine, host: str, port: int,
         security: WebSecurity | None = None, banner: str | None = None) -> int:
-    """Poll + HTTP until SIGTERM or SIGINT; returns once everything is stopped."""
+    """Poll + HTTP until SIGTERM or SIGINT (SIGHUP reloads); returns once everything stopped."""
+    signals = Signals()  # first: a signal during the start-up is handled, not fatal
     remediator = _start_remediator(settings)
     poller = _poller(settings, engine, remediator)
     try:
@@ -140,16 +218,15 @@ def run(settings: Settings, engine: Engine, host: str, port: int,
         remediator.on_cycle_done = poller.publish  # counters show up without waiting a poll
         scheduler.add_interval_job(remediator.tick, settings.remediation.interval_seconds,
                                    "remediation")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    dsn = ReadDsn(settings, engine)
     scheduler.start()
     server.start()
     _announce(settings, host, server.port, security, banner)
-    stop.wait()
+    signals.wait(lambda: _hangup(security, dsn))
     log.info("shutting down")
-    # Jobs first (no new poll starts, a running one is cancelled server-side), then HTTP, whose
-    # serve loop needs up to 0.5 s to notice.
+    # Jobs first (no new poll starts, a running one is cancelled server-side), then HTTP: it
+    # closes every connection and waits for a bcrypt check in progress (never killed inside
+    # bcrypt's native code, which aborted the process).
     if not scheduler.stop(timeout=SHUTDOWN_SECONDS - 1.5):
         log.warning("the running poll did not stop in time")
     server.stop()
@@ -159,10 +236,17 @@ def run(settings: Settings, engine: Engine, host: str, port: int,
     return 0
 
 
+def _hangup(security: WebSecurity | None, dsn: ReadDsn) -> None:
+    log.info("SIGHUP: re-reading the web config and the DSN file")
+    if security is not None and not security.reload():
+        log.info("SIGHUP: web config %s unchanged or not usable", security.path)
+    dsn.reload()
+
+
 def _announce(settings: Settings, host: str, port: int, security: WebSecurity | None,
               banner: str | None) -> None:
     scheme = "https" if security and security.tls_enabled else "http"
-    url = f"{scheme}://{_display_host(host)}:{port}/metrics"
+    url = f"{scheme}://{_display_host(host)}:{port}{settings.telemetry_path}"
     if security:
         log.info("web config %s: %s", settings.web_config_file, security.describe())
         if security.auth_enabled and not security.tls_enabled:

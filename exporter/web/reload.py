@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from exporter.errors import OperatorError
@@ -57,9 +56,11 @@ class WebSecurity:
         self._last_error: str | None = None
 
     @staticmethod
-    def _build(config: WebConfig) -> _State:
-        return _State(config, config.context, BasicAuth(config.users),
-                      _fingerprint(config.files()))
+    def _build(config: WebConfig, previous: _State | None = None) -> _State:
+        # The previous BasicAuth's cached answers carry over (exporter.web.auth): a reload must
+        # not make Prometheus wait behind a flood of guesses for a bcrypt of its password.
+        auth = BasicAuth(config.users, previous.auth if previous else None)
+        return _State(config, config.context, auth, _fingerprint(config.files()))
 
     @property
     def tls_enabled(self) -> bool:
@@ -87,27 +88,36 @@ class WebSecurity:
             if now - self._checked < RELOAD_CHECK_SECONDS:
                 return self._state
             self._checked = now
-            state = self._state
-            files = state.config.files()
-            if _fingerprint(files) == state.fingerprint:
-                return state
-            try:
-                new = self._build(load(self.path))
-                if (new.context is None) != (state.context is None):
-                    raise OperatorError("switching TLS on or off needs a restart")
-            except OperatorError as exc:
-                message = str(exc)
-                if message != self._last_error:
-                    log.error("web config not reloaded, keeping the previous one: %s", message)
-                    self._last_error = message
-                # Remember the broken files so the check is not redone for every request.
-                self._state = _State(state.config, state.context, state.auth,
-                                     _fingerprint(files))
-                return self._state
-            self._last_error = None
-            self._state = new
-            log.info("web config reloaded from %s (%s)", self.path, self.describe())
-            return new
+            return self._reload(force=False)
+
+    def reload(self) -> bool:
+        """Re-read the files now, changed or not (SIGHUP); whether the new state is in use."""
+        with self._lock:
+            self._checked = self._clock()
+            before = self._state
+            return self._reload(force=True).config is not before.config
+
+    def _reload(self, force: bool) -> _State:
+        state = self._state
+        files = state.config.files()
+        if not force and _fingerprint(files) == state.fingerprint:
+            return state
+        try:
+            new = self._build(load(self.path), state)
+            if (new.context is None) != (state.context is None):
+                raise OperatorError("switching TLS on or off needs a restart")
+        except OperatorError as exc:
+            message = str(exc)
+            if force or message != self._last_error:
+                log.error("web config not reloaded, keeping the previous one: %s", message)
+                self._last_error = message
+            # Remember the broken files so the check is not redone for every request.
+            self._state = _State(state.config, state.context, state.auth, _fingerprint(files))
+            return self._state
+        self._last_error = None
+        self._state = new
+        log.info("web config reloaded from %s (%s)", self.path, self.describe())
+        return new
 
     # -- the hooks exporter.web calls ------------------------------------------------------
 
@@ -124,8 +134,10 @@ class WebSecurity:
         sans = peer_sans(sock.getpeercert())
         return any(s in tls.client_allowed_sans for s in sans)
 
-    def authorize(self, handler: BaseHTTPRequestHandler) -> bool:
-        return self.current().auth.check(handler.headers.get("Authorization"))
+    def basic_auth(self) -> BasicAuth | None:
+        """The basic auth to check this request against; None when no user is configured."""
+        auth = self.current().auth
+        return auth if auth.enabled else None
 
     def headers(self) -> Mapping[str, str]:
         return self._state.config.headers
