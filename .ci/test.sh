@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotent, fast when already there) and runs every check:
-# ruff, mypy, and the whole pytest suite against real PostgreSQL, promtool, Prometheus and
-# Alertmanager. This is README's test command; .ci/run calls it on a fresh machine.
+# ruff, mypy, and the whole pytest suite against real PostgreSQL, PgBouncer, promtool, Prometheus
+# and Alertmanager. This is README's test command; .ci/run calls it on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)  # TLS tests make their certificates
 command -v npm >/dev/null || missing+=(nodejs npm)   # tsc and the schema packages of .ci/node
+# tests/process/test_pgbouncer.py (fails, never skips, without it); /usr/sbin is not on every PATH
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "need root (or: sudo apt-get install ${missing[*]})" >&2

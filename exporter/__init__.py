@@ -12,7 +12,8 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - poll/         the poll core: watched (which batches), query (the SQL), snapshot (rows ->
                 Snapshot, pure), changes (which batches changed since the last poll),
                 ledger (kept rows with running aggregates and export order), incremental
-                (full and incremental polls), scheduler (the loop that polls and publishes)
+                (full and incremental polls), scheduler (the loop that polls and publishes),
+                ticker (jobs on the monotonic clock)
 - collector     Snapshot -> metric families -> the bytes of each variant, rendered on demand
 - families      metric families built from their declarations
 - handoff       Rendered, Page, Store: what a poll publishes and a scrape reads

@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from exporter.errors import OperatorError
-from exporter.vocabulary import ACTIONS
+from exporter.vocabulary import ACTIONS, AUTO_ELECTION, LEADER_ELECTIONS
 
 ENV_PREFIX = "CJ_HEALTH_"
 DEFAULT_PORT = 10124
@@ -77,6 +77,10 @@ class RemediationSettings:
                                       rule=NOT_NEGATIVE)
     replica_id: str | None = setting(None, "name of this replica in the audit table"
                                            " (default host:pid)")
+    leader_election: str = setting(AUTO_ELECTION, "how replicas elect the one that acts: auto"
+                                   " (advisory lock; held in an open transaction behind a"
+                                   " pooler), transaction, none (every replica acts)",
+                                   choices=LEADER_ELECTIONS)
     # What the CJ service writes into a result event when it cannot tell (its settings
     # DEFAULT_LLM_MODEL, DEFAULT_LLM_PROVIDER, DEFAULT_LLM_TEMPERATURE, overridable upstream
     # by CJ_ASSESSMENT_SERVICE_*): set these to the service's values if it overrides them.

@@ -18,6 +18,44 @@ APPLICATION_NAME = "cj-health-exporter"
 log = logging.getLogger(__name__)
 
 
+def driver_options(connect_timeout: int, application_name: str) -> dict[str, Any]:
+    """psycopg options of every connection this project opens (make_engine, connect).
+
+    tests/unit/test_connections.py fails when code outside this module opens a connection, so
+    a new connection path cannot forget one of these.
+    """
+    return {
+        "connect_timeout": connect_timeout,
+        "application_name": application_name,
+        # No automatic prepared statements. Behind PgBouncer in transaction (or statement)
+        # mode the next transaction of a client may run on any server connection of the pool,
+        # and psycopg's `_pg3_N` names are numbered per client connection: two clients' (or a
+        # neighbour application's) statements of one name collide ("already exists", "does not
+        # exist", or a Bind of 2 parameters to someone else's 10). Unnamed statements work
+        # through every pooler (docs/security.md, "Behind PgBouncer").
+        "prepare_threshold": None,
+        # statement_timeout only helps while the server can answer: if the network
+        # black-holes the connection, keepalives and tcp_user_timeout end the wait.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
+    }
+
+
+def conninfo(url: URL) -> str:
+    """libpq URI for psycopg.connect from the SQLAlchemy URL (keeps ?host=/socket/dir)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def connect(url: URL, connect_timeout: int, application_name: str,
+            **options: Any) -> psycopg.Connection[Any]:
+    """A psycopg connection of its own, outside any pool (the finalizer's leader lock)."""
+    return psycopg.connect(conninfo(url), **driver_options(connect_timeout, application_name),
+                           **options)
+
+
 def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICATION_NAME,
                 pool_size: int = 1) -> Engine:
     """A pool of one: polls run one at a time. pre_ping replaces connections a DB restart
@@ -28,17 +66,7 @@ def make_engine(url: URL, connect_timeout: int, application_name: str = APPLICAT
         max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=connect_timeout,
-        connect_args={
-            "connect_timeout": connect_timeout,
-            "application_name": application_name,
-            # statement_timeout only helps while the server can answer: if the network
-            # black-holes the connection, keepalives and tcp_user_timeout end the wait.
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-            "tcp_user_timeout": 30_000,
-        },
+        connect_args=driver_options(connect_timeout, application_name),
     )
     event.listen(engine, "checkin", _role_default_transaction_mode)
     return engine
@@ -51,6 +79,9 @@ def _role_default_transaction_mode(dbapi_conn: Any, record: Any) -> None:
     and psycopg then starts every later transaction with an explicit READ WRITE, which overrides
     the polling role's `default_transaction_read_only = on` (sql/roles.sql). None sends a bare
     BEGIN again, so the role's setting applies to anything else run on this engine.
+
+    Both are attributes of the psycopg connection (they only change the BEGIN it sends), not
+    server session state, so they hold behind a transaction-mode pooler too.
     """
     if dbapi_conn is None or getattr(dbapi_conn, "closed", True):
         return
@@ -65,7 +96,9 @@ def read_only_snapshot(engine: Engine, statement_timeout: float,
     """A REPEATABLE READ, READ ONLY transaction: every statement sees the same snapshot.
 
     The timeouts are set server-side with SET LOCAL semantics (set_config(..., true)): a
-    client-side timeout would leave the query running in Postgres after we gave up on it.
+    client-side timeout would leave the query running in Postgres after we gave up on it. Being
+    transaction-local they also hold behind a transaction-mode pooler, and never leak onto the
+    pooled server connection the next client gets (a session SET would).
     """
     options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
     with engine.connect().execution_options(**options) as conn, conn.begin():

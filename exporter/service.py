@@ -42,7 +42,6 @@ SHUTDOWN_SECONDS = 4.0
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def connect(settings: Settings, check_view: bool = True) -> Engine:
@@ -83,9 +82,8 @@ def serve(settings: Settings) -> int:
 
 def _exit_lingering(code: int) -> None:
     """A job that ignored the cancel (say, a connect to a black-holed host, or a finalizer
-    action inside its transaction) would make the interpreter wait for its thread at exit:
-    concurrent.futures joins its workers at exit even though APScheduler's are daemon threads
-    (SIGTERM inside a finalizer transaction once waited for the whole remediation cycle). Every
+    action inside its transaction) keeps its thread busy after the jobs were stopped (SIGTERM
+    inside a finalizer transaction once waited for the whole remediation cycle). Every
     database change is one transaction, which Postgres rolls back when the connection drops, so
     leaving now is safe; os._exit unwinds nothing, so no native code is interrupted mid-call."""
     end = time.monotonic() + 1.0
@@ -110,7 +108,7 @@ def _start_remediator(settings: Settings) -> Remediator | None:
 
 def _poller(settings: Settings, engine: Engine, remediator: Remediator | None) -> Poller:
     if remediator:
-        return Poller(settings, engine, extra_metrics=remediator.metrics.collect,
+        return Poller(settings, engine, extra_metrics=remediator.collect,
                       remediation_enabled=remediator.acting)
     # the core exports cj_health_remediations_total at 0 (idle_remediation_families)
     return Poller(settings, engine)

@@ -108,6 +108,17 @@ BLOCK_REASONS = ("paused", "too_many_wedged", "min_wedged_seconds", "max_attempt
 # cj_health_remediation_cycles_total{result}
 CYCLE_RESULTS = ("ok", "follower", "error")
 
+# remediation.leader_election (exporter.finalizer.leader): auto picks the lock by what it is
+# connected to; `transaction` always holds it in an open transaction; `none` elects no leader.
+AUTO_ELECTION = "auto"
+TRANSACTION_ELECTION = "transaction"
+NO_ELECTION = "none"
+LEADER_ELECTIONS = (AUTO_ELECTION, TRANSACTION_ELECTION, NO_ELECTION)
+# How this replica's leadership is held: cj_health_remediation_leader_election{method}.
+SESSION_LOCK = "session_lock"  # connected to PostgreSQL itself
+TRANSACTION_LOCK = "transaction_lock"  # behind a pooler (PgBouncer), or asked for
+LEADER_METHODS = (SESSION_LOCK, TRANSACTION_LOCK, NO_ELECTION)
+
 # ---------------------------------------------------------------------------------------------
 # Metric families. `labels` are in exposition order; counters are named without `_total`
 # (prometheus_client adds it).
@@ -226,7 +237,12 @@ _FAMILIES: tuple[MetricFamily, ...] = (
                  "Candidate actions the safety valves held back in the last cycle, by reason.",
                  ("reason",)),
     MetricFamily("cj_health_remediation_leader", GAUGE,
-                 "1 when this replica holds the remediation leader lock."),
+                 "1 when this replica holds the remediation leader lock (with"
+                 " remediation.leader_election=none: every replica, always)."),
+    MetricFamily("cj_health_remediation_leader_election", GAUGE,
+                 "1 for how this replica's leader lock is held: session_lock (connected to"
+                 " PostgreSQL itself), transaction_lock (in an open transaction: behind a pooler"
+                 " such as PgBouncer), none (no election).", ("method",)),
     MetricFamily("cj_health_remediation_paused", GAUGE,
                  "1 when remediation is paused (remediation.paused or the"
                  " cj_health_remediation_pause row)."),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from exporter import config, db, service, sqlfiles
 from exporter.config import RemediationSettings, Settings
@@ -21,17 +21,18 @@ from exporter.demo.embedded import EmbeddedPostgres, runtime_dir_env
 from exporter.vocabulary import ACTIONS
 
 DATABASE = "cj_demo"
+CONNECT_TIMEOUT = 10  # seconds; the embedded server was just started
 
 
 def prepare(pg: EmbeddedPostgres, remediation: bool = False) -> dict[int, frozenset[str]]:
     """Create the demo database with schema, views, indexes and seeded batches (and the
     finalizer's audit table when remediation is on)."""
-    admin = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
+    admin = db.make_engine(pg.url(), CONNECT_TIMEOUT)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {DATABASE}"))
         conn.execute(text(f"CREATE DATABASE {DATABASE}"))
     admin.dispose()
-    engine = create_engine(pg.url(DATABASE))
+    engine = db.make_engine(pg.url(DATABASE), CONNECT_TIMEOUT)
     with engine.begin() as conn:
         sqlfiles.load_reference_schema(conn)
         sqlfiles.install_views(conn)

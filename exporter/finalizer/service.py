@@ -1,4 +1,4 @@
-"""The remediation cycle (an APScheduler job beside the poll) and the one-off manual action.
+"""The remediation cycle (a ticker job beside the poll) and the one-off manual action.
 
 Each cycle: lead (advisory lock) or do nothing; read the candidates from the view, the pause
 switch and the batches' audit history; let the valves pick the actions; run each one in its
@@ -12,9 +12,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from prometheus_client.core import Metric
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
@@ -84,7 +85,8 @@ class Remediator:
                                                application_name="cj-health-exporter-finalizer",
                                                pool_size=2)
         self.leader = leader if leader is not None else LeaderLock(
-            write_url, settings.connect_timeout_seconds)
+            write_url, settings.connect_timeout_seconds, election=r.leader_election,
+            cycle_seconds=r.interval_seconds)
         self.metrics = RemediationMetrics(dry_run=r.dry_run)
         self.on_cycle_done: Callable[[], None] = lambda: None
 
@@ -148,6 +150,11 @@ class Remediator:
         level = logging.WARNING if result.outcome in ("failed", "needs_person") else logging.INFO
         log.log(level, "%s%s", "[dry run] " if self.dry_run else "", result.line())
         return result
+
+    def collect(self) -> Iterator[Metric]:
+        """The finalizer's families for the exporter's collector (extra_metrics)."""
+        yield from self.metrics.collect()
+        yield from self.leader.collect()
 
     def close(self) -> None:
         self.leader.close()

@@ -1,15 +1,19 @@
-"""The poll loop: an APScheduler interval job that polls and publishes.
+"""The poll loop: a job on the monotonic clock (exporter.poll.ticker) that polls and publishes.
 
-The job blocks until its query is done, and `max_instances=1, coalesce=True` means a slow poll
-makes the scheduler skip ticks (counted in cj_health_polls_skipped_total) instead of piling up
-queries. A failed poll keeps the previous snapshot and sets cj_health_up to 0; once no poll has
-succeeded for `stale_after` intervals the per-batch series are withdrawn, so nothing stale is
-served as fresh. The next good poll recovers without a restart.
+The job blocks until its query is done, and a slow poll makes the ticker skip ticks (counted in
+cj_health_polls_skipped_total) instead of piling up queries. A failed poll keeps the previous
+snapshot and sets cj_health_up to 0; once no poll has succeeded for `stale_after` intervals the
+per-batch series are withdrawn, so nothing stale is served as fresh. The next good poll recovers
+without a restart.
 
 Polls are incremental between full ones (exporter.poll.incremental). Each published page
 renders a variant when a scrape first asks for it (exporter.handoff.Rendered); the variants
 scrapers fetched from the previous page are rendered right after publishing, in the poll thread,
 so a scrape still only copies bytes and the variants nobody asks for are never rendered.
+
+Staleness is measured on the monotonic clock from the last good poll, and a watchdog republishes
+the page the moment it turns stale: a poll that hangs publishes nothing, and a step of the wall
+clock (either way) must neither hide staleness nor invent it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
-from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.core import Metric
 from sqlalchemy import Engine
 
@@ -31,6 +33,7 @@ from exporter.db import InFlight, describe_error, error_reason
 from exporter.handoff import Page, Store
 from exporter.poll.incremental import IncrementalPoll
 from exporter.poll.snapshot import Snapshot
+from exporter.poll.ticker import Ticker
 from exporter.vocabulary import POLL_ERROR_REASONS
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class Poller:
         self.extra_metrics = extra_metrics
         self.remediation_enabled = remediation_enabled
         self.snapshot: Snapshot | None = None
+        self.last_good_at: float | None = None  # time.monotonic() of the last good poll
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()  # a skip and a poll must not publish out of order
@@ -107,6 +111,7 @@ class Poller:
                 self._up = True
                 self._last_duration = snap.duration_seconds
                 self.snapshot = snap
+                self.last_good_at = time.monotonic()
                 self.last_error = None
                 recovered, self._failures_in_a_row = self._failures_in_a_row, 0
             if recovered:
@@ -116,15 +121,23 @@ class Poller:
                       snap.batches_read, len(snap.batches), snap.duration_seconds)
         self.publish()
 
-    def count_skip(self, event: JobExecutionEvent | None = None) -> None:
+    def count_skip(self) -> None:
         with self._lock:
             self._skipped += 1
         log.warning("poll skipped: the previous poll is still running")
         self.publish()
 
     def is_stale(self) -> bool:
-        snap = self.snapshot
-        return snap is not None and time.time() - snap.taken_at > self.settings.stale_after_seconds
+        """Monotonic seconds since the last good poll beyond stale_after (never the wall clock:
+        its steps would hide staleness, or invent it)."""
+        last = self.last_good_at
+        return last is not None and time.monotonic() - last > self.settings.stale_after_seconds
+
+    def check_stale(self) -> None:
+        """The watchdog: publish again when staleness changed since the last page, so a poll
+        that hangs (and so publishes nothing) cannot keep a stale snapshot looking fresh."""
+        if bool(self.store.page.status.get("stale")) != self.is_stale():
+            self.publish()
 
     def stats(self) -> SelfStats:
         with self._lock:
@@ -169,28 +182,25 @@ def _iso(ts: float | None) -> str | None:
 
 
 class PollScheduler:
-    """Owns the APScheduler instance running the poll job (and, if given, other jobs)."""
+    """Runs the poll job (and, if given, other jobs) and the staleness watchdog, each on a
+    monotonic ticker of its own."""
 
     def __init__(self, poller: Poller) -> None:
         self.poller = poller
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.scheduler.add_listener(poller.count_skip, EVENT_JOB_MAX_INSTANCES)
-        self.scheduler.add_job(
-            poller.poll_once, "interval", id="poll", name="poll",
-            seconds=poller.settings.poll_interval_seconds,
-            max_instances=1, coalesce=True, misfire_grace_time=None,
-            next_run_time=datetime.now().astimezone(),
-        )
+        interval = poller.settings.poll_interval_seconds
+        self.tickers = [
+            Ticker("poll", interval, poller.poll_once, on_missed=poller.count_skip),
+            # Often enough that withdrawal comes within a second (or a quarter of stale_after).
+            Ticker("stale-watchdog", min(1.0, poller.settings.stale_after_seconds / 4),
+                   poller.check_stale),
+        ]
 
     def add_interval_job(self, func: Callable[[], None], seconds: float, job_id: str) -> None:
-        self.scheduler.add_job(
-            func, "interval", id=job_id, name=job_id, seconds=seconds, max_instances=1,
-            coalesce=True, misfire_grace_time=None,
-            next_run_time=datetime.now().astimezone() + timedelta(seconds=1),
-        )
+        self.tickers.append(Ticker(job_id, seconds, func, first_delay=1.0))
 
     def start(self) -> None:
-        self.scheduler.start()
+        for ticker in self.tickers:
+            ticker.start()
 
     def stop(self, timeout: float = 3.0) -> bool:
         """Stop scheduling, cancel a running poll server-side and wait for it up to `timeout`.
@@ -198,6 +208,7 @@ class PollScheduler:
         Waiting for the poll's statement_timeout instead (10 s by default) would break the
         promise that SIGTERM ends the process within 5 s. Returns whether the poll finished.
         """
-        self.scheduler.shutdown(wait=False)
+        for ticker in self.tickers:
+            ticker.stop()
         self.poller.cancel()
         return self.poller.wait_idle(timeout)

@@ -193,7 +193,8 @@ def test_openmetrics_rendering_parses(poller: Poller) -> None:
 def test_failed_polls_keep_the_snapshot_then_go_stale(cj_db: str, pg_server: object) -> None:
     from tests.support.database import drop_database
 
-    p = make_poller(cj_db, poll_interval_seconds=0.2, stale_after=2)
+    # stale 1 s after the good poll: dropping the database takes up to ~0.5 s on a loaded machine
+    p = make_poller(cj_db, poll_interval_seconds=0.5, stale_after=2)
     engine = create_engine(cj_db)
     with engine.begin() as conn:
         from exporter.demo.scenarios import BatchSpec, Seeder
@@ -207,7 +208,7 @@ def test_failed_polls_keep_the_snapshot_then_go_stale(cj_db: str, pg_server: obj
     assert value(p, "cj_health_up") == 0
     assert value(p, "cj_health_poll_errors_total", reason="connection") == 1
     assert named(p, "cj_batch_problem"), "a failed poll keeps the previous snapshot"
-    time.sleep(0.5)  # > stale_after * poll_interval
+    time.sleep(1.1)  # > stale_after * poll_interval
     p.poll_once()
     assert value(p, "cj_health_snapshot_stale") == 1
     assert not named(p, "cj_batch_problem") and not named(p, "cj_batches")

@@ -12,11 +12,12 @@ from exporter.vocabulary import FAMILIES
 from tests.support.exposition import parse
 from tests.support.process import DemoProcess
 
-# The families only a running finalizer exports (exporter/finalizer/metrics.py).
+# The families only a running finalizer exports (exporter/finalizer/metrics.py, leader.py).
 FINALIZER_ONLY = {"cj_health_remediation_cycles", "cj_health_remediation_blocked",
                   "cj_health_remediation_leader", "cj_health_remediation_paused",
                   "cj_health_remediation_dry_run", "cj_health_remediation_wedged_batches",
-                  "cj_health_remediation_last_cycle_timestamp_seconds"}
+                  "cj_health_remediation_last_cycle_timestamp_seconds",
+                  "cj_health_remediation_leader_election"}
 
 
 def planted_from(summary: str) -> dict[int, set[str]]:

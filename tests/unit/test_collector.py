@@ -12,16 +12,18 @@ from __future__ import annotations
 import gzip
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from importlib import metadata
 
 from prometheus_client.core import Metric
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from exporter import config
 from exporter.collector import SelfStats, SnapshotCollector, idle_remediation_families, render
 from exporter.config import Settings
+from exporter.finalizer.leader import LeaderLock
 from exporter.finalizer.metrics import RemediationMetrics
 from exporter.handoff import Rendered
 from exporter.poll.scheduler import Poller
@@ -82,6 +84,12 @@ def finalizer_metrics() -> RemediationMetrics:
     return metrics
 
 
+def finalizer_families() -> Iterator[Metric]:
+    """What a Remediator exports: its metrics, and its leader lock's (never connected here)."""
+    yield from finalizer_metrics().collect()
+    yield from LeaderLock(make_url("postgresql+psycopg://nobody@/nowhere"), 1).collect()
+
+
 def assert_as_declared(metrics: Exposition) -> None:
     for name, family in metrics.families.items():
         declared = FAMILIES[name]
@@ -93,7 +101,7 @@ def assert_as_declared(metrics: Exposition) -> None:
 
 
 def test_with_the_finalizer_every_declared_family_is_rendered_as_declared() -> None:
-    metrics = exposition(demo_like(), extra=finalizer_metrics().collect)
+    metrics = exposition(demo_like(), extra=finalizer_families)
     assert_as_declared(metrics)
     assert set(metrics.families) == set(FAMILIES)
 
@@ -101,7 +109,7 @@ def test_with_the_finalizer_every_declared_family_is_rendered_as_declared() -> N
 def test_without_it_the_core_renders_all_but_the_finalizers_own_families() -> None:
     metrics = exposition(demo_like(), extra=idle_remediation_families)
     assert_as_declared(metrics)
-    finalizer = {family.name for family in finalizer_metrics().collect()}
+    finalizer = {family.name for family in finalizer_families()}
     # the remediations counter is the one both export: at 0 while the finalizer is off
     assert finalizer & set(metrics.families) == {"cj_health_remediations"}
     assert set(metrics.families) | finalizer == set(FAMILIES)
@@ -250,16 +258,19 @@ def test_every_encoding_holds_the_same_exposition() -> None:
 
 
 def test_the_poller_withdraws_series_once_its_snapshot_is_older_than_stale_after() -> None:
-    """Poller.is_stale: stale_after poll intervals without a successful poll (no poll is run:
-    the engine points nowhere and is never used)."""
+    """Poller.is_stale: stale_after poll intervals without a successful poll, by the monotonic
+    clock: the snapshot's wall-clock time says nothing (a step of the host's clock would hide
+    staleness, or invent it). No poll is run: the engine points nowhere and is never used."""
     settings = Settings(dsn="postgresql://u@127.0.0.1:1/x", poll_interval_seconds=10,
                         stale_after=3)
     poller = Poller(settings, create_engine(config.parse_dsn(settings.dsn or "")))
     rows = [view_row(1, problems=["wedged"], is_terminal=False)]
-    for age, stale in ((0.0, False), (25.0, False), (35.0, True)):
-        taken = time.time() - age
+    for age, stale, wall_step in ((0.0, False, 0.0), (25.0, False, 0.0), (35.0, True, 0.0),
+                                  (0.0, False, 86400.0), (35.0, True, -3600.0)):
+        taken = time.time() - age + wall_step
         poller.snapshot = build_snapshot(rows, OUTBOX, now=taken, duration=0.1,
-                                         recent_window=3600, max_batches=10)
+                                         recent_window=3600 + abs(wall_step), max_batches=10)
+        poller.last_good_at = time.monotonic() - age
         poller.publish()
         page = poller.store.page
         metrics = parse(page.metrics.text)
