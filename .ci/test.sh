@@ -44,5 +44,5 @@ if ! cmp -s .ci/node/package-lock.json .ci/node/node_modules/.installed-lock.jso
 fi
 
 echo "== ruff";   .venv/bin/ruff check .
-echo "== mypy";   .venv/bin/mypy exporter
+echo "== mypy";   .venv/bin/mypy exporter tests  # strict (pyproject.toml), tests too
 echo "== pytest"; .venv/bin/pytest -q "$@"

@@ -306,11 +306,13 @@ def free_port() -> int:
 class Process:
     """A server subprocess with its output in a log file; always terminated."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=cwd)
 
     def wait_for(self, port: int, ready: Callable[[bytes], bool], timeout: float) -> bytes:
         deadline = time.monotonic() + timeout

@@ -12,9 +12,11 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - db            engines, read-only snapshots with server-side timeouts, error classification
 - sqlfiles      the project's SQL (views, indexes, reference schema) and how to install it
 - poll/         the poll core: watched (which batches), query (the SQL), snapshot (rows ->
-                Snapshot, pure), scheduler (the loop that polls, renders and publishes),
+                Snapshot, pure), changes (which batches changed since the last poll),
+                ledger (kept rows with running aggregates and export order), incremental
+                (full and incremental polls), scheduler (the loop that polls and publishes),
                 ticker (jobs on the monotonic clock)
-- collector     Snapshot -> metric families -> rendered bytes, once per poll
+- collector     Snapshot -> metric families -> the bytes of each variant, rendered on demand
 - families      metric families built from their declarations
 - handoff       Rendered, Page, Store: what a poll publishes and a scrape reads
 - web/          the HTTP server and the exporter-toolkit web config (TLS, basic auth, reload)

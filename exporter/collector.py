@@ -1,16 +1,19 @@
-"""Snapshot -> metric families, rendered once per poll into every format /metrics serves.
+"""Snapshot -> metric families -> the bytes of each format /metrics serves, at most once each.
 
 A custom Collector over an immutable Snapshot, as the Prometheus "writing exporters" guide asks:
 the families are built fresh from each snapshot, so a batch that leaves the exported set or
-changes state simply has no series in the next render (no ghost series to clean up).
+changes state simply has no series in the next render (no ghost series to clean up). Each
+variant is rendered on demand (exporter.handoff.Rendered) from the same immutable snapshot,
+self-stats and finalizer families, so every variant of one snapshot says the same thing.
 """
 
 from __future__ import annotations
 
-import gzip
+import inspect
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,6 +51,9 @@ class SelfStats:
     errors: dict[str, int]
     skipped: int
     remediation_enabled: bool = False
+    full_polls: int = 0
+    last_full_poll: float | None = None
+    unsignalled_bound: float | None = None
 
 
 class SnapshotCollector(Collector):
@@ -55,14 +61,18 @@ class SnapshotCollector(Collector):
                  extra: Callable[[], Iterable[Metric]] = tuple) -> None:
         self._snapshot = None if stats.stale else snapshot
         self._stats = stats
-        self._extra = extra
+        # Read now, not at the first scrape: the finalizer's counters of this page are those
+        # of its publication, whichever variant is rendered later.
+        self._extra = list(extra())
 
     def collect(self) -> Iterator[Metric]:
+        # Built anew for each format rendered (the page does not keep ~10k samples alive for
+        # the rare second format); from the same immutable inputs, so they say the same.
         if self._snapshot is not None:
             yield from batch_families(self._snapshot)
             yield from aggregate_families(self._snapshot)
         yield from self_families(self._snapshot, self._stats)
-        yield from self._extra()
+        yield from self._extra
 
 
 def batch_families(snap: Snapshot) -> Iterator[Metric]:
@@ -171,6 +181,12 @@ def self_families(snap: Snapshot | None, stats: SelfStats) -> Iterator[Metric]:
         yield new("cj_health_exported_batches", len(snap.batches))
         yield new("cj_health_batches_dropped", snap.dropped)
         yield new("cj_health_malformed_rows", snap.malformed_rows)
+        yield new("cj_health_poll_batches_read", snap.batches_read)
+    yield new("cj_health_full_polls", stats.full_polls)
+    if stats.last_full_poll is not None:
+        yield new("cj_health_last_full_poll_timestamp_seconds", stats.last_full_poll)
+    if stats.unsignalled_bound is not None:
+        yield new("cj_health_unsignalled_change_bound_seconds", stats.unsignalled_bound)
     yield new("cj_health_remediation_enabled", int(stats.remediation_enabled))
     info = new("cj_health_build_info")
     info.add_metric([version(), platform.python_version()], 1)
@@ -196,15 +212,29 @@ class _Sampled(Collector):
 
 
 def render(collector: Collector, standard: bool = True) -> Rendered:
-    """Render both exposition formats and their gzip once; scrapes then only copy bytes.
+    """The collector's metrics in every format /metrics serves, each rendered when first asked
+    for (exporter.handoff.Rendered); scrapes then only copy bytes.
 
-    standard: add process_*, python_info and python_gc_* (vocabulary.STANDARD_FAMILIES).
+    standard: add process_*, python_info and python_gc_* (vocabulary.STANDARD_FAMILIES),
+    sampled once here: the text and OpenMetrics renderings must carry the same values.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     if standard:
-        # Sampled once: the text and OpenMetrics renderings must carry the same values.
         registry.register(_Sampled([m for c in STANDARD for m in c.collect()]))
-    text = generate_latest(registry)
-    om = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
-    return Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6))
+    return Rendered(lambda: bytes(generate_latest(registry, **_FAST_TEXT)),
+                    lambda: bytes(openmetrics.generate_latest(  # type: ignore[no-untyped-call]
+                        registry, **_FAST_OPENMETRICS)))
+
+
+def _no_name_escaping(render: Callable[..., Any]) -> dict[str, str]:
+    """prometheus_client >= 0.22 escapes metric and label names by checking each character in
+    Python, a third of a render at 10k series. Every declared name is a legacy Prometheus name,
+    which no escaping mode changes, so the check is skipped (tests/unit/test_incremental_merge.py
+    holds the output to the default's); older versions have no such parameter."""
+    accepts = "escaping" in inspect.signature(render).parameters
+    return {"escaping": openmetrics.ALLOWUTF8} if accepts else {}
+
+
+_FAST_TEXT = _no_name_escaping(generate_latest)
+_FAST_OPENMETRICS = _no_name_escaping(openmetrics.generate_latest)

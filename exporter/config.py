@@ -162,6 +162,14 @@ class Settings:
                                       flag="--lookback", rule=POSITIVE)
     max_batches: int = setting(5000, "cap on exported batches (problem batches first)",
                                flag="--max-batches", rule=POSITIVE)
+    full_poll_interval_seconds: float = setting(
+        300.0, "seconds between full polls; the polls between re-read only the batches whose"
+               " rows changed (0: every poll is full)", flag="--full-poll-interval",
+        rule=NOT_NEGATIVE)
+    commit_lag_seconds: float = setting(
+        60.0, "how long a CJ service transaction may stay open after stamping a row and still"
+              " have the change seen by the next poll (later commits: by the next full poll)",
+        rule=POSITIVE)
     fail_fast: bool = setting(False, "exit 2 at start when the database cannot be polled"
                                      " (unreachable, views missing, grants missing) instead of"
                                      " serving cj_health_up 0 and retrying", flag="--fail-fast")
@@ -178,6 +186,15 @@ class Settings:
     @property
     def stale_after_seconds(self) -> float:
         return self.stale_after * self.poll_interval_seconds
+
+    @property
+    def unsignalled_bound_seconds(self) -> float:
+        """Longest a change no column signals can stay unseen (docs/performance.md): a full poll
+        runs on the first tick at most half an interval before full_poll_interval is up, so the
+        next one has published within full_poll_interval + poll_interval."""
+        if self.full_poll_interval_seconds <= self.poll_interval_seconds:
+            return self.poll_interval_seconds  # every poll is full
+        return self.full_poll_interval_seconds + self.poll_interval_seconds
 
     def finalizer(self) -> FinalizerSettings:
         """What the finalizer needs, and nothing else."""

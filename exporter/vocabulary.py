@@ -310,6 +310,17 @@ _FAMILIES: tuple[MetricFamily, ...] = (
                  "Batches not exported because of the max_batches cap."),
     MetricFamily("cj_health_malformed_rows", GAUGE,
                  "View rows skipped in the last poll because they did not parse."),
+    MetricFamily("cj_health_full_polls", COUNTER,
+                 "Successful full polls: every watched batch read (the others read only the"
+                 " batches whose rows changed)."),
+    MetricFamily("cj_health_last_full_poll_timestamp_seconds", GAUGE,
+                 "Unix time of the last successful full poll."),
+    MetricFamily("cj_health_unsignalled_change_bound_seconds", GAUGE,
+                 "Longest a change that moves no timestamp (an UPDATE by hand) can stay unseen:"
+                 " until the next full poll."),
+    MetricFamily("cj_health_poll_batches_read", GAUGE,
+                 "Rows of cj_batch_health the last successful poll read (all watched batches in"
+                 " a full poll, the changed and newly watched ones otherwise)."),
     MetricFamily("cj_health_remediation_enabled", GAUGE,
                  "1 when the finalizer is authorized to change the database."),
     MetricFamily("cj_health_build_info", GAUGE, "Build information; always 1.",

@@ -14,8 +14,9 @@
 --
 -- Roles (names are psql variables; the defaults are shown):
 --   ro_role  cj_health_ro          LOGIN. `serve` polls with it. SELECT on the two views, and
---                                  on the columns the poll's watched-set filter reads. It cannot
---                                  read an essay, a prompt, a grade or an event, nor write.
+--                                  on the id, timestamp and xmin columns the poll's watched set
+--                                  and change signals read. It cannot read an essay, a prompt,
+--                                  a grade or an event, nor write.
 --   rw_role  cj_health_remediator  LOGIN. The finalizer's write DSN. Reads what re-finalizing a
 --                                  batch needs; UPDATEs only the columns upstream's
 --                                  finalize_scoring changes; INSERTs grade projections, outbox
@@ -128,6 +129,13 @@ GRANT EXECUTE ON FUNCTION cj_health_json(json), cj_health_json_parses(json)
     TO :"ro_role", :"rw_role";
 GRANT SELECT (batch_id, state, last_activity_at) ON cj_batch_states TO :"ro_role";
 GRANT SELECT (id, status) ON cj_batch_uploads TO :"ro_role";
+-- The incremental poll's change signals (exporter/poll/changes.py): ids, timestamps, and the
+-- system column xmin (which transaction wrote the row version), never a document or a grade.
+GRANT SELECT (xmin) ON cj_batch_states TO :"ro_role";
+GRANT SELECT (bos_batch_id, updated_at, xmin) ON cj_batch_uploads TO :"ro_role";
+GRANT SELECT (cj_batch_id, updated_at, xmin) ON cj_processed_essays TO :"ro_role";
+GRANT SELECT (cj_batch_id, created_at, xmin) ON grade_projections TO :"ro_role";
+GRANT SELECT (aggregate_id, created_at, xmin) ON event_outbox TO :"ro_role";
 
 -- ---------------------------------------------------------------------------------------------
 -- Remediation (cj_health_remediator): exporter/finalizer/ (store.py, candidates.py, audit.py,

@@ -1,11 +1,15 @@
-"""The poll loop: a job on the monotonic clock (exporter.poll.ticker) that polls, renders and
-publishes.
+"""The poll loop: a job on the monotonic clock (exporter.poll.ticker) that polls and publishes.
 
 The job blocks until its query is done, and a slow poll makes the ticker skip ticks (counted in
 cj_health_polls_skipped_total) instead of piling up queries. A failed poll keeps the previous
 snapshot and sets cj_health_up to 0; once no poll has succeeded for `stale_after` intervals the
 per-batch series are withdrawn, so nothing stale is served as fresh. The next good poll recovers
 without a restart.
+
+Polls are incremental between full ones (exporter.poll.incremental). Each published page
+renders a variant when a scrape first asks for it (exporter.handoff.Rendered); the variants
+scrapers fetched from the previous page are rendered right after publishing, in the poll thread,
+so a scrape still only copies bytes and the variants nobody asks for are never rendered.
 
 Staleness is measured on the monotonic clock from the last good poll, and a watchdog republishes
 the page the moment it turns stale: a poll that hangs publishes nothing, and a step of the wall
@@ -33,7 +37,7 @@ from exporter.collector import SelfStats, SnapshotCollector, idle_remediation_fa
 from exporter.config import Settings
 from exporter.db import InFlight, error_reason, explain
 from exporter.handoff import Page, Store
-from exporter.poll import query
+from exporter.poll.incremental import IncrementalPoll
 from exporter.poll.snapshot import Snapshot
 from exporter.poll.ticker import Ticker
 from exporter.poll.warnings import FaultLog
@@ -62,6 +66,7 @@ class Poller:
         self._polls = 0
         self._errors = dict.fromkeys(POLL_ERROR_REASONS, 0)
         self._skipped = 0
+        self._reader = IncrementalPoll(settings)
         self._in_flight = InFlight(engine)
         self._malformed_log = FaultLog("skipping malformed cj_batch_health",
                                        "malformed cj_batch_health rows skipped")
@@ -83,6 +88,10 @@ class Poller:
         finally:
             self._idle.set()
 
+    def request_full_poll(self) -> None:
+        """Make the next poll a full one: it then also sees changes no column signals."""
+        self._reader.request_full()
+
     def cancel(self) -> None:
         """Shutdown: no new polls, and the running poll's query is cancelled server-side."""
         self._stopping.set()
@@ -94,7 +103,7 @@ class Poller:
     def _poll(self) -> None:
         started = time.monotonic()
         try:
-            snap = query.poll(self.engine, self.settings)
+            snap = self._reader.poll(self.engine)
         except Exception as exc:  # a poll must never kill the loop; every failure is counted
             reason = error_reason(exc)
             with self._lock:
@@ -124,8 +133,9 @@ class Poller:
                 log.info("poll recovered after %d failed polls", recovered)
             self._malformed_log.observe(snap.malformed)
             self._unreadable_log.observe(_unreadable(snap))
-            log.debug("poll ok: %d watched, %d exported in %.3fs", snap.watched,
-                      len(snap.batches), snap.duration_seconds)
+            log.debug("poll ok (%s): %d watched, %d read, %d exported in %.3fs",
+                      "full" if snap.full_poll else "incremental", snap.watched,
+                      snap.batches_read, len(snap.batches), snap.duration_seconds)
         self.publish()
 
     def count_skip(self) -> None:
@@ -164,11 +174,20 @@ class Poller:
                 last_duration=self._last_duration, polls=self._polls,
                 errors=dict(self._errors), skipped=self._skipped,
                 remediation_enabled=self.remediation_enabled,
+                full_polls=self._reader.full_polls, last_full_poll=self._reader.last_full_at,
+                unsignalled_bound=self.settings.unsignalled_bound_seconds
+                if self._reader.incremental else self.settings.poll_interval_seconds,
             )
 
     def publish(self) -> None:
         with self._publish_lock:
-            self.store.publish(self._page())
+            previous = self.store.page.metrics
+            page = self._page()
+            self.store.publish(page)
+        # Scrapers keep asking for what they asked for before: render that now, here, rather
+        # than in their request (a scrape arriving meanwhile waits for this render, no second).
+        for variant in previous.served():
+            page.metrics.body(variant)
 
     def _page(self) -> Page:
         stats = self.stats()

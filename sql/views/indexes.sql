@@ -42,3 +42,22 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_uploads_unfinished_idx
 CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_outbox_unpublished_idx
     ON event_outbox (created_at) INCLUDE (retry_count)
     WHERE published_at IS NULL;
+
+-- Change signals of the incremental poll (exporter/poll/changes.py): plain btree indexes on
+-- timestamp columns, so the poll between two full polls finds the rows stamped since the last
+-- one without reading the watched batches' rows. Without all of them every poll is a full poll.
+-- (cj_health_states_last_activity_idx above is the signal of cj_batch_states.) They cannot make
+-- a write fail: no expression, no predicate, no uniqueness. Their cost to the service: an update
+-- that moves updated_at can no longer be a HOT update, so it also writes an entry in each index
+-- of its table (uploads: status changes; essays: scoring updates).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_uploads_updated_idx
+    ON cj_batch_uploads (updated_at);
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_essays_updated_idx
+    ON cj_processed_essays (updated_at);
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_projections_created_idx
+    ON grade_projections (created_at);
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS cj_health_outbox_created_idx
+    ON event_outbox (created_at);

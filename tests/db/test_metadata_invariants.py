@@ -28,11 +28,11 @@ from tests.support.upstream import UpstreamDb, upstream_database
 
 NEW_KINDS = {"budget_source_flip", "rehydration_mismatch", "anchor_grade_unresolved"}
 # In flight with callbacks pending: nothing else is wrong with these batches.
-IN_FLIGHT = {"status": "PERFORMING_COMPARISONS", "state": "WAITING_CALLBACKS", "budget": 120,
-             "submitted": 90, "completed": 80, "finished": False,
-             "idle": timedelta(minutes=1)}
-RUNNER = {**IN_FLIGHT, "budget": 48, "submitted": 40, "completed": 30,
-          "request": {"max_comparisons_override": 48}}
+IN_FLIGHT: dict[str, Any] = {"status": "PERFORMING_COMPARISONS", "state": "WAITING_CALLBACKS",
+                              "budget": 120, "submitted": 90, "completed": 80,
+                              "finished": False, "idle": timedelta(minutes=1)}
+RUNNER: dict[str, Any] = {**IN_FLIGHT, "budget": 48, "submitted": 40, "completed": 30,
+                           "request": {"max_comparisons_override": 48}}
 OVERRIDES = {"model_override": "gpt-5.1", "temperature_override": 0.3}
 
 Change = Callable[[dict[str, Any]], None]
@@ -110,8 +110,9 @@ CASES: dict[str, tuple[BatchSpec, tuple[Callable[[Connection, int], None], ...],
             llm_config_overrides=dict(reversed(list(OVERRIDES.items()))),
             batch_config_overrides=None)),), set()),
     **{f"{field}_differs": (BatchSpec(**IN_FLIGHT, request={field: upload}),
-                            (state_doc(lambda d, f=field, v=state: d["original_request"].update(
-                                {f: v})),), {"rehydration_mismatch"})
+                            (state_doc(lambda d, f=field, v=state:  # type: ignore[misc]
+                                       d["original_request"].update({f: v})),),
+                             {"rehydration_mismatch"})
        for field, upload, state in (
            ("assignment_id", "asg-1", "asg-2"), ("user_id", "teacher-1", "teacher-2"),
            ("language", "sv", "en"), ("course_code", "SV1", "ENG5"),

@@ -161,6 +161,9 @@ def test_state_change_and_leaving_the_set_remove_old_series(poller: Poller,
         conn.execute(text("UPDATE cj_batch_states SET last_activity_at = now() - interval '2 h'"
                           " WHERE batch_id = :id"), {"id": healthy})
     engine.dispose()
+    # Moving last_activity_at back signals nothing an incremental poll looks for (see
+    # exporter/poll/changes.py): only a full poll sees the healthy batch leave.
+    poller.request_full_poll()
     poller.poll_once()
     stuck_series = [s for s in samples(poller) if s.labels.get("cj_batch_id") == str(stuck)]
     activity = [s for s in stuck_series if s.name == "cj_batch_last_activity_timestamp_seconds"]

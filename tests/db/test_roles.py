@@ -95,10 +95,23 @@ def test_poller_under_the_read_only_role_and_writes_refused(roles_db: RolesDb) -
         for problem in problems:
             assert sample_value(body, "cj_batch_problem", cj_batch_id=str(batch),
                                 problem=problem) == 1, (batch, problem)
+    # The role has what incremental polls need (exporter/poll/changes.py): the next poll reads
+    # only what changed, and sees a callback.
+    in_flight = min(b for b, p in roles_db.planted.items() if not p)
+    admin = create_engine(roles_db.admin)
+    with admin.begin() as conn:
+        conn.execute(text("UPDATE cj_batch_states SET completed_comparisons = 29, last_activity_at"
+                          " = now() WHERE batch_id = :b"), {"b": in_flight})
+    poller.poll_once()
+    body = poller.store.page.metrics.text
+    assert sample_value(body, "cj_health_up") == 1, poller.last_error
+    assert sample_value(body, "cj_health_full_polls_total") == 1
+    assert sample_value(body, "cj_health_poll_batches_read") == 1
+    assert sample_value(body, "cj_batch_comparisons", cj_batch_id=str(in_flight),
+                        kind="completed") == 29
     errors = psycopg.errors
     # The role's transactions are read-only by default: a write grant given by mistake (a DBA
     # "fixing" a permission error) is still refused ...
-    admin = create_engine(roles_db.admin)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE TABLE cj_scratch (i int); GRANT INSERT ON cj_scratch TO {RO}"))
     admin.dispose()

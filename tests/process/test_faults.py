@@ -277,9 +277,11 @@ def test_malformed_rows_are_counted_never_fatal(seeded_db: SeededDb) -> None:
 
             # Counters near 2^31 are computed in bigint: the corrupt row is exported as it
             # is and the poll stays up (it used to overflow and fail every poll).
+            # (Moving last_activity_at, as every service update does, so that the next
+            # incremental poll reads the batch again: exporter/poll/changes.py.)
             conn.execute(text("UPDATE cj_batch_states SET submitted_comparisons = 2147483647,"
-                              " completed_comparisons = -10 WHERE batch_id = :b"),
-                         {"b": odd_json})
+                              " completed_comparisons = -10, last_activity_at = now()"
+                              " WHERE batch_id = :b"), {"b": odd_json})
             body = exp.wait_for(lambda b: sample_value(b, "cj_batch_comparisons", kind="pending",
                                                        cj_batch_id=str(odd_json)) == 2147483657, 10)
             assert up(body) == 1

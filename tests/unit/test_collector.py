@@ -41,7 +41,8 @@ from tests.support.exposition import Exposition, parse
 from tests.support.rows import NOW, in_flight_row, view_row
 
 STATS = SelfStats(up=True, stale=False, last_success=NOW, last_duration=0.25, polls=4,
-                  errors={"connection": 2}, skipped=1)
+                  errors={"connection": 2}, skipped=1, full_polls=1, last_full_poll=NOW - 60,
+                  unsignalled_bound=315.0)
 OUTBOX = {"unpublished_events": 7, "failed_events": 3, "oldest_unpublished_age_seconds": 1500.0,
           "undated_unpublished_events": 1}
 # Families that come from the poll's snapshot (withdrawn when it is stale or missing).
