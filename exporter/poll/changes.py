@@ -25,9 +25,9 @@ refuse cannot fail the poll (§F4).
 
 What no column signals (an UPDATE by hand that moves no timestamp or moves it back, deleted
 rows, a changed anchor_essay_references grade, a completion event whose cj_assessment_job_id
-names a batch of another BOS batch than its aggregate_id, a transaction that commits more than
-commit_lag_seconds after stamping its rows) is found by the next full poll
-(exporter.poll.incremental).
+or a charge whose processing_id names a batch of another BOS batch than its aggregate_id, a
+transaction that commits more than commit_lag_seconds after stamping its rows) is found by the
+next full poll (exporter.poll.incremental).
 """
 
 from __future__ import annotations
