@@ -11,7 +11,9 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -216,3 +218,40 @@ def retarget_unit_tests(source_dir: Path, out_dir: Path, rules_file: Path, *, jo
         target.write_text(yaml.safe_dump(data, sort_keys=False, width=1 << 16), encoding="utf-8")
         written.append(target)
     return written
+
+
+# --- a container's exec probe, run as the kubelet runs it ------------------------------------
+
+
+def pod_path(text: str, root: Path) -> str:
+    """A path (or a file's text) of the pod's /etc/cj-health-exporter/ tree, under `root`."""
+    return text.replace("/etc/cj-health-exporter/", f"{root}/etc/cj-health-exporter/")
+
+
+def container_env(container: Mapping[str, Any], pod_name: str) -> dict[str, str]:
+    """The container's rendered `env`: plain values, and metadata.name field references."""
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+            continue
+        field = item["valueFrom"]["fieldRef"]["fieldPath"]
+        assert field == "metadata.name", f"no stand-in for the field {field}"
+        env[item["name"]] = pod_name
+    return env
+
+
+def exec_probe(container: Mapping[str, Any], probe: str, root: Path,
+               env: Mapping[str, str]) -> tuple[int, str, float]:
+    """(exit code, stdout, seconds) of the container's `probe` (livenessProbe/readinessProbe)
+    `exec.command` exactly as rendered, with the pod's file tree under `root`: the command's
+    program found on PATH as the image's (this virtualenv's console script), the kubelet's
+    timeoutSeconds as the deadline."""
+    spec = container[probe]
+    command = [pod_path(a, root) for a in spec["exec"]["command"]]
+    program = Path(sys.executable).parent / command[0]
+    assert program.is_file(), f"{command[0]} is not installed beside {sys.executable}"
+    start = time.perf_counter()
+    result = subprocess.run([str(program), *command[1:]], capture_output=True, text=True,
+                            env=dict(env), timeout=spec["timeoutSeconds"])
+    return result.returncode, result.stdout.strip(), time.perf_counter() - start

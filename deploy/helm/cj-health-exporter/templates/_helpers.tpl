@@ -99,26 +99,41 @@ present. Declared (webConfig.authenticated), or read from an inline web config. 
 {{- if or .Values.webConfig.authenticated (hasKey $config "basic_auth_users") (hasPrefix "Require" $clientAuth) }}true{{ end }}
 {{- end }}
 
-{{/* The probe type: `auto` is an HTTP GET of /healthz while the port needs no credentials, and
-a TCP connect when it does (the kubelet can send neither a Secret's password nor a client
-certificate). */}}
-{{- define "cj-health-exporter.probeType" -}}
-{{- if ne .Values.probes.type "auto" }}
-{{- .Values.probes.type }}
-{{- else if include "cj-health-exporter.authenticated" . }}
-{{- "tcp" }}
-{{- else }}
-{{- "http" }}
+{{/* The probe credentials Secret (basic auth): the user's, or the one the chart makes from
+probes.credentials.value (evaluation). Empty: no credentials are mounted. */}}
+{{- define "cj-health-exporter.probeCredentialsSecret" -}}
+{{- if .Values.probes.credentials.existingSecret }}
+{{- .Values.probes.credentials.existingSecret }}
+{{- else if .Values.probes.credentials.value }}
+{{- printf "%s-probe" (include "cj-health-exporter.fullname" .) }}
 {{- end }}
 {{- end }}
 
+{{/* Where the probe's files are mounted; the settings file names them (healthcheck.*). */}}
+{{- define "cj-health-exporter.probeCredentialsFile" -}}
+/etc/cj-health-exporter/probe/credentials
+{{- end }}
+{{- define "cj-health-exporter.probeCertDir" -}}
+/etc/cj-health-exporter/probe-tls
+{{- end }}
+
+{{/* A probe handler: [root, ready]. `exec` (the default) runs `cj-health-exporter healthcheck`
+(`--ready` for readiness) in the container: it reads the settings file `serve` reads, so it knows
+the port, the web config (TLS: it trusts exactly the served certificate) and the probe's
+credentials (healthcheck.credentials_file / cert_file / key_file), and it gives up one second
+before the kubelet would, so that the probe's one line says why. `http` is the kubelet's own
+GET (no credentials: only for a port without basic auth or required client certificates);
+`tcp` only proves the listener accepts connections. */}}
 {{- define "cj-health-exporter.probeHandler" -}}
-{{- $type := include "cj-health-exporter.probeType" . }}
+{{- $root := index . 0 }}
+{{- $ready := index . 1 }}
+{{- $probe := ternary $root.Values.probes.readiness $root.Values.probes.liveness $ready }}
+{{- $type := $root.Values.probes.type }}
 {{- if eq $type "http" }}
 httpGet:
-  path: /healthz
+  path: {{ ternary "/-/ready" "/healthz" $ready }}
   port: metrics
-  scheme: {{ ternary "HTTPS" "HTTP" (eq (include "cj-health-exporter.tls" .) "true") }}
+  scheme: {{ ternary "HTTPS" "HTTP" (eq (include "cj-health-exporter.tls" $root) "true") }}
 {{- else if eq $type "tcp" }}
 tcpSocket:
   port: metrics
@@ -127,12 +142,13 @@ exec:
   command:
     - cj-health-exporter
     - healthcheck
-    {{- if include "cj-health-exporter.webConfigEnabled" . }}
-    - --web.config.file
-    - /etc/cj-health-exporter/web/web-config.yml
+    {{- if $ready }}
+    - --ready
     {{- end }}
-    - --web.listen-address
-    - {{ printf "127.0.0.1:%d" (int .Values.containerPort) | quote }}
+    - --config
+    - /etc/cj-health-exporter/config/config.yml
+    - --healthcheck.timeout
+    - {{ printf "%ds" (sub (int $probe.timeoutSeconds) 1) | quote }}
 {{- end }}
 {{- end }}
 
@@ -149,6 +165,17 @@ PodMonitor name as their jobLabel. */}}
 {{- $_ := set $settings "listen_address" (printf ":%d" (int .Values.containerPort)) }}
 {{- if include "cj-health-exporter.webConfigEnabled" . }}
 {{- $_ := set $settings "web_config_file" "/etc/cj-health-exporter/web/web-config.yml" }}
+{{- end }}
+{{- $check := dict }}
+{{- if include "cj-health-exporter.probeCredentialsSecret" . }}
+{{- $_ := set $check "credentials_file" (include "cj-health-exporter.probeCredentialsFile" .) }}
+{{- end }}
+{{- if .Values.probes.clientCertSecret }}
+{{- $_ := set $check "cert_file" (printf "%s/tls.crt" (include "cj-health-exporter.probeCertDir" .)) }}
+{{- $_ := set $check "key_file" (printf "%s/tls.key" (include "cj-health-exporter.probeCertDir" .)) }}
+{{- end }}
+{{- if $check }}
+{{- $_ := set $settings "healthcheck" $check }}
 {{- end }}
 {{- if .Values.remediation.enabled }}
 {{- $r := omit .Values.remediation "writeDsn" }}
