@@ -219,6 +219,18 @@ panels = [
         pos(16, 29, 8, 8),
         "short",
     ),
+    stat(
+        "Unreadable documents",
+        "JSON documents of the batch that PostgreSQL stores but cannot read (a \\u0000 or "
+        "lone-surrogate escape, or nesting too deep; cj_batch_unreadable_documents). The facts "
+        "they hold are unknown, so the problems above may be missing or wrong; "
+        "`cj-health-exporter inspect <cj_batch_id>` names the kinds. Alert "
+        "CJBatchDocumentsUnreadable.",
+        queries((f"max by (job) ({of_batch('cj_batch_unreadable_documents')})", "unreadable")),
+        pos(0, 37, 8, 5),
+        "short",
+        thresholds=steps((GREEN, None), (RED, 1)),
+    ),
 ]
 
 dashboard = build_dashboard(

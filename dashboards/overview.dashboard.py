@@ -456,6 +456,38 @@ panels = [
         overrides=[drilldown_link()],
         no_value="none",
     ),
+    # --- what the exporter cannot read ----------------------------------------------------
+    bargauge(
+        "Unreadable documents by kind",
+        "JSON documents of the watched batches that PostgreSQL stores but cannot read (a "
+        "\\u0000 or lone-surrogate escape, or nesting too deep), by document kind "
+        "(cj_unreadable_documents, every kind always listed). Their facts are unknown: the "
+        "batches they belong to may have problems nobody sees. Alert "
+        "CJBatchDocumentsUnreadable.",
+        queries(
+            (f"max by (job, document) ({metric('cj_unreadable_documents')})", "{{document}}"),
+            instant=True,
+        ),
+        pos(0, 66, 12, 8),
+        "short",
+        thresholds=BAD_FROM_ONE,
+    ),
+    table(
+        "Batches with unreadable documents",
+        "Batches with at least one JSON document PostgreSQL cannot read "
+        "(cj_batch_unreadable_documents > 0) and how many. `cj-health-exporter inspect "
+        "<cj_batch_id>` names the kinds. Click a cj_batch_id to open the batch drill-down.",
+        queries(
+            f"max by (job, cj_batch_id) ({metric('cj_batch_unreadable_documents')}) > 0",
+            table=True,
+        ),
+        pos(12, 66, 12, 8),
+        "short",
+        columns=["cj_batch_id", "job"],
+        value_name="unreadable documents",
+        overrides=[drilldown_link()],
+        no_value="none",
+    ),
 ]
 
 dashboard = build_dashboard(
