@@ -435,26 +435,21 @@ def _unreadable_records(c: Context) -> Iterator[Record]:
 # escape, or nesting too deep; docs/metrics.md "Unreadable documents"): the view reads them as
 # no facts, so the batch's problems may be missing or wrong. A stored document does not change
 # between polls; `for` only rides out a poll that races the write of a fixed copy. The series has
-# no bos_batch_id: it is joined from the batch's last activity, and the alert still fires
-# without it (a batch with no state row has no activity series).
+# no bos_batch_id: it comes from cj_batch_completion_events, which every exported batch has (its
+# counts are never NULL, unlike the last activity of a batch without a state row).
 @batches.alert("CJBatchDocumentsUnreadable", panel="Unreadable documents", per_batch=True,
                thresholds={"for": "5m"}, records=_unreadable_records)
 def _documents_unreadable(c: Context) -> Iterator[Rule]:
-    bad = f"({UNREADABLE} > 0)"
     yield Rule(
-        f"{bad}\n"
-        f"* ignoring (bos_batch_id) group_left (bos_batch_id)\n"
-        f"group without (cj_state, upload_status) "
-        f"(cj_batch_id:cj_batch_last_activity_age_seconds:min)\n"
-        f"or ignoring (bos_batch_id)\n"
-        f"{bad}",
+        f"({UNREADABLE} > 0)\n"
+        f"* ignoring (bos_batch_id) group_right\n"
+        f"group without (event) (cj_batch_id:cj_batch_completion_events:max)",
         "warning", c.t.duration("for"),
         "A CJ batch has JSON documents PostgreSQL cannot read: its health is unknown.",
-        "CJ batch {{ $labels.cj_batch_id }}{{ with $labels.bos_batch_id }} (BOS batch "
-        "{{ . }}){{ end }} has {{ $value | humanize }} JSON document(s) that PostgreSQL stores "
-        "but cannot read (a \\u0000 or lone-surrogate escape, or nesting too deep). The facts "
-        "they hold are unknown, so its problems may be missing or wrong; "
-        "`cj-health-exporter inspect {{ $labels.cj_batch_id }}` names the kinds.")
+        f"{BATCH} has {{{{ $value | humanize }}}} JSON document(s) that PostgreSQL stores but "
+        "cannot read (a \\u0000 or lone-surrogate escape, or nesting too deep). The facts they "
+        "hold are unknown, so its problems may be missing or wrong; `cj-health-exporter "
+        "inspect {{ $labels.cj_batch_id }}` names the kinds.")
 
 
 # More than `batches` batches wedged at once is one systemic fault, not N incidents: one page
