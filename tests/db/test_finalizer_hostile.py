@@ -18,6 +18,7 @@ and the demo's batches, on a real PostgreSQL:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -70,12 +71,16 @@ def input_limit(engine: Engine, doc: Callable[[int], str]) -> int:
 def kinds(engine: Engine) -> dict[str, Callable[[int], str]]:
     """name -> the hostile document for a CJ batch id."""
     out: dict[str, Callable[[int], str]] = {
-        name: (lambda sid, f=fragment: with_fragment(template(sid), f))
+        name: functools.partial(document, fragment)
         for name, fragment in HOSTILE_FRAGMENTS.items()}
     limit = input_limit(engine, lambda d: with_fragment(template(0), deep(d - 1)))
-    out["deep_for_postgres"] = lambda sid: with_fragment(template(sid), deep(limit - 1))
-    out["deep_for_python"] = lambda sid: with_fragment(template(sid), deep(PYTHON_DEEP))
+    out["deep_for_postgres"] = functools.partial(document, deep(limit - 1))
+    out["deep_for_python"] = functools.partial(document, deep(PYTHON_DEEP))
     return out
+
+
+def document(fragment: str, sid: int) -> str:
+    return with_fragment(template(sid), fragment)
 
 
 def unreadable_by_postgres(conn: Connection, doc: str) -> bool:
