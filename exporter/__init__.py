@@ -6,6 +6,7 @@ The rooms, and what each holds (docs/design.md tells the whole story):
 - logs          log lines in logfmt or JSON, passwords scrubbed
 - assets        the files the wheel ships for operators (rules, dashboards, roles.sql)
 - errors        OperatorError: one line on stderr, exit 2
+- yamlfile      reading an operator's YAML file (config, web config) with one-line errors
 - config        every setting, declared once (name, type, default, help, env, flag), and loading
 - vocabulary    problem kinds, poll error reasons, remediation actions/outcomes, metric families
 - service       run `serve`: start whatever the database does, poller, finalizer, HTTP, signals
