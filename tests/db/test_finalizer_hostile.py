@@ -12,7 +12,8 @@ and the demo's batches, on a real PostgreSQL:
   needs_person, nothing written (counting it as absent would charge twice);
 - an unreadable comparison pair names no model: the batch is healed, once;
 - an unreadable newest result (json.loads) leaves what R3 compares with unknown: needs_person;
-- no batch ever gets a second completion or charge.
+- no batch ever gets a second completion or charge;
+- and an unreadable event committed while a finalization runs rolls it back (final re-check).
 """
 
 from __future__ import annotations
@@ -33,9 +34,17 @@ from exporter.config import RemediationSettings, Settings
 from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec
 from exporter.finalizer.anchors import backfill_anchors
+from exporter.finalizer.refinalize import Hooks, refinalize
 from exporter.finalizer.service import Remediator
 from exporter.upstream import events as ev
-from exporter.vocabulary import APPLIED, BACKFILL_ANCHORS, DRY_RUN, NEEDS_PERSON, REFINALIZE
+from exporter.vocabulary import (
+    APPLIED,
+    BACKFILL_ANCHORS,
+    DRY_RUN,
+    NEEDS_PERSON,
+    REFINALIZE,
+    SKIPPED,
+)
 from tests.support.hostile_json import HOSTILE_FRAGMENTS, deep, with_fragment
 from tests.support.remediation import RemediationDb
 
@@ -252,3 +261,29 @@ def test_hostile_documents_in_every_place_the_finalizer_reads(
         assert events(db.engine, batch)["completed"] <= max(1, before[batch]["completed"])
         assert events(db.engine, batch)["resource"] <= max(1, before[batch]["resource"])
     print("\nrefinalize per hostile document:\n  " + "\n  ".join(table))
+
+
+def test_an_unreadable_event_written_during_the_finalization_rolls_it_back(
+        remediation_db: RemediationDb) -> None:
+    """The final re-check counts the aggregate's unreadable events like the run's own: one
+    committed by another writer while the finalization runs (it may be the service's
+    completion of this run) rolls everything back; the next attempt leaves it to a person."""
+    db = remediation_db
+    batch = db.seed(WEDGED)
+    doc = document(HOSTILE_FRAGMENTS["nul"], batch)
+
+    def service_writes_one() -> None:
+        with db.engine.begin() as conn:
+            plant(conn, "completion", batch, doc)
+
+    before = events(db.engine, batch)
+    raced = refinalize(db.engine, batch, replica="hostile-test", dry_run=False,
+                       hooks=Hooks(before_commit=service_writes_one))
+    assert raced.outcome == SKIPPED, raced.line()
+    assert raced.detail["events_found"]["unreadable"] == 1, raced.detail
+    assert "unreadable" not in raced.detail["events_expected"]
+    after = events(db.engine, batch)
+    assert after == {**before, "rows": before["rows"] + 1}  # only the service's row
+    again = refinalize(db.engine, batch, replica="hostile-test", dry_run=False)
+    assert again.outcome == NEEDS_PERSON and "cannot be read" in again.reason, again.line()
+    assert events(db.engine, batch) == after
