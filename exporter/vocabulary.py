@@ -304,7 +304,7 @@ _FAMILIES: tuple[MetricFamily, ...] = (
         "cj_health_snapshot_stale", GAUGE,
         "1 when per-batch series are withdrawn: no successful poll for stale_after intervals."),
     MetricFamily("cj_health_last_success_timestamp_seconds", GAUGE,
-                 "Unix time of the last successful poll."),
+                 "Unix time of the last successful poll, on the database's clock."),
     MetricFamily("cj_health_poll_duration_seconds", GAUGE, "Duration of the last poll attempt."),
     MetricFamily("cj_health_polls", COUNTER, "Poll attempts."),
     MetricFamily("cj_health_poll_errors", COUNTER, "Failed polls by reason.", ("reason",)),
@@ -320,7 +320,7 @@ _FAMILIES: tuple[MetricFamily, ...] = (
                  "Successful full polls: every watched batch read (the others read only the"
                  " batches whose rows changed)."),
     MetricFamily("cj_health_last_full_poll_timestamp_seconds", GAUGE,
-                 "Unix time of the last successful full poll."),
+                 "Unix time of the last successful full poll, on the database's clock."),
     MetricFamily("cj_health_unsignalled_change_bound_seconds", GAUGE,
                  "Longest a change that moves no timestamp (an UPDATE by hand) can stay unseen:"
                  " until the next full poll."),

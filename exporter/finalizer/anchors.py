@@ -1,7 +1,9 @@
 """Action `backfill_anchors`: is_anchor = true where the essay's metadata says it is an anchor.
 
 The metadata flag is canonical (upstream sets the column from it on insert); the action never
-clears a flag, so a reverse mismatch (column true, metadata false) stays for a person. One
+clears a flag, so a reverse mismatch (column true, metadata false) stays for a person; nor
+does it flag an essay whose metadata ->> cannot read (sql/views/cj_health_json.sql: it says
+nothing, and the statement never fails on it: the batch's other anchors are flagged). One
 batch per transaction; the UPDATE is idempotent (IS DISTINCT FROM true), so concurrent runs
 cannot double-apply it.
 """
@@ -22,7 +24,7 @@ from exporter.vocabulary import APPLIED, BACKFILL_ANCHORS, DRY_RUN, FAILED, SKIP
 
 _PENDING = text(
     "SELECT els_essay_id FROM cj_processed_essays WHERE cj_batch_id = :id"
-    " AND lower(processing_metadata ->> 'is_anchor') = 'true'"
+    " AND lower(cj_health_json(processing_metadata) ->> 'is_anchor') = 'true'"
     " AND is_anchor IS DISTINCT FROM true ORDER BY els_essay_id"
 )
 

@@ -72,21 +72,43 @@ def record(engine: Engine, result: Result, replica: str, dry_run: bool) -> None:
         insert(conn, result, replica, dry_run)
 
 
-def history(conn: Connection, batch_ids: Sequence[int],
-            dry_run: bool) -> dict[tuple[int, str], History]:
-    """(cj_batch_id, action) -> History, for the valves (max_attempts, cooldown)."""
-    if not batch_ids:
-        return {}
-    rows = conn.execute(
-        text(f"SELECT cj_batch_id, action,"
-             f" count(*) FILTER (WHERE NOT dry_run AND outcome = ANY(CAST(:tried AS text[]))),"
-             f" max(at) FILTER (WHERE dry_run = :dry_run)"
-             f" FROM {TABLE} WHERE cj_batch_id = ANY(CAST(:ids AS integer[]))"
-             f" GROUP BY cj_batch_id, action"),
-        {"ids": list(batch_ids), "dry_run": dry_run, "tried": list(ATTEMPT_OUTCOMES)},
-    ).all()
-    return {(int(b), str(a)): History(int(n), last.timestamp() if last else None)
-            for b, a, n, last in rows}
+@dataclass(frozen=True)
+class Past:
+    """The batches' audit history and the database's clock, from one read."""
+
+    now: float  # the database's now() (Unix time), the instant `history` compares with
+    by_action: dict[tuple[int, str], History]  # (cj_batch_id, action) -> History
+
+
+# now(), not clock_timestamp(): the cycle reads the view (its state_age_seconds, which the
+# min_wedged_seconds valve compares, is `now() - last_activity_at`) and this history in ONE
+# transaction, and now() is that transaction's start: every valve then measures at one instant
+# of one clock, the database's, which also wrote every `at` (DEFAULT now()). The exporter
+# host's clock never enters a decision: stepped a day ahead it would end every cooldown, a day
+# behind it would block every retry (tests/process/test_remediation_clock.py).
+_HISTORY = text(
+    f"SELECT EXTRACT(EPOCH FROM now()) AS now, h.cj_batch_id, h.action, h.attempts,"
+    f" EXTRACT(EPOCH FROM h.last_at) AS last_at"
+    f" FROM (SELECT 1) AS one LEFT JOIN ("
+    f"  SELECT cj_batch_id, action,"
+    f"  count(*) FILTER (WHERE NOT dry_run AND outcome = ANY(CAST(:tried AS text[])))"
+    f"   AS attempts,"
+    f"  max(at) FILTER (WHERE dry_run = :dry_run) AS last_at"
+    f"  FROM {TABLE} WHERE cj_batch_id = ANY(CAST(:ids AS integer[]))"
+    f"  GROUP BY cj_batch_id, action) AS h ON true"
+)
+
+
+def history(conn: Connection, batch_ids: Sequence[int], dry_run: bool) -> Past:
+    """(cj_batch_id, action) -> History for the valves (max_attempts, cooldown), and the
+    database's now() of the same statement to compare the times with."""
+    rows = conn.execute(_HISTORY, {"ids": list(batch_ids), "dry_run": dry_run,
+                                   "tried": list(ATTEMPT_OUTCOMES)}).mappings().all()
+    by_action = {(int(r["cj_batch_id"]), str(r["action"])):
+                 History(int(r["attempts"]), None if r["last_at"] is None
+                         else float(r["last_at"]))
+                 for r in rows if r["cj_batch_id"] is not None}
+    return Past(float(rows[0]["now"]), by_action)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Bradley-Terry scores and standard errors, computed exactly as the CJ service does.
 
-Upstream (cj_core_logic/scoring_ranking.py + bt_inference.py, cj_schema.md §6):
+Upstream (cj_core_logic/scoring_ranking.py + bt_inference.py; docs/design.md §F9):
 - items are every essay of the batch, anchors included, sorted by els_essay_id;
 - the data are (winner, loser) index pairs from comparison rows whose winner is essay_a/essay_b
   (a pair naming an essay outside the batch is skipped);

@@ -12,7 +12,8 @@ class History:
     """A batch's audit history for one action, as the valves see it."""
 
     attempts: int  # non-dry-run runs that tried: applied, failed, needs_person
-    last_at: float | None  # Unix time of the last run in the same mode (dry-run or not)
+    last_at: float | None  # the last run in the same mode (dry-run or not), Unix time, as the
+    # database wrote it (audit `at`): compared with the database's now() only (audit.history)
 
 
 @dataclass(frozen=True)

@@ -351,12 +351,15 @@ def _interference(conn: Connection, plan: Plan | Close) -> Result | None:
             "reason": "another writer (the CJ service?) committed events of this run while the"
                       " finalization ran: rolled back, nothing written; the next attempt's"
                       " guard sees them",
-            "events_expected": dict(zip(("completed", "result", "resource"), expected,
-                                        strict=True)),
-            "events_found": dict(zip(("completed", "result", "resource"), found,
-                                     strict=True))})
+            "events_expected": _named(expected), "events_found": _named(found)})
     blocked = store.waiters(conn)
     return _yielded(bid, blocked) if blocked else None
+
+
+def _named(counts: tuple[int, ...]) -> dict[str, int]:
+    """store.counts by kind; the unreadable events of the BOS aggregate only when any."""
+    named = dict(zip(("completed", "result", "resource"), counts[:3], strict=True))
+    return named | ({"unreadable": counts[3]} if counts[3] else {})
 
 
 def _yielded(batch_id: int, blocked: list[store.Waiter]) -> Result:
@@ -422,6 +425,9 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool,
         return refused
     at = store.db_clock(conn)
     written = store.written_events(conn, batch)
+    unreadable = _unreadable_events(batch, written)
+    if unreadable is not None:
+        return unreadable
     publishing = _publishing(batch, written, quiet_seconds)
     if publishing is not None:
         return publishing
@@ -433,7 +439,11 @@ def _plan(conn: Connection, batch: store.Batch, backfill: bool,
     newer = store.superseded_by(conn, batch)
     if newer:
         return _superseded(batch, written, newer, at)
-    flagged, essays = _anchors(conn, bid, backfill)
+    try:
+        flagged, essays = _anchors(conn, bid, backfill)
+    except store.UnreadableEssays as exc:
+        return Result(REFINALIZE, bid, NEEDS_PERSON, {"reason": str(exc),
+                                                      "essays": exc.essays[:20]})
     if not essays:
         return Result(REFINALIZE, bid, NEEDS_PERSON, {
             "reason": "the batch has no essays and no newer run owns the ones it compared"})
@@ -500,6 +510,29 @@ def _busy(batch: store.Batch, quiet_seconds: float) -> Result | None:
                 "reason": f"its {row} row was written {max(idle, 0.0):.1f} s ago (state"
                           f" {batch.state}, status {batch.status}): the CJ service may be"
                           f" finalizing it; retried once it has been quiet {quiet_seconds:g} s"})
+    return None
+
+
+def _unreadable_events(batch: store.Batch, written: store.Written) -> Result | None:
+    """Events whose document cannot be read: a completion or resource event of the BOS batch
+    may be this run's (whose it is, its document would say), and the newest result is what R3
+    compares with. Counting them as absent could write a second completion or charge: a
+    person reads them (sql/views/cj_health_json.sql says why ->> cannot)."""
+    parts = [f"{n} {kind} event(s) of BOS batch {batch.bos_batch_id}" for kind, n in
+             (("completion", written.unreadable_completed),
+              ("resource", written.unreadable_resources)) if n]
+    if parts:
+        return Result(REFINALIZE, batch.cj_batch_id, NEEDS_PERSON, {
+            "reason": f"{' and '.join(parts)} in the outbox cannot be read (a \\u0000 or"
+                      " lone-surrogate escape, or nesting too deep for ->>): any of them may be"
+                      " this run's, so nothing is written (else a second completion or charge)",
+            "unreadable_events": {"completed": written.unreadable_completed,
+                                  "resource": written.unreadable_resources}})
+    if written.last_result_unreadable:
+        return Result(REFINALIZE, batch.cj_batch_id, NEEDS_PERSON, {
+            "reason": "the newest result event of this run in the outbox cannot be read"
+                      " (nested too deep for json.loads): what it says is unknown (R3), so"
+                      " nothing is written"})
     return None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -122,6 +121,8 @@ class Remediator:
             pause = audit.pause_state(conn)
             found = candidates.find(conn, self.settings.lookback_seconds, self.actions)
             ids = sorted({c.cj_batch_id for c in found.candidates})
+            # The valves compare times the database wrote with the database's clock of this
+            # same read (audit.history), never with the exporter host's.
             past = audit.history(conn, ids, self.dry_run)
         paused = r.paused or pause is not None
         if paused and found.candidates:
@@ -129,7 +130,7 @@ class Remediator:
                      pause.describe() if pause else "remediation.paused",
                      len(found.candidates))
         decision = valves.decide(found.candidates, wedged=found.wedged, paused=paused,
-                                 settings=r, history=past, now=time.time())
+                                 settings=r, history=past.by_action, now=past.now)
         if decision.blocked.get("too_many_wedged"):
             log.error("%d batches are wedged at once (max_wedged_for_auto=%d): no automatic "
                       "remediation, this looks systemic", found.wedged, r.max_wedged_for_auto)

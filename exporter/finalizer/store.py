@@ -138,66 +138,86 @@ class Written:
     unpublished_results: int  # R3: a correction waits while one of these is still queued
     last_result: dict[str, Any] | None  # event_data of the newest result row, if parseable
     newest_age: float | None = None  # seconds since the newest of them was created (db clock)
+    # Completion and resource events of the BOS batch's aggregate whose document ->> cannot
+    # read (sql/views/cj_health_json.sql): whose run they are is unknown, so each may be this
+    # run's; never counted as absent (that would write a second completion or charge).
+    unreadable_completed: int = 0
+    unreadable_resources: int = 0
+    last_result_unreadable: bool = False  # the newest result row: json.loads refused it
 
     def kinds(self) -> list[str]:
         return [k for k, n in (("completed", self.completed), ("result", self.results),
                                ("resource", self.resources)) if n]
 
 
+# The BOS batch's completion and resource events (upstream's index ix_event_outbox_aggregate_id;
+# re-runs share the aggregate), each document read ONCE through cj_health_json (the CTE is
+# referenced several times, so PostgreSQL materializes it): one hostile document costs this
+# run its automatic healing (it counts as unreadable), never the statement.
 _WRITTEN = text(
-    "SELECT"
-    " (SELECT count(*) FROM event_outbox WHERE event_type = :completed"
-    "  AND (event_data -> 'data' ->> 'cj_assessment_job_id') = :sid) AS completed,"
+    "WITH bos AS ("
+    " SELECT event_type, created_at, event_data IS NOT NULL AS has_doc,"
+    "  cj_health_json(event_data) AS doc FROM event_outbox"
+    " WHERE aggregate_id = :bos AND event_type IN (:completed, :resource)),"
+    " mine AS (SELECT event_type, created_at FROM bos"
+    " WHERE (event_type = :completed AND (doc -> 'data' ->> 'cj_assessment_job_id') = :sid)"
+    "  OR (event_type = :resource AND (doc -> 'data' ->> 'processing_id') = :sid))"
+    " SELECT"
+    " (SELECT count(*) FROM mine WHERE event_type = :completed) AS completed,"
     " (SELECT count(*) FROM event_outbox WHERE event_type = :result"
     "  AND aggregate_id = :sid) AS results,"
     " (SELECT count(*) FROM event_outbox WHERE event_type = :result"
     "  AND aggregate_id = :sid AND published_at IS NULL) AS unpublished_results,"
-    " (SELECT count(*) FROM event_outbox WHERE event_type = :resource"
-    "  AND aggregate_id = :bos"
-    "  AND (event_data -> 'data' ->> 'processing_id') = :sid) AS resources,"
+    " (SELECT count(*) FROM mine WHERE event_type = :resource) AS resources,"
+    " (SELECT count(*) FROM bos WHERE event_type = :completed AND has_doc AND doc IS NULL)"
+    "  AS unreadable_completed,"
+    " (SELECT count(*) FROM bos WHERE event_type = :resource AND has_doc AND doc IS NULL)"
+    "  AS unreadable_resources,"
     " (SELECT CAST(event_data AS text) FROM event_outbox WHERE event_type = :result"
     "  AND aggregate_id = :sid ORDER BY created_at DESC, published_at DESC NULLS FIRST"
     "  LIMIT 1) AS last_result,"
     " (SELECT EXTRACT(EPOCH FROM clock_timestamp()"
-    "   - max(created_at) FILTER (WHERE isfinite(created_at))) FROM event_outbox"
-    "  WHERE (event_type = :completed"
-    "   AND (event_data -> 'data' ->> 'cj_assessment_job_id') = :sid)"
-    "  OR (event_type = :result AND aggregate_id = :sid)"
-    "  OR (event_type = :resource AND aggregate_id = :bos"
-    "   AND (event_data -> 'data' ->> 'processing_id') = :sid)) AS newest_age"
+    "   - max(created_at) FILTER (WHERE isfinite(created_at))) FROM ("
+    "   SELECT created_at FROM mine UNION ALL SELECT created_at FROM event_outbox"
+    "   WHERE event_type = :result AND aggregate_id = :sid) AS t) AS newest_age"
 )
 
 
 def written_events(conn: Connection, batch: Batch) -> Written:
     """This run's events, keyed by the CJ batch, never by bos_batch_id alone (re-runs share
-    it): the completion event's cj_assessment_job_id, the result event's aggregate, and the
-    resource event's processing_id (upstream sets it to the CJ batch id) within the BOS
-    batch's aggregate."""
+    it): the completion event's cj_assessment_job_id and the resource event's processing_id
+    (upstream sets it to the CJ batch id) within the BOS batch's aggregate, and the result
+    event's aggregate (the CJ batch id)."""
     row = conn.execute(_WRITTEN, {
         "completed": ev.COMPLETED_EVENT, "result": ev.RESULT_EVENT,
         "resource": ev.RESOURCE_EVENT, "sid": str(batch.cj_batch_id),
         "bos": batch.bos_batch_id}).mappings().one()
     last: Any = None
+    last_unreadable = False
     if row["last_result"]:
         try:
             last = json.loads(row["last_result"])
-        except ValueError:
-            last = None
+        except (ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels
+            last_unreadable = True
     return Written(int(row["completed"]), int(row["results"]), int(row["resources"]),
                    int(row["unpublished_results"]), last if isinstance(last, dict) else None,
-                   _seconds(row["newest_age"]))
+                   _seconds(row["newest_age"]), int(row["unreadable_completed"]),
+                   int(row["unreadable_resources"]), last_unreadable)
 
 
-def counts(written: Written) -> tuple[int, int, int]:
-    """(completions, results, resource events): what the final re-check compares."""
-    return written.completed, written.results, written.resources
+def counts(written: Written) -> tuple[int, int, int, int]:
+    """(completions, results, resource events, unreadable events of the BOS aggregate): what
+    the fence and the final re-check compare (an unreadable event written meanwhile may be
+    this run's: it counts like one of its own)."""
+    return (written.completed, written.results, written.resources,
+            written.unreadable_completed + written.unreadable_resources)
 
 
-def added_by(rows: Sequence[ev.OutboxRow]) -> tuple[int, int, int]:
+def added_by(rows: Sequence[ev.OutboxRow]) -> tuple[int, int, int, int]:
     """The same counts for the rows this transaction inserts (they count in its own re-read)."""
     types = [r.event_type for r in rows]
     return (types.count(ev.COMPLETED_EVENT), types.count(ev.RESULT_EVENT),
-            types.count(ev.RESOURCE_EVENT))
+            types.count(ev.RESOURCE_EVENT), 0)
 
 
 @dataclass(frozen=True)
@@ -256,11 +276,24 @@ def db_clock(conn: Connection) -> datetime:
 
 
 def metadata_says_anchor(meta: Any) -> bool:
-    """Python twin of `lower(processing_metadata ->> 'is_anchor') = 'true'`."""
+    """Python twin of `lower(cj_health_json(processing_metadata) ->> 'is_anchor') = 'true'` (for
+    a document both can read: load_essays refuses the others)."""
     if not isinstance(meta, dict):
         return False
     value = meta.get("is_anchor")
     return isinstance(value, bool | str) and str(value).lower() == "true"
+
+
+class UnreadableEssays(Exception):
+    """Essays whose metadata cannot be read: by ->> (sql/views/cj_health_json.sql), or by
+    json.loads (nested past ~1,000 levels). Whether they are anchors, and of which grade, is
+    unknown, so no projection of the batch can be trusted: a person's call."""
+
+    def __init__(self, essays: Sequence[str]) -> None:
+        self.essays = sorted(essays)
+        super().__init__(f"{len(self.essays)} essay(s) of the batch have metadata that cannot"
+                         " be read (a \\u0000 or lone-surrogate escape, or nesting too deep):"
+                         " whether they are anchors is unknown, so the batch is not rescored")
 
 
 def load_essays(conn: Connection, batch_id: int) -> list[Essay]:
@@ -269,21 +302,30 @@ def load_essays(conn: Connection, batch_id: int) -> list[Essay]:
     In upstream's row order: its get_essays_for_cj_batch is an un-ordered select, whose
     physical order `ORDER BY ctid` reproduces, and the last anchor in that order is its SE
     reference (bt.py). Rows an UPDATE rewrote (the anchor backfill) come later in that order.
+    Raises UnreadableEssays when a document cannot be read (the SQL of this module reads it
+    through cj_health_json and would take it for "no anchor"; Python would read it otherwise).
     """
     rows = conn.execute(
         text("SELECT els_essay_id, is_anchor, CAST(processing_metadata AS text) AS meta,"
+             " (processing_metadata IS NOT NULL"
+             "  AND cj_health_json(processing_metadata) IS NULL) AS unreadable,"
              " text_storage_id FROM cj_processed_essays WHERE cj_batch_id = :id"
              " ORDER BY ctid"),
         {"id": batch_id},
     ).mappings().all()
-    essays = []
+    essays, unreadable = [], []
     for r in rows:
         try:
             meta = json.loads(r["meta"]) if r["meta"] else {}
-        except ValueError:
-            meta = {}
+        except (ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels
+            meta = None
+        if meta is None or r["unreadable"]:
+            unreadable.append(str(r["els_essay_id"]))
+            continue
         essays.append(Essay(r["els_essay_id"], bool(r["is_anchor"]),
                             meta if isinstance(meta, dict) else {}, r["text_storage_id"]))
+    if unreadable:
+        raise UnreadableEssays(unreadable)
     return essays
 
 
@@ -306,10 +348,13 @@ def llm_model(conn: Connection, batch_id: int) -> tuple[str, str] | None:
     (`ORDER BY ctid`; Python's max keeps the first of equal counts, as upstream's does).
     None when no comparison names both: the caller uses the configured defaults."""
     counts: dict[tuple[str, str], int] = {}
+    # A pair whose metadata ->> cannot read names no model (cj_health_json gives NULL): it is
+    # skipped like one without the keys, never a failure of the batch's every attempt.
     for provider, model in conn.execute(
-            text("SELECT processing_metadata ->> 'provider', processing_metadata ->> 'model'"
+            text("SELECT p.doc ->> 'provider', p.doc ->> 'model' FROM ("
+                 " SELECT ctid AS row_at, cj_health_json(processing_metadata) AS doc"
                  " FROM cj_comparison_pairs WHERE cj_batch_id = :id AND error_code IS NULL"
-                 " ORDER BY ctid"), {"id": batch_id}):
+                 " OFFSET 0) AS p ORDER BY p.row_at"), {"id": batch_id}):
         if provider and model:
             counts[(provider, model)] = counts.get((provider, model), 0) + 1
     if not counts:
@@ -353,11 +398,13 @@ def assignment_has_anchors(conn: Connection, assignment_id: str | None) -> bool:
 
 
 def backfill_anchor_flags(conn: Connection, batch_id: int) -> list[str]:
-    """is_anchor = true where the metadata says so; never clears a flag. Returns the ids."""
+    """is_anchor = true where the metadata says so; never clears a flag. Returns the ids. A
+    document ->> cannot read says nothing (cj_health_json: NULL), so its essay is left."""
     return list(conn.execute(
         text("UPDATE cj_processed_essays SET is_anchor = true,"
              " updated_at = (clock_timestamp() AT TIME ZONE 'UTC')"
-             " WHERE cj_batch_id = :id AND lower(processing_metadata ->> 'is_anchor') = 'true'"
+             " WHERE cj_batch_id = :id"
+             " AND lower(cj_health_json(processing_metadata) ->> 'is_anchor') = 'true'"
              " AND is_anchor IS DISTINCT FROM true RETURNING els_essay_id"),
         {"id": batch_id},
     ).scalars())

@@ -10,6 +10,10 @@ candidates it catches (counted per reason in cj_health_remediation_blocked):
 - max_attempts: the action already tried this batch that often (applied/failed/needs_person);
 - cooldown: the same action on the same batch ran less than cooldown_seconds ago;
 - cycle_limit: more than max_actions_per_cycle actions are due; the rest wait a cycle.
+
+Every time here is the database's: `now` is its now() read with the audit history
+(audit.history), quiet_seconds comes from the view in the same transaction. The exporter
+host's clock would let a step of it end a cooldown early or hold one for ever.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def authorize(settings: FinalizerSettings) -> Authorization:
 class Candidate:
     cj_batch_id: int
     action: str
-    quiet_seconds: float  # now - last_activity_at
+    quiet_seconds: float  # now() - last_activity_at, by the database's clock (the view)
 
 
 @dataclass(frozen=True)

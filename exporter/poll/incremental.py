@@ -96,7 +96,8 @@ class IncrementalPoll:
         self.settings = settings
         self._kept: Kept | None = None
         self._last_full_started: float | None = None  # monotonic
-        self.last_full_at: float | None = None  # Unix time of the last successful full poll
+        # Unix time (the database's clock) of the last successful full poll
+        self.last_full_at: float | None = None
         self.full_polls = 0
         self._missing: list[str] = []
         self._full_requested = False
@@ -167,14 +168,16 @@ class IncrementalPoll:
         outbox = parse_outbox(query.outbox_facts(conn))
         self._kept = kept
         self._last_full_started = started
-        self.last_full_at = time.time()
+        self.last_full_at = mark.at.timestamp()
         self.full_polls += 1
         return self._assemble(kept, outbox, started, full=True, read=len(kept.ids()))
 
     def _assemble(self, kept: Kept, outbox: OutboxFacts, started: float, *, full: bool,
                   read: int) -> Snapshot:
         s = self.settings
-        snap = kept.ledger.snapshot(outbox, kept.malformed_reasons(), now=time.time(),
+        # The database's now(): the recent window is cut against the database's own stamps,
+        # so a step of the exporter host's clock moves no batch in or out of it.
+        snap = kept.ledger.snapshot(outbox, kept.malformed_reasons(), now=kept.mark.at.timestamp(),
                                     duration=time.monotonic() - started,
                                     recent_window=s.recent_window_seconds,
                                     max_batches=s.max_batches)

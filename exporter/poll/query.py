@@ -66,6 +66,12 @@ def watched_ids(conn: Connection, lookback: float) -> set[int]:
     return {int(i) for i in conn.execute(WATCHED_IDS_SQL, {"lookback": lookback}).scalars()}
 
 
+def database_now(conn: Connection) -> float:
+    """now() of the poll's transaction as Unix seconds: the recent window is measured on the
+    database's clock, the one its timestamps were written by (never the exporter host's)."""
+    return float(conn.execute(text("SELECT extract(epoch FROM now())")).scalar_one())
+
+
 def outbox_facts(conn: Connection) -> Mapping[Any, Any]:
     return conn.execute(OUTBOX_SQL).mappings().one()
 
@@ -75,8 +81,9 @@ def poll(engine: Engine, settings: Settings) -> Snapshot:
     started = time.monotonic()
     with read_only_snapshot(engine, settings.statement_timeout_seconds,
                             settings.lock_timeout_seconds) as conn:
+        now = database_now(conn)
         rows = watched_rows(conn, settings.lookback_seconds)
         outbox = outbox_facts(conn)
-    return build_snapshot(rows, outbox, now=time.time(), duration=time.monotonic() - started,
+    return build_snapshot(rows, outbox, now=now, duration=time.monotonic() - started,
                           recent_window=settings.recent_window_seconds,
                           max_batches=settings.max_batches)

@@ -86,7 +86,7 @@ class OutboxFacts:
 
 @dataclass(frozen=True)
 class Snapshot:
-    taken_at: float
+    taken_at: float  # Unix seconds on the database's clock (its now() of the poll)
     duration_seconds: float
     batches: tuple[BatchRow, ...]  # the exported set, capped at max_batches
     watched: int
