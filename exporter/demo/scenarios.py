@@ -538,6 +538,11 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
 }
 
 
+UNREADABLE_SCENARIO = BatchSpec(
+    status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=8, finished=False,
+    essay_metadata={"is_anchor": False, "note": "pasted from a PDF\x00"})
+
+
 def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozenset[str]]:
     """Plant every scenario; return cj_batch_id -> the problems it must be flagged with."""
     seeder = Seeder(conn, now=now or datetime.now(UTC))
@@ -551,5 +556,9 @@ def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozen
                                               completion_runs=1))] = problem_set()
     # Years of history are not watched: a batch finished long ago is never exported.
     seeder.insert_batch(BatchSpec(completion_runs=1, idle=HISTORY_IDLE))
+    # Essay metadata holding a NUL (json.dumps writes \u0000), which PostgreSQL stores but
+    # ->/->> cannot read: the batch is exported with cj_batch_unreadable_documents 6 and facts
+    # unknown, every other batch as usual (docs/metrics.md). Planted last: the other ids stay.
+    planted[seeder.insert_batch(UNREADABLE_SCENARIO)] = problem_set()
     seeder.outbox_backlog(pending=OUTBOX_PENDING, failed=OUTBOX_FAILED, oldest=OUTBOX_OLDEST)
     return planted
