@@ -335,7 +335,7 @@ def _in_flight(row: PlanRow, pairs: int, rng: random.Random) -> None:
 
 
 def _fault(row: PlanRow, kind: str, pairs: int, rng: random.Random) -> None:
-    """The production failures (README's table, docs/metrics.md's problem kinds), one kind per batch."""
+    """The production failures (docs/metrics.md's problem kinds), one kind per batch."""
     row.kind = kind
     row.pairs = row.budget = pairs
     row.errors = int(pairs * rng.uniform(0, 0.05))

@@ -471,9 +471,9 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="PENDING", state="INITIALIZING", budget=None, submitted=0, completed=0,
                   request_metadata=False, finished=False, idle=timedelta(seconds=5)),
         problem_set()),
-    # What the pre-fix code left (docs/finalizer.md, "The policy", fixture batch 1): it scored the batch and published one
-    # completion, one all-"U" result without assignment_id and one charge, then the state
-    # machine never left WAITING_CALLBACKS.
+    # What the pre-fix code left (docs/finalizer.md, "The policy", fixture batch 1): it scored
+    # the batch and published one completion, one all-"U" result without assignment_id and one
+    # charge, then the state machine never left WAITING_CALLBACKS.
     "batch20_wedge": (
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
                   anchors_flagged=False, idle=BATCH20_IDLE, completion_runs=1,
