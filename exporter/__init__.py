@@ -6,6 +6,7 @@ package is also listed in its package's docstring):
 - __main__      `python -m exporter`, the same as the console script
 - cli           parse the command line and dispatch; nothing else
 - errors        OperatorError: one line on stderr, exit 2
+- yamlfile      reading an operator's YAML file (config, web config) with one-line errors
 - config        every setting, declared once (name, type, default, help, env, flag), and loading
 - vocabulary    problem kinds, poll error reasons, remediation actions/outcomes, metric families
 - logs          log lines in logfmt or JSON, passwords scrubbed

@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
+from exporter import yamlfile
 from exporter.errors import OperatorError
 from exporter.vocabulary import ACTIONS, AUTO_ELECTION, LEADER_ELECTIONS
 
@@ -320,16 +319,7 @@ def _replace_alternatives(below: dict[str, Any], layer: Mapping[str, Any], sourc
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OperatorError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise OperatorError(f"config file {path} is not valid YAML{line}") from None
-    if data is None:
-        return {}
+    data = yamlfile.read(path, f"config file {path}")
     if not isinstance(data, dict):
         raise OperatorError(f"config file {path} must hold a mapping of settings")
     return data

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from exporter import yamlfile
 from exporter.errors import OperatorError
 from exporter.web.auth import BCRYPT_HASH
 from exporter.web.tls import (
@@ -83,16 +82,7 @@ def load(path: str | Path) -> WebConfig:
     """Read and validate a web config file, or raise OperatorError (one line, no secrets)."""
     path = Path(path)
     where = f"web config file {path}"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OperatorError(f"cannot read {where}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise OperatorError(f"{where} is not valid YAML{line}") from None
-    if data is None:
-        data = {}
+    data = yamlfile.read(path, where)
     _expect_mapping(data, where)
     _no_unknown(data, TOP_KEYS, where, "")
     if data.get("rate_limit") is not None:
