@@ -9,6 +9,7 @@ package is also listed in its package's docstring):
 - yamlfile      reading an operator's YAML file (config, web config) with one-line errors
 - config        every setting, declared once (name, type, default, help, env, flag), and loading
 - vocabulary    problem kinds, poll error reasons, remediation actions/outcomes, metric families
+- yamlfile      reading an operator's YAML file (--config, the web config): one-line errors
 - logs          log lines in logfmt or JSON, passwords scrubbed
 - assets        the files the wheel ships for operators (rules, dashboards, roles.sql), and
                 where they are in this install
