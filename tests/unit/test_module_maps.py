@@ -1,7 +1,8 @@
 """The module maps name every module, and nothing that is not one: exporter/__init__.py (each
-top-level module and package), each package's own docstring (its modules), and docs/design.md's
-"Every module and its one job" (every module of the package and every SQL file under sql/).
-A module added, moved or deleted without its line in the maps fails here."""
+top-level module and package), each package's own docstring (its modules), docs/design.md's
+"Every module and its one job" (every module of the package and every SQL file under sql/), and
+tests/support/__init__.py (the shared test helpers). A module added, moved or deleted without
+its line in the maps fails here."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from tests.support.paths import ROOT
 
 PACKAGE = ROOT / "exporter"
+SUPPORT = ROOT / "tests" / "support"
 SQL = ROOT / "sql"
 DESIGN = ROOT / "docs" / "design.md"
 SECTION = "### Every module and its one job"
@@ -77,3 +79,10 @@ def test_design_lists_every_module_and_sql_file() -> None:
     listed, files = design_table(), modules | sql
     assert listed == files, (f"missing: {sorted(files - listed)}; "
                              f"not files: {sorted(listed - files)}")
+
+
+def test_the_test_support_map_names_every_helper() -> None:
+    listed = set(re.findall(r"^- (\w+)\s", docstring(SUPPORT / "__init__.py"), flags=re.M))
+    expected = {p.stem for p in SUPPORT.glob("*.py") if p.name != "__init__.py"}
+    assert listed == expected, (f"missing: {sorted(expected - listed)}; "
+                                f"not modules: {sorted(listed - expected)}")
