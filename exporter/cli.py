@@ -21,7 +21,7 @@ from typing import Any
 from exporter import PROG, config, logs, version
 from exporter.config import Declaration, Settings
 from exporter.errors import EXIT_CODE, OperatorError
-from exporter.vocabulary import ACTIONS
+from exporter.vocabulary import ACTIONS, CHARGES_FORMATS
 
 # The settings every command that reads the CJ database accepts.
 DSN_KEYS = ("dsn", "dsn_file")
@@ -99,13 +99,11 @@ def _demo_parser(sub: Any) -> None:
 
 
 def _charges_parser(sub: Any) -> None:
-    from exporter.commands.charges import FORMATS
-
     charges = sub.add_parser(
         "charges", help="list every CJ run charged more than once, with the excess to refund")
     charges.add_argument("--since", metavar="DATE",
                          help="only runs with a charge on or after this UTC day (YYYY-MM-DD)")
-    charges.add_argument("--format", choices=FORMATS, default="table",
+    charges.add_argument("--format", choices=CHARGES_FORMATS, default="table",
                          help="table for people, json or csv for a refund script [default table]")
     _setting_flags(charges, _declared(DSN_KEYS + LOG_KEYS))
     charges.set_defaults(func=cmd_charges)

@@ -143,6 +143,12 @@ UNREADABLE_DOCUMENT_COLUMNS: Mapping[str, str] = {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Output formats of the `charges` report (here, not in exporter.commands.charges: the parser
+# reads them, and building it must not import SQLAlchemy, see `healthcheck`).
+
+CHARGES_FORMATS = ("table", "json", "csv")
+
+# ---------------------------------------------------------------------------------------------
 # Poll errors: cj_health_poll_errors_total{reason} (exporter.db.error_reason classifies them).
 
 POLL_ERROR_REASONS = ("connection", "timeout", "query", "data")

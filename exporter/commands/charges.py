@@ -30,8 +30,6 @@ from exporter.config import Settings
 from exporter.db import read_only_snapshot
 from exporter.errors import OperatorError
 
-FORMATS = ("table", "json", "csv")
-
 # Runs charged more than once, each with all its charges; --since keeps the runs that have a
 # charge at or after the given UTC day.
 _QUERY = text(
@@ -81,7 +79,7 @@ def parse_since(value: str | None) -> date | None:
 
 def run(settings: Settings, since: str | None, fmt: str) -> int:
     """The `charges` command: 0 whether or not a run was charged twice (the output says)."""
-    from exporter.service import connect  # the parser reads FORMATS without the service
+    from exporter.service import connect  # light to import for the --help of the others
 
     day = parse_since(since)
     engine = connect(settings)

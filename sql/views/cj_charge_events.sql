@@ -42,9 +42,12 @@ FROM (
         COALESCE(d.doc -> 'data' ->> 'processing_id', 'outbox:' || o.id::text) AS run_key,
         d.doc -> 'data' ->> 'user_id' AS user_id,
         d.doc -> 'data' ->> 'org_id' AS org_id,
-        -- A quantity that is not a JSON number is unknown, never 0 and never an error.
-        CASE WHEN json_typeof(d.doc -> 'data' -> 'quantity') = 'number'
-             THEN (d.doc -> 'data' ->> 'quantity')::numeric END AS quantity,
+        -- A quantity that is not what the contract allows (a whole number >= 0) is unknown,
+        -- never 0 and never an error: a cast of any JSON number could overflow (1e200000),
+        -- so only plain digits are cast, as in cj_batch_health's charged quantity.
+        CASE WHEN d.doc #>> '{data,quantity}' ~ '^[0-9]{1,15}$'
+             AND json_typeof(d.doc -> 'data' -> 'quantity') = 'number'
+             THEN (d.doc #>> '{data,quantity}')::numeric END AS quantity,
         d.doc IS NULL AS unreadable  -- event_data is NOT NULL
     FROM event_outbox AS o
     CROSS JOIN LATERAL (SELECT cj_health_json(o.event_data) AS doc OFFSET 0) AS d

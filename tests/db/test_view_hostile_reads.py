@@ -87,6 +87,25 @@ def test_unreadable_charges_are_counted_and_leave_the_run_not_unbilled(
     assert tuple(charges) == (2, 0)  # never merged into a duplicate
 
 
+@pytest.mark.parametrize("quantity", ["1e200000", "-3", "2.5", '"7"', "null", "[]"])
+def test_a_charge_whose_quantity_the_contract_forbids_is_listed_with_it_unknown(
+        conn: Connection, quantity: str) -> None:
+    """1e200000 is valid JSON that overflows numeric: a cast of it failed the whole view (and
+    the charges command with it)."""
+    batch = Seeder(conn).insert_batch(BatchSpec(completion_runs=2))
+    conn.execute(text(
+        # on the text: jsonb would refuse 1e200000 (json, the outbox's type, keeps it)
+        "UPDATE event_outbox SET event_data = CAST(regexp_replace(event_data::text,"
+        " '\"quantity\": *[^,}]*', '\"quantity\": ' || :q) AS json) WHERE event_type = :t"
+        " AND aggregate_id = (SELECT bos_batch_id FROM cj_batch_uploads WHERE id = :b)"),
+        {"q": quantity, "t": ev.RESOURCE_EVENT, "b": batch})
+    charges = conn.execute(text(
+        "SELECT quantity, run_charges FROM cj_charge_events WHERE cj_batch_id = :b"),
+        {"b": batch}).all()
+    assert [tuple(c) for c in charges] == [(None, 2), (None, 2)]  # still a duplicate charge
+    assert "duplicate_charge" in problems(row(conn, batch))
+
+
 def test_an_anchor_with_an_unreadable_document_is_unknown_not_unresolved(
         conn: Connection) -> None:
     batch = Seeder(conn).insert_batch(BatchSpec(
