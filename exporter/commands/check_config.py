@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from exporter import config, db
+from exporter.commands.healthcheck import read_credentials
 from exporter.config import Settings, redact
 from exporter.errors import OperatorError
 from exporter.service import connect
@@ -56,14 +56,7 @@ def check_web(settings: Settings, out: Out) -> None:
 def check_healthcheck(settings: Settings, out: Out) -> None:
     check = settings.healthcheck
     if check.credentials_file:
-        try:
-            line = Path(check.credentials_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise OperatorError(f"cannot read healthcheck.credentials_file "
-                                f"{check.credentials_file}: {exc.strerror}") from None
-        if ":" not in line or "\n" in line:
-            raise OperatorError(f"healthcheck.credentials_file {check.credentials_file} must "
-                                "hold one line USER:PASSWORD (value not shown)")
+        read_credentials(check.credentials_file)
         out(f"ok: healthcheck.credentials_file {check.credentials_file}")
     if check.cert_file and check.key_file:
         try:

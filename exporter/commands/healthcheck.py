@@ -94,15 +94,22 @@ def _basic(check: HealthcheckSettings) -> str:
         raise OperatorError("the web config asks for basic auth: give the probe a "
                             "healthcheck.credentials_file (USER:PASSWORD) "
                             "[CJ_HEALTH_HEALTHCHECK_CREDENTIALS_FILE]")
-    try:
-        line = Path(check.credentials_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise OperatorError(f"cannot read healthcheck.credentials_file "
-                            f"{check.credentials_file}: {exc.strerror}") from None
-    if ":" not in line or "\n" in line:
-        raise OperatorError(f"healthcheck.credentials_file {check.credentials_file} must hold "
-                            "one line USER:PASSWORD (value not shown)")
+    line = read_credentials(check.credentials_file)
     return "Basic " + base64.b64encode(line.encode()).decode("ascii")
+
+
+def read_credentials(path: str) -> str:
+    """The one USER:PASSWORD line of healthcheck.credentials_file, or OperatorError (never
+    showing the value)."""
+    try:
+        line = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise OperatorError(f"cannot read healthcheck.credentials_file {path}: "
+                            f"{exc.strerror}") from None
+    if ":" not in line or "\n" in line:
+        raise OperatorError(f"healthcheck.credentials_file {path} must hold one line "
+                            "USER:PASSWORD (value not shown)")
+    return line
 
 
 def client_context(tls: TLSSettings, check: HealthcheckSettings) -> ssl.SSLContext:

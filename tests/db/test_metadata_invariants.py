@@ -26,7 +26,6 @@ from tests.support.database import Server
 from tests.support.manifest import EXPECTED_PROBLEMS
 from tests.support.upstream import UpstreamDb, upstream_database
 
-NEW_KINDS = {"budget_source_flip", "rehydration_mismatch", "anchor_grade_unresolved"}
 # In flight with callbacks pending: nothing else is wrong with these batches.
 IN_FLIGHT: dict[str, Any] = {"status": "PERFORMING_COMPARISONS", "state": "WAITING_CALLBACKS",
                               "budget": 120, "submitted": 90, "completed": 80,

@@ -73,6 +73,25 @@ def test_the_wrong_result_of_batch_20_and_the_right_ones(rows: dict[int, dict[st
         assert rows[rerun]["result_students_graded"] == 0 and not rows[rerun]["projectable"]
 
 
+def test_a_graded_result_whose_grades_the_projections_no_longer_give_is_wrong(
+        fixture_db: UpstreamDb) -> None:
+    """has_wrong_result's third branch: the result graded every student, but the grades it
+    published are not what the projections say now (a rescoring after it was published). The
+    comparison is of the sorted grade lists (the view's comment says why): a change of the
+    multiset is seen, not two students swapping grades."""
+    with fixture_db.engine.connect() as conn, conn.begin() as tx:
+        conn.execute(text(
+            "UPDATE grade_projections SET primary_grade = 'B' WHERE cj_batch_id = 4"
+            " AND els_essay_id = (SELECT min(els_essay_id) FROM grade_projections"
+            " WHERE cj_batch_id = 4 AND primary_grade = 'A')"))
+        row = dict(conn.execute(text(
+            "SELECT * FROM cj_batch_health WHERE cj_batch_id = 4")).mappings().one())
+        tx.rollback()  # the module's other tests read the fixture as loaded
+    assert row["result_grades"] == "A,A,A,A,C,C,F,F"
+    assert row["projected_grades"] == "A,A,A,B,C,C,F,F"
+    assert problems(row) == {"wrong_result"}
+
+
 def test_eng5_national_projections_cannot_be_published(rows: dict[int, dict[str, Any]]) -> None:
     assert rows[5]["unpublishable_projections"] == rows[5]["grade_projections"] == 6
     assert all(r["unpublishable_projections"] == 0 for b, r in rows.items() if b != 5)
