@@ -5,7 +5,7 @@
 
 The batch is a Batch-20 wedge at scale (status COMPLETE_STABLE, state WAITING_CALLBACKS, anchors
 only in the metadata): 90 students and 10 anchors over the swedish_8_anchor grades, written by
-exporter.scenarios in a throwaway embedded PostgreSQL (pgserver). Each run finalizes a fresh
+exporter.demo.scenarios in a throwaway embedded PostgreSQL (pgserver). Each run finalizes a fresh
 copy of that database (CREATE DATABASE ... TEMPLATE), so every run does the full work.
 
 Printed, median and max over the runs:

@@ -27,7 +27,8 @@ watched set is defined relative to now().
 
 Realism notes: essay texts, prompts and justifications are short (real ones are kilobytes and
 mostly TOASTed out of the heap), so tables are smaller than production ones of the same row count;
-JSON documents carry the keys upstream writes (cj_schema.md), not every optional one.
+JSON documents carry the keys upstream writes (docs/design.md §F6, §F8, §F10), not every optional
+one.
 """
 
 from __future__ import annotations
@@ -311,7 +312,7 @@ def _finished(row: PlanRow, pairs: int, rng: random.Random, previous: PlanRow | 
         row.pairs = row.wins = row.errors = 0
         row.budget, row.scored, row.iteration = None, False, 0
     row.projections = row.anchors > 0 and row.state == "COMPLETED"
-    # Re-runs reuse the BOS batch id (cj_schema.md §4): half of the failed runs are retried.
+    # Re-runs reuse the BOS batch id (docs/design.md §F1): half of the failed runs are retried.
     if (previous is not None and previous.failed_event and previous.kind != "in_flight"
             and rng.random() < 0.5):
         row.bos = previous.bos
@@ -334,7 +335,7 @@ def _in_flight(row: PlanRow, pairs: int, rng: random.Random) -> None:
 
 
 def _fault(row: PlanRow, kind: str, pairs: int, rng: random.Random) -> None:
-    """The production failures of cj_schema.md / DESIGN.md, one kind per batch."""
+    """The production failures (docs/metrics.md's problem kinds), one kind per batch."""
     row.kind = kind
     row.pairs = row.budget = pairs
     row.errors = int(pairs * rng.uniform(0, 0.05))

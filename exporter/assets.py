@@ -39,6 +39,7 @@ ASSETS: tuple[Asset, ...] = (
     Asset("alertmanager.example.yml", "alerts", "Alertmanager routes and inhibitions"),
     Asset("overview.json", "dashboards", "Grafana dashboard: CJ health overview"),
     Asset("batch.json", "dashboards", "Grafana dashboard: CJ batch drill-down"),
-    Asset("roles.sql", "sql", "least-privilege database roles (psql -f, as the tables' owner)"),
+    Asset("roles.sql", "sql", "least-privilege database roles (psql -f, as a superuser, or the"
+                              " tables' owner with CREATEROLE)"),
 )
 BY_NAME = {a.name: a for a in ASSETS}

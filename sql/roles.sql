@@ -114,8 +114,9 @@ GRANT USAGE ON SCHEMA :"schema" TO :"ro_role", :"rw_role", :"op_role";
 
 -- ---------------------------------------------------------------------------------------------
 -- Polling (cj_health_ro). The views run with their owner's rights, so reading them needs no
--- grant on the tables behind them. The poll's watched-set filter (exporter/health.py) reads
--- three columns of cj_batch_states and two of cj_batch_uploads directly, for its index scans.
+-- grant on the tables behind them. The poll's watched-set filter (exporter/poll/watched.py)
+-- reads three columns of cj_batch_states and two of cj_batch_uploads directly, for its index
+-- scans.
 -- ---------------------------------------------------------------------------------------------
 SET LOCAL search_path = :"schema";
 GRANT SELECT ON cj_batch_health, cj_outbox_health TO :"ro_role";
@@ -139,7 +140,7 @@ GRANT SELECT (aggregate_id, created_at, xmin) ON event_outbox TO :"ro_role";
 
 -- ---------------------------------------------------------------------------------------------
 -- Remediation (cj_health_remediator): exporter/finalizer/ (store.py, candidates.py, audit.py,
--- outbox_events.py). SELECT ... FOR UPDATE SKIP LOCKED needs UPDATE on some column of the table.
+-- events.py). SELECT ... FOR UPDATE SKIP LOCKED needs UPDATE on some column of the table.
 -- ---------------------------------------------------------------------------------------------
 GRANT SELECT ON cj_batch_health TO :"rw_role";
 GRANT SELECT (id, bos_batch_id, event_correlation_id, status, user_id, org_id, assignment_id,

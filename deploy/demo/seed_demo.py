@@ -2,7 +2,7 @@
 
 Runs in the exporter image once postgres is healthy and the schema is loaded (its init script,
 deploy/postgres/initdb/10-cj-health.sh). It writes one batch per production failure with
-`exporter.scenarios.seed_demo`, the same scenarios `cj-health-exporter demo` and the tests use,
+`exporter.demo.scenarios.seed_demo`, the same scenarios `cj-health-exporter demo` and the tests use,
 so the dashboards and alerts light up without clicking anything. Idempotent: a database that
 already holds CJ batches is left alone, so `docker compose up` can be re-run.
 

@@ -6,7 +6,7 @@ reproduce each production failure. `seed_demo` plants one batch per scenario and
 problems each batch must show, so tests can check the exporter flags exactly those.
 
 The outbox events are what upstream's publisher writes, field for field, and pass the
-consumers' contracts (tests/db/test_contracts.py): HEAD's shape by default, the pre-fix
+consumers' contracts (tests/db/test_finalizer_events.py): HEAD's shape by default, the pre-fix
 code's with `prefix_events` (no top-level assignment_id, every grade "U", its old default
 model name), which is what the real Batch 20 carries. A batch that published events was
 scored: its essays get BT scores. The demo core needs no numpy, so they are a stand-in for the
@@ -214,7 +214,8 @@ class Seeder:
                 "max_pairs_requested": spec.budget or 120,
                 "source": spec.budget_source or ("runner_override" if override
                                                  else "service_default")}
-        # Every NOT NULL column is supplied: the create_all variant has no defaults (§1.10).
+        # Every NOT NULL column is supplied: the create_all variant has no defaults
+        # on six of them (docs/design.md §F1).
         self.conn.execute(
             text(
                 "INSERT INTO cj_batch_states (batch_id, state, total_comparisons,"
@@ -470,9 +471,9 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
         BatchSpec(status="PENDING", state="INITIALIZING", budget=None, submitted=0, completed=0,
                   request_metadata=False, finished=False, idle=timedelta(seconds=5)),
         problem_set()),
-    # What the pre-fix code left (cj_consumers.md §3): it scored the batch and published one
-    # completion, one all-"U" result without assignment_id and one charge, then the state
-    # machine never left WAITING_CALLBACKS.
+    # What the pre-fix code left (docs/finalizer.md, "The policy", fixture batch 1): it scored
+    # the batch and published one completion, one all-"U" result without assignment_id and one
+    # charge, then the state machine never left WAITING_CALLBACKS.
     "batch20_wedge": (
         BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS", anchor_grades=GRADES,
                   anchors_flagged=False, idle=BATCH20_IDLE, completion_runs=1,
@@ -538,6 +539,11 @@ DEMO_SCENARIOS: dict[str, tuple[BatchSpec, frozenset[str]]] = {
 }
 
 
+UNREADABLE_SCENARIO = BatchSpec(
+    status="FETCHING_CONTENT", state="WAITING_CALLBACKS", completed=8, finished=False,
+    essay_metadata={"is_anchor": False, "note": "pasted from a PDF\x00"})
+
+
 def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozenset[str]]:
     """Plant every scenario; return cj_batch_id -> the problems it must be flagged with."""
     seeder = Seeder(conn, now=now or datetime.now(UTC))
@@ -551,5 +557,9 @@ def seed_demo(conn: Connection, now: datetime | None = None) -> dict[int, frozen
                                               completion_runs=1))] = problem_set()
     # Years of history are not watched: a batch finished long ago is never exported.
     seeder.insert_batch(BatchSpec(completion_runs=1, idle=HISTORY_IDLE))
+    # Essay metadata holding a NUL (json.dumps writes \u0000), which PostgreSQL stores but
+    # ->/->> cannot read: the batch is exported with cj_batch_unreadable_documents 6 and facts
+    # unknown, every other batch as usual (docs/metrics.md). Planted last: the other ids stay.
+    planted[seeder.insert_batch(UNREADABLE_SCENARIO)] = problem_set()
     seeder.outbox_backlog(pending=OUTBOX_PENDING, failed=OUTBOX_FAILED, oldest=OUTBOX_OLDEST)
     return planted

@@ -20,6 +20,7 @@ core never needs numpy, scipy or choix. Modules, one job each:
 - leader      advisory-lock leader election on a dedicated connection
 - metrics     the finalizer's metric families
 - service     the remediation cycle and its wiring
+- manual      `remediate`: one action on one batch by hand, and the pause switch
 
 Nothing else is imported here so that `exporter.finalizer.audit` (install-view) stays light.
 """

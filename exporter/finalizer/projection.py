@@ -1,4 +1,4 @@
-"""Grade projection from anchor essays, as the CJ service computes it (docs/design.md §F8).
+"""Grade projection from anchor essays, as the CJ service computes it (docs/design.md §F11).
 
 1. Anchors (is_anchor column) get their grade from metadata anchor_grade, then known_grade,
    then the assignment's anchor references by text_storage_id, then by anchor_ref_id.

@@ -1,2 +1,5 @@
-"""What the CJ service (upstream) writes, as data shapes: its outbox events (events), and the
-contracts its consumers hold them to (contracts: the JSON Schemas shipped in contracts/)."""
+"""What the CJ service (upstream) writes, as data shapes.
+
+- events     its outbox rows: event types, aggregates, the envelope (docs/design.md §F6)
+- contracts  the JSON Schemas its consumers hold them to (shipped in contracts/)
+"""

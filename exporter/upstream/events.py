@@ -1,4 +1,4 @@
-"""Outbox rows shaped as the CJ service writes them (cj_schema.md §4).
+"""Outbox rows shaped as the CJ service writes them (docs/design.md §F6).
 
 Used by the demo scenarios (to plant what upstream wrote) and by the finalizer (to write the
 completion events upstream would have written). Kept in one place so both agree on event types,

@@ -1,9 +1,9 @@
 -- Reference copy of the CJ Assessment Service schema at Alembic head 7edaa0e072e7
--- (paunchygent/huleedu services/cj_assessment_service), written from ../shared/cj_schema.md §1-2.
+-- (paunchygent/huleedu services/cj_assessment_service; the tables are docs/design.md §F1-F2).
 -- Used by the tests and the demo only: cj-health-exporter never creates or alters these tables
 -- in a real CJ database. Names, types, nullability, defaults and constraints follow the migrated
 -- schema; the ORM `create_all` variant differs only in enum label order and missing defaults on
--- six cj_batch_states columns (cj_schema.md §1.10), which tests/test_schema_variants.py covers.
+-- six cj_batch_states columns (docs/design.md §F1), which tests/db/test_schema_variants.py covers.
 
 CREATE TYPE cj_batch_state_enum AS ENUM (
     'INITIALIZING', 'GENERATING_PAIRS', 'WAITING_CALLBACKS', 'SCORING',
@@ -16,7 +16,7 @@ CREATE TYPE cj_batch_status_enum AS ENUM (
     'COMPLETE_INSUFFICIENT_ESSAYS', 'COMPLETE_FORCED_RECOVERY'
 );
 
--- §1.1 one row per CJ run; id is the "CJ batch id" / cj_assessment_job_id
+-- one row per CJ run; id is the "CJ batch id" / cj_assessment_job_id
 CREATE TABLE cj_batch_uploads (
     id serial NOT NULL,
     bos_batch_id varchar(36) NOT NULL,
@@ -39,7 +39,7 @@ CREATE INDEX ix_cj_batch_uploads_status ON cj_batch_uploads (status);
 CREATE INDEX ix_cj_batch_uploads_user_id ON cj_batch_uploads (user_id);
 CREATE INDEX ix_cj_batch_uploads_org_id ON cj_batch_uploads (org_id);
 
--- §1.2 the fine-grained state machine, 1:1 with the upload
+-- the fine-grained state machine, 1:1 with the upload
 CREATE TABLE cj_batch_states (
     batch_id integer NOT NULL,
     state cj_batch_state_enum NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE cj_batch_states (
 );
 CREATE INDEX ix_cj_batch_states_state ON cj_batch_states (state);
 
--- §1.3 students and anchors; els_essay_id is global across batches
+-- students and anchors; els_essay_id is global across batches
 CREATE TABLE cj_processed_essays (
     els_essay_id varchar(36) NOT NULL,
     cj_batch_id integer NOT NULL,
@@ -78,7 +78,7 @@ CREATE TABLE cj_processed_essays (
 );
 CREATE INDEX ix_cj_processed_essays_cj_batch_id ON cj_processed_essays (cj_batch_id);
 
--- §1.4 one row per submitted LLM comparison; winner NULL = callback pending
+-- one row per submitted LLM comparison; winner NULL = callback pending
 CREATE TABLE cj_comparison_pairs (
     id serial NOT NULL,
     cj_batch_id integer NOT NULL,
@@ -116,7 +116,7 @@ CREATE INDEX ix_cj_comparison_pairs_pair_generation_mode
 CREATE INDEX ix_cj_comparison_pairs_request_correlation_id
     ON cj_comparison_pairs (request_correlation_id);
 
--- §1.5 students only; no ON DELETE CASCADE on either FK (since 4aefc9fed780)
+-- students only; no ON DELETE CASCADE on either FK (since 4aefc9fed780)
 CREATE TABLE grade_projections (
     els_essay_id varchar(255) NOT NULL,
     cj_batch_id integer NOT NULL,
@@ -140,7 +140,7 @@ CREATE TABLE grade_projections (
 CREATE INDEX idx_batch_grade ON grade_projections (cj_batch_id, primary_grade);
 CREATE INDEX ix_grade_projections_grade_scale ON grade_projections (grade_scale);
 
--- §1.6
+-- the assignment's anchor essays and their grades (resolved by text_storage_id, §F8)
 CREATE TABLE anchor_essay_references (
     id serial NOT NULL,
     grade varchar(4) NOT NULL,
@@ -157,7 +157,7 @@ CREATE INDEX ix_anchor_essay_references_assignment_id ON anchor_essay_references
 CREATE INDEX ix_anchor_essay_references_grade ON anchor_essay_references (grade);
 CREATE INDEX ix_anchor_essay_references_grade_scale ON anchor_essay_references (grade_scale);
 
--- §1.7
+-- an assignment's instructions and grade scale
 CREATE TABLE assessment_instructions (
     id serial NOT NULL,
     assignment_id varchar(100),
@@ -184,7 +184,7 @@ CREATE INDEX ix_assessment_instructions_judge_rubric_storage_id
     ON assessment_instructions (judge_rubric_storage_id);
 CREATE INDEX ix_assessment_instructions_context_origin ON assessment_instructions (context_origin);
 
--- §1.8 transactional outbox; event_data is the serialized EventEnvelope plus a "topic" key
+-- transactional outbox; event_data is the serialized EventEnvelope plus a "topic" key
 CREATE TABLE event_outbox (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     aggregate_id varchar(255) NOT NULL,

@@ -5,7 +5,7 @@
 -- columns scan the whole outbox history and are meant for people and `inspect`).
 --
 -- The relay gives up after 5 attempts but leaves the row unpublished forever (no dead-letter
--- table, cj_schema.md §4): those rows are "failed", and they stay in the backlog.
+-- table, docs/design.md §F7): those rows are "failed", and they stay in the backlog.
 --
 -- Documents are read through cj_health_json (sql/views/cj_health_json.sql, the pattern is in
 -- sql/views/cj_batch_health.sql): one event that ->/->> cannot read is counted, never fatal.

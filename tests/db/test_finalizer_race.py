@@ -4,8 +4,9 @@ service"), against real PostgreSQL.
 The service writers of tests/support/race.py do what upstream's finalize_scoring does,
 statement by statement, on their own connections. Each scenario puts the service's writes at
 one moment of the finalizer's two transactions (the fence, then the finalization) with the
-Hooks; S1-S4 are the attack report's names. The hammer at the end puts them at random moments
-and counts the events every batch ends with.
+Hooks; S1-S4 are the names issue 12's attack gave them (docs/finalizer.md, "The race with the
+CJ service"). The hammer at the end puts them at random moments and counts the events every
+batch ends with.
 
 The hammer is bounded: CJ_HEALTH_RACE_TRIES tries per cell (default 2, a few seconds),
 CJ_HEALTH_RACE_SEED; CJ_HEALTH_RACE_BASELINE=<git ref> runs the same hammer on that ref's
@@ -142,7 +143,7 @@ def test_s3_a_service_past_its_guard_before_the_fence_finalizes_alone(
     """S3: the service read the status just before the fence committed; its UPDATE to SCORING
     waits on the fence's row lock, then commits right after it. The finalization's own
     transaction then finds the state row locked or freshly stamped and skips; the service
-    finishes alone (the attack report, before: 2 of each, 3/3). The fence stays: the service
+    finishes alone (issue 12's attack, before: 2 of each, 3/3). The fence stays: the service
     writes the same status."""
     engine = remediation_db.engine
     bid, work = wedge(remediation_db)
@@ -244,7 +245,7 @@ def test_a_finalization_the_service_has_just_begun_is_left_to_it(
 def test_s1_events_published_during_the_transaction_roll_it_back_and_lift_the_fence(
         remediation_db: RemediationDb) -> None:
     """S1: three events of the run committed and relayed after the guard and before the
-    INSERTs (the attack report: 2 of each, 3/3), by a writer that reads no status and locks
+    INSERTs (issue 12's attack: 2 of each, 3/3), by a writer that reads no status and locks
     nothing. The final re-count sees them; the fence is lifted (the status given back)."""
     engine = remediation_db.engine
     bid, work = wedge(remediation_db)

@@ -1,5 +1,5 @@
 """The view must run unchanged on the schema the CJ service's own migrations produce, and on
-its ORM create_all variant (cj_schema.md §1.10). The reference schema must match the migrated
+its ORM create_all variant (docs/design.md §F1). The reference schema must match the migrated
 one exactly (columns, types, nullability, defaults, constraints, indexes, enum labels)."""
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ from exporter.demo.scenarios import (
 from exporter.vocabulary import PROBLEM_COLUMNS as PROBLEMS
 from tests.support.database import SeededDb
 
-# The contract of DESIGN.md ("The view cj_batch_health"), in order of appearance there.
-DESIGN_COLUMNS = [
+# The view's columns in order: the contract the exporter, `inspect`, the alert rules and the
+# dashboards share (docs/design.md §3). New columns are appended, never inserted.
+VIEW_COLUMNS = [
     "cj_batch_id", "bos_batch_id", "assignment_id", "created_at", "completed_at",
     "upload_status", "cj_state", "total_budget", "total_comparisons", "submitted_comparisons",
     "completed_comparisons", "failed_comparisons", "pending_callbacks", "progress_ratio",
@@ -81,7 +82,7 @@ def problems(row: dict[str, Any]) -> set[str]:
 
 def test_view_has_exactly_the_design_columns(conn: Connection) -> None:
     columns = conn.execute(text("SELECT * FROM cj_batch_health LIMIT 0")).keys()
-    assert list(columns) == DESIGN_COLUMNS
+    assert list(columns) == VIEW_COLUMNS
 
 
 def test_each_planted_problem_is_flagged_on_exactly_its_batch(seeded_db: SeededDb) -> None:
@@ -126,7 +127,7 @@ def test_batch20_wedge_columns(conn: Connection) -> None:
 
 
 def test_naive_upload_times_are_read_as_utc(conn: Connection) -> None:
-    """The session time zone must not shift naive UTC timestamps (cj_schema.md §1)."""
+    """The session time zone must not shift naive UTC timestamps (docs/design.md §F3)."""
     conn.execute(text("SET LOCAL TIME ZONE 'America/New_York'"))
     now = datetime.now(UTC)
     batch = Seeder(conn, now=now).insert_batch(BatchSpec(idle=timedelta(minutes=10)))

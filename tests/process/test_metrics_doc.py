@@ -21,12 +21,16 @@ import yaml
 
 from exporter.vocabulary import (
     ACTIONS,
+    ANCHOR_GRADE_TIERS,
     BLOCK_REASONS,
     CYCLE_RESULTS,
     EXPORTED_FAMILIES,
+    LEADER_METHODS,
     OUTCOMES,
     POLL_ERROR_REASONS,
     PROBLEM_KINDS,
+    UNREADABLE_DOCUMENT_COLUMNS,
+    UNRESOLVED,
     exposed_name,
 )
 from tests.support.database import Server, database
@@ -36,7 +40,8 @@ from tests.support.process import ExporterProcess
 
 DOC = ROOT / "docs" / "metrics.md"
 # Labels whose values are a closed set: the docs must enumerate every value, and only those.
-ENUMERATED = ("problem", "kind", "source", "event", "reason", "action", "outcome", "result")
+ENUMERATED = ("problem", "kind", "source", "event", "reason", "action", "outcome", "result",
+              "document", "tier")
 PROBLEMS = tuple(kind.label for kind in PROBLEM_KINDS)
 # (exposed family, label) -> the vocabulary's values
 VOCABULARY_VALUES = {
@@ -47,6 +52,13 @@ VOCABULARY_VALUES = {
     ("cj_health_remediations_total", "outcome"): OUTCOMES,
     ("cj_health_remediation_blocked", "reason"): BLOCK_REASONS,
     ("cj_health_remediation_cycles_total", "result"): CYCLE_RESULTS,
+    ("cj_unreadable_documents", "document"): tuple(UNREADABLE_DOCUMENT_COLUMNS),
+    ("cj_batch_anchor_grade_resolution", "tier"): (*ANCHOR_GRADE_TIERS, UNRESOLVED),
+}
+# Closed sets of which an exposition shows one value only (a replica holds its lock one way):
+# the docs must enumerate exactly the vocabulary's.
+DOCUMENTED_VALUES = {
+    ("cj_health_remediation_leader_election", "method"): LEADER_METHODS,
 }
 FINALIZER_SECTION = "Finalizer (remediation) metrics"
 
@@ -202,6 +214,8 @@ def test_enumerations_are_the_vocabulary(expositions: Expositions) -> None:
     for (name, label), values in VOCABULARY_VALUES.items():
         assert docs[name].values[label] == set(values), (name, label)
         assert expositions.remediating[name].values[label] == set(values), (name, label)
+    for (name, label), values in DOCUMENTED_VALUES.items():
+        assert docs[name].values[label] == set(values), (name, label)
 
 
 def test_without_remediation_only_the_idle_action_counter_of_the_finalizer_is_exported(

@@ -6,8 +6,8 @@ run short transactions the whole time, and in transaction mode every server conn
 pool is first left holding `_pg3_0.._pg3_29` prepared statements (what a psycopg application
 on its defaults leaves behind). A connection of ours that auto-prepared a statement would then
 fail at once with `prepared statement "_pg3_0" already exists`, so these tests fail for any
-connection path that forgets `prepare_threshold=None` (the attack report, before the fix:
-13 of 99 polls failed, up=0 in 8 of 60 scrapes). The processes run under the roles of
+connection path that forgets `prepare_threshold=None` (before the fix: 14 of 103 polls failed,
+up=0 in 7 of 60 scrapes; docs/security.md, "Behind PgBouncer"). The processes run under the roles of
 sql/roles.sql, each role with its own PgBouncer pool.
 
 Measured, bounded: 40 polls and their scrapes per mode; `inspect` and `install-view --indexes`

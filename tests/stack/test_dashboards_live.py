@@ -43,7 +43,8 @@ pytestmark = pytest.mark.e2e
 
 DASHBOARDS = ROOT / "dashboards"
 RULES = ROOT / "alerts" / "cj-batch-health.rules.yml"
-JOB = "cj-health-exporter"  # the rule pack's job (alerts/params.yml) and deploy/prometheus.yml's
+# the rule pack's job (alerts/params.yml) and deploy/prometheus/prometheus.yml's
+JOB = "cj-health-exporter"
 SCRAPE_INTERVAL_S = 1
 # Grafana: $__rate_interval = max($__interval + scrape interval, 4 * scrape interval)
 RATE_INTERVAL = f"{4 * SCRAPE_INTERVAL_S}s"

@@ -15,4 +15,13 @@
 - remediation finalizer helpers: wedged batches, event counts, exactly-once checks
 - dockerfile  the root Dockerfile as instructions
 - k8s         the Helm chart's tooling (rendering, schemas)
+- attack      hostile HTTP clients (slowloris, floods) against a real `serve`
+- pgbouncer   a real PgBouncer (Debian's package) in front of the test PostgreSQL
+- debian_postgres  Debian's PostgreSQL 15 binaries: a second major version
+- hostile_json  hostile JSON documents and an oracle of what PostgreSQL can read of them
+- race        the CJ service finalizing a batch while the finalizer does
+- upstream    the CJ service's own batches (../shared/upstream/fixtures) in a fresh database
+- manifest    what ../shared/upstream/fixtures/MANIFEST.md says a correct monitor flags there
+- wheel       the built wheel in a fresh virtualenv outside the checkout
+- report      figures a test wants in the pytest summary
 """

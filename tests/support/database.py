@@ -182,7 +182,7 @@ def database(server: Server, *, schema: Schema = "template", ddl: str | None = N
         drop_database(server, db.name)
 
 
-# The CJ service's ORM create_all differs from its migrations (cj_schema.md §1.10): Python enum
+# The CJ service's ORM create_all differs from its migrations (docs/design.md §F1): Python enum
 # order for the upload status, and no server defaults on six cj_batch_states columns.
 ORM_STATUS_ORDER = ("PENDING", "FETCHING_CONTENT", "PERFORMING_COMPARISONS",
                     "COMPLETE_FORCED_RECOVERY", "COMPLETE_STABLE", "COMPLETE_MAX_COMPARISONS",

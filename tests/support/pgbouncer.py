@@ -7,7 +7,8 @@ the package; a test that needs it fails, never skips, when it is missing.
 
 Neighbours are the "other clients" of a shared pool: applications on psycopg's defaults
 (automatic prepared statements) that leave their `_pg3_N` statements on every server connection
-they use, as the attack report's six load clients did (docs/security.md, "Behind PgBouncer").
+they use, as the six psycopg clients of the measurement before the fix did (docs/security.md,
+"Behind PgBouncer").
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ service"), on their own connections, at moments the caller picks:
   what was committed before.
 - `status_first`: the guard, the upload status committed on its own, the three outbox rows,
   then the state: a writer that touches the state row only after its events.
-- `events_only`: the guard, then the three outbox rows, then status and state together: the
-  attack report's simulation (events committed from another connection inside the
-  finalizer's transaction, no lock on the batch's rows before them).
+- `events_only`: the guard, then the three outbox rows, then status and state together:
+  events committed from another connection inside the finalizer's transaction, no lock on the
+  batch's rows before them (docs/finalizer.md, "The residual window").
 
 The service's rows are what a finalization publishes for the batch (the finalizer's own
 dry-run plan, equal to upstream's output by tests/db/test_finalizer_upstream.py), each with a
@@ -393,7 +393,8 @@ class Record:
 @contextmanager
 def after_fit(then: Callable[[], None]) -> Iterator[None]:
     """Run `then` right after every BT fit: between the finalizer's guard (its reads of the
-    outbox) and its INSERTs, where the attack report put the service."""
+    outbox) and its INSERTs, where scenario S1 of tests/db/test_finalizer_race.py puts the
+    service."""
     from exporter.finalizer import bt
 
     real = bt.fit

@@ -1,7 +1,7 @@
 """Every connection the exporter opens gets its options from exporter/db.py.
 
 Behind PgBouncer in transaction mode, psycopg's automatic prepared statements collide between
-clients sharing a server connection (13 of 99 polls failed in the attack report; docs/security.md
+clients sharing a server connection (14 of 103 polls failed before the fix: docs/security.md,
 "Behind PgBouncer"). `db.driver_options` turns them off; this test fails when code anywhere
 else in the package opens a connection, so a new connection path cannot forget it.
 tests/process/test_pgbouncer.py proves the options work through a real PgBouncer.

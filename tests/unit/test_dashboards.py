@@ -2,7 +2,7 @@
 
 dashboards/lint.py re-implements the linter's rules (and checks every selector against
 docs/metrics.md); the mutation tests below prove each rule fires on a dashboard that breaks it.
-tests/test_dashboards_live.py runs every expression against a real Prometheus.
+tests/stack/test_dashboards_live.py runs every expression against a real Prometheus.
 """
 
 from __future__ import annotations
