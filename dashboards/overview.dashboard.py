@@ -462,16 +462,32 @@ panels = [
         "JSON documents of the watched batches that PostgreSQL stores but cannot read (a "
         "\\u0000 or lone-surrogate escape, or nesting too deep), by document kind "
         "(cj_unreadable_documents, every kind always listed). Their facts are unknown: the "
-        "batches they belong to may have problems nobody sees. Which batches: alert "
-        "CJBatchDocumentsUnreadable in Active CJ alerts (one per batch), each batch's "
-        "drill-down, or cj_batch_unreadable_documents > 0.",
+        "batches they belong to may have problems nobody sees (which batches: the table "
+        "beside). Alert CJBatchDocumentsUnreadable.",
         queries(
             (f"max by (job, document) ({metric('cj_unreadable_documents')})", "{{document}}"),
             instant=True,
         ),
-        pos(0, 66, 24, 6),
+        pos(0, 66, 12, 8),
         "short",
         thresholds=BAD_FROM_ONE,
+    ),
+    table(
+        "Batches with unreadable documents",
+        "Batches with at least one JSON document PostgreSQL cannot read "
+        "(cj_batch_unreadable_documents > 0) and how many (alert CJBatchDocumentsUnreadable). "
+        "`cj-health-exporter inspect <cj_batch_id>` names the kinds. Click a cj_batch_id to "
+        "open the batch drill-down.",
+        queries(
+            f"max by (job, cj_batch_id) ({metric('cj_batch_unreadable_documents')}) > 0",
+            table=True,
+        ),
+        pos(12, 66, 12, 8),
+        "short",
+        columns=["cj_batch_id", "job"],
+        value_name="unreadable documents",
+        overrides=[drilldown_link()],
+        no_value="none",
     ),
 ]
 
