@@ -395,7 +395,13 @@ def test_serve_from_the_wheel_stops_cleanly(walk: Walk) -> None:
     assert walk.serve.wait(10) == 0
     assert walk.serve_log is not None
     log = walk.serve_log.read_text()
-    assert "Traceback" not in log and "level=warning" not in log, log
+    # The one warning expected: the demo plants a batch whose essay metadata holds a NUL,
+    # which the poll reports (rate-limited) as unreadable JSON. Nothing else may warn.
+    warnings = [line for line in log.splitlines() if "level=warning" in line]
+    unexpected = [w for w in warnings if "JSON documents PostgreSQL cannot read" not in w
+                  and "batches with unreadable JSON documents" not in w]
+    assert "Traceback" not in log and not unexpected, log
+    assert len(warnings) <= 2, warnings  # the first report, at most one reminder
 
 
 def test_a_missing_extra_is_one_line_naming_it(walk: Walk) -> None:
