@@ -273,15 +273,15 @@ batches.problem(
                 "disagrees with their processing_metadata. Scoring and grade projection read the "
                 "column: unless it is fixed before finalization, the batch gets no grades.")
 
-# More than one completion or result event for one CJ batch.
+# More than one completion event for one CJ batch (a second result alone is a correction, R3:
+# it replaces a wrong result in RAS, as the finalizer's healing of a Batch 20 does).
 batches.problem(
     "duplicate_completion",
-    "max without (event) (cj_batch_id:cj_batch_completion_events:max"
-    "{event=~\"completed|result\"})",
+    "max without (event) (cj_batch_id:cj_batch_completion_events:max{event=\"completed\"})",
     panel="Outbox events for this batch", thresholds={"for": "5m"},
     summary="A CJ batch published its completion events more than once.",
-    description=f"{BATCH} has {{{{ $value | humanize }}}} completion or result events in the "
-                "outbox (expected 1 of each). Downstream services may act on its result twice.")
+    description=f"{BATCH} has {{{{ $value | humanize }}}} completion events in the outbox "
+                "(expected 1). Downstream services may act on its completion twice.")
 
 
 # More than `burst` completion events of one batch within 60 s (the seed's loop wrote 83 in 6 s).

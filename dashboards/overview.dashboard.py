@@ -194,12 +194,13 @@ panels = [
     # --- completion events and the outbox ---------------------------------------------------
     table(
         "Duplicate completion events",
-        "Batches with more than one completion (huleedu.cj_assessment.completed.v1) or result "
-        "(assessment.result.published) event in the outbox: downstream services saw the batch "
-        "finish more than once; alert CJDuplicateCompletionEvents.",
+        "Batches with more than one completion event (huleedu.cj_assessment.completed.v1) in "
+        "the outbox: downstream services saw the batch finish more than once; alert "
+        "CJDuplicateCompletionEvents. A second result event alone is a correction (it replaces "
+        "a wrong result), not listed here.",
         queries(
             "max by (job, cj_batch_id, bos_batch_id, event) ("
-            + metric("cj_batch_completion_events", 'event=~"completed|result"')
+            + metric("cj_batch_completion_events", 'event="completed"')
             + ") > 1",
             table=True,
         ),
