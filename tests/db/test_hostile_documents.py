@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from exporter import cli, sqlfiles
 from exporter.demo.scenarios import GRADES, BatchSpec, Seeder
 from exporter.poll.query import OUTBOX_SQL, POLL_SQL
-from exporter.poll.snapshot import build_snapshot
+from exporter.poll.snapshot import Snapshot, build_snapshot
 from exporter.upstream import events as ev
 from exporter.vocabulary import PROBLEM_COLUMNS
 from tests.support.database import SeededDb, Server, drop_database, new_database, url_string
@@ -259,23 +259,27 @@ def test_unreadable_documents_cost_only_their_batch(engine: Engine,
 
 
 def test_poll_exports_a_batch_with_unreadable_documents(engine: Engine) -> None:
+    def poll(conn: Connection) -> Snapshot:
+        found = conn.execute(POLL_SQL, {"lookback": 86400}).mappings().all()
+        outbox = conn.execute(OUTBOX_SQL).mappings().one()
+        return build_snapshot(found, outbox, now=time.time(), duration=0.0,
+                              recent_window=3600, max_batches=5000)
+
     with engine.connect() as conn, conn.begin():
+        before = poll(conn)  # the demo plants one batch with an unreadable essay document
         batch = Seeder(conn, rng=random.Random(3)).insert_batch(
             BatchSpec(status="PERFORMING_COMPARISONS", state="WAITING_CALLBACKS",
                       finished=False))
         conn.execute(text("UPDATE cj_processed_essays SET processing_metadata = CAST(:d AS json)"
                           " WHERE cj_batch_id = :b"),
                      {"d": hostile_documents(100)["nul"], "b": batch})
-        found = conn.execute(POLL_SQL, {"lookback": 86400}).mappings().all()
-        outbox = conn.execute(OUTBOX_SQL).mappings().one()
-    snap = build_snapshot(found, outbox, now=time.time(), duration=0.0, recent_window=3600,
-                          max_batches=5000)
+        snap = poll(conn)
     assert snap.malformed_rows == 0 and snap.malformed == {}
     ours = next(b for b in snap.batches if b.cj_batch_id == batch)
     assert ours.unreadable == {"essay_metadata": 6}
-    assert snap.unreadable_documents == {"essay_metadata": 6, "state_metadata": 0,
-                                         "completion_event": 0, "upload_metadata": 0,
-                                         "result_event": 0, "charge_event": 0}
+    added = {d: n - before.unreadable_documents[d] for d, n in snap.unreadable_documents.items()}
+    assert added == {"essay_metadata": 6, "state_metadata": 0, "completion_event": 0,
+                     "upload_metadata": 0, "result_event": 0, "charge_event": 0}
 
 
 @pytest.mark.parametrize("name", sorted(READABLE_FRAGMENTS))
