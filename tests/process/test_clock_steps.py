@@ -12,7 +12,6 @@ on a table lock the test holds), and is never invented by a forward step.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,37 +21,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.support.clock import Clock
 from tests.support.database import SeededDb
 from tests.support.exposition import sample_value
-from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess
 
-SHIM = ROOT / "tests" / "support" / "clockshim"
 INTERVAL = 0.5
 STALE_AFTER = 3  # intervals: stale 1.5 s after the last good poll
 OBSERVE = 3.0  # seconds per phase
-
-
-class Clock:
-    """The offset file the child's shim reads."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.set(0)
-
-    def set(self, seconds: float) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(f"{seconds}\n", encoding="ascii")
-        os.replace(tmp, self.path)  # the shim never reads half a number
 
 
 @pytest.fixture
 def stepped(seeded_db: SeededDb, tmp_path: Path) -> Iterator[tuple[ExporterProcess, Clock]]:
     clock = Clock(tmp_path / "offset")
     env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), str(ROOT),
-                                                    os.environ.get("PYTHONPATH")])),
-        "CJH_CLOCK_OFFSET_FILE": str(clock.path),
+        **clock.env(),
         # A poll blocked by the test's table lock hangs (rather than failing after 2 s).
         "CJ_HEALTH_LOCK_TIMEOUT_SECONDS": "20",
         "CJ_HEALTH_STATEMENT_TIMEOUT_SECONDS": "20",

@@ -24,9 +24,9 @@ def test_one_hostile_essay_costs_only_its_own_batch(seeded_db: SeededDb) -> None
     engine = create_engine(seeded_db.url)
     with engine.begin() as conn:
         # The demo plants one batch whose essay documents PostgreSQL cannot read.
-        demo: dict[int, int] = dict(conn.execute(text(
+        demo = {int(b): int(n) for b, n in conn.execute(text(
             "SELECT cj_batch_id, unreadable_essay_documents FROM cj_batch_health"
-            " WHERE unreadable_essay_documents > 0")).tuples().all())
+            " WHERE unreadable_essay_documents > 0"))}
         seeder = Seeder(conn, rng=random.Random(31))
         in_flight = BatchSpec(status="PERFORMING_COMPARISONS", state="WAITING_CALLBACKS",
                               finished=False, submitted=10, completed=4)

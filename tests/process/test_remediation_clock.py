@@ -12,7 +12,6 @@ exactly once: one completion, one result, one charge.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -26,12 +25,11 @@ from sqlalchemy import create_engine, text
 from exporter.demo import scenarios
 from exporter.demo.scenarios import BatchSpec, Seeder
 from exporter.upstream import events as ev
+from tests.support.clock import Clock
 from tests.support.database import SeededDb, Server, database
 from tests.support.hardening import wait_until
-from tests.support.paths import ROOT
 from tests.support.process import ExporterProcess
 
-SHIM = ROOT / "tests" / "support" / "clockshim"
 CYCLE = 0.5
 COOLDOWN = 4.0
 PHASE = 2.6 * COOLDOWN  # seconds per clock step: at least two cooldowns end in it
@@ -48,19 +46,6 @@ HEALABLE = BatchSpec(status="COMPLETE_STABLE", state="WAITING_CALLBACKS",
                      anchor_grades=scenarios.GRADES, idle=timedelta(hours=2))
 
 
-class Clock:
-    """The offset file the child's shim reads (as in tests/process/test_clock_steps.py)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.set(0)
-
-    def set(self, seconds: float) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(f"{seconds}\n", encoding="ascii")
-        os.replace(tmp, self.path)  # the shim never reads half a number
-
-
 @pytest.fixture
 def planted(pg_server: Server) -> Iterator[tuple[SeededDb, int, int]]:
     with database(pg_server, remediation=True) as db:
@@ -74,9 +59,7 @@ def planted(pg_server: Server) -> Iterator[tuple[SeededDb, int, int]]:
 
 def serve(db: SeededDb, clock: Clock) -> ExporterProcess:
     env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), str(ROOT),
-                                                    os.environ.get("PYTHONPATH")])),
-        "CJH_CLOCK_OFFSET_FILE": str(clock.path),
+        **clock.env(),
         "CJ_HEALTH_REMEDIATION_ENABLED": "true",
         "CJ_HEALTH_REMEDIATION_WRITE_DSN": db.url,
         "CJ_HEALTH_REMEDIATION_ACTIONS": "refinalize",

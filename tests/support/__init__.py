@@ -24,4 +24,5 @@
 - manifest    what ../shared/upstream/fixtures/MANIFEST.md says a correct monitor flags there
 - wheel       the built wheel in a fresh virtualenv outside the checkout
 - report      figures a test wants in the pytest summary
+- clock       a stepped wall clock for a child process (the clockshim on its PYTHONPATH)
 """
