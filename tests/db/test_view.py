@@ -4,7 +4,6 @@ be flagged. Real PostgreSQL, the reference schema, rows written as the CJ servic
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,14 +59,6 @@ VIEW_COLUMNS = [
     "has_unpublishable_result", "has_budget_source_flip", "has_rehydration_mismatch",
     "has_unresolved_anchors",
 ]
-
-
-@pytest.fixture
-def conn(cj_db: str) -> Iterator[Connection]:
-    engine = create_engine(cj_db)
-    with engine.begin() as connection:
-        yield connection
-    engine.dispose()
 
 
 def health(conn: Connection, batch_id: int) -> dict[str, Any]:

@@ -6,25 +6,16 @@ it), and every other batch as before (sql/views/cj_health_json.sql)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, text
 
 from exporter.demo.scenarios import GRADES, BatchSpec, Seeder
 from exporter.upstream import events as ev
 from exporter.vocabulary import PROBLEM_COLUMNS
 
 NUL = '"pasted\\u0000text"'  # what json.dumps writes for a NUL character
-
-
-@pytest.fixture
-def conn(cj_db: str) -> Iterator[Connection]:
-    engine = create_engine(cj_db)
-    with engine.begin() as connection:
-        yield connection
-    engine.dispose()
 
 
 def row(conn: Connection, batch: int) -> dict[str, Any]:
